@@ -1,0 +1,206 @@
+//! Shared helpers for the real-process tests: start `chorus` servers and
+//! mounts as child processes, wait for them with bounded timeouts, and clean
+//! up (kill what we started, by PID; unmount what we mounted) on drop.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn chorus_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_chorus"))
+}
+
+/// A UDP port that was free a moment ago (the OS picks it; the tiny race
+/// with other processes is acceptable in tests).
+pub fn free_port() -> u16 {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    s.local_addr().unwrap().port()
+}
+
+pub fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("spawn");
+    assert!(
+        out.status.success(),
+        "command failed: {:?}\nstdout: {}\nstderr: {}",
+        cmd,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn init_certs(dir: &Path) {
+    run_ok(Command::new(chorus_bin()).args(["init", "--replicas", "3", "--certs"]).arg(dir));
+}
+
+pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub fn is_mounted(path: &Path) -> bool {
+    let canon = match path.canonicalize() {
+        Ok(c) => c,
+        Err(_) => path.to_path_buf(),
+    };
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    info.lines().any(|l| l.split(' ').nth(4) == Some(canon.to_string_lossy().as_ref()))
+}
+
+/// A child process that is SIGKILLed (if still running) when dropped.
+pub struct Proc {
+    pub child: Child,
+    pub name: String,
+}
+
+impl Proc {
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+    pub fn kill9(&mut self) {
+        unsafe { libc::kill(self.pid(), libc::SIGKILL) };
+        let _ = self.child.wait();
+    }
+    pub fn term(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        unsafe { libc::kill(self.pid(), libc::SIGTERM) };
+        let start = Instant::now();
+        loop {
+            if let Some(st) = self.child.try_wait().expect("wait") {
+                return st;
+            }
+            if start.elapsed() > timeout {
+                self.kill9();
+                panic!("{} did not stop within {timeout:?} after SIGTERM", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if self.running() {
+            unsafe { libc::kill(self.pid(), libc::SIGKILL) };
+            let _ = self.child.wait();
+        }
+    }
+}
+
+pub fn spawn(name: &str, args: &[&std::ffi::OsStr], log: &Path) -> Proc {
+    let logf = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("log file");
+    let child = Command::new(chorus_bin())
+        .args(args)
+        .env("CHORUS_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(logf.try_clone().unwrap())
+        .stderr(logf)
+        .spawn()
+        .expect("spawn chorus");
+    Proc { child, name: name.to_string() }
+}
+
+/// One server process plus one mount process over a temp folder.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub certs: PathBuf,
+    pub data: PathBuf,
+    pub mnt: PathBuf,
+    pub addr: SocketAddr,
+    pub server: Option<Proc>,
+    pub mount: Option<Proc>,
+}
+
+impl Cluster {
+    pub fn new() -> Cluster {
+        let dir = tempfile::Builder::new().prefix("chorus-test").tempdir_in("/var/tmp").unwrap();
+        let certs = dir.path().join("certs");
+        init_certs(&certs);
+        let data = dir.path().join("data");
+        let mnt = dir.path().join("mnt");
+        std::fs::create_dir_all(&mnt).unwrap();
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        Cluster { dir, certs, data, mnt, addr, server: None, mount: None }
+    }
+
+    pub fn log(&self, name: &str) -> PathBuf {
+        self.dir.path().join(format!("{name}.log"))
+    }
+
+    pub fn start_server(&mut self) {
+        let addr = self.addr.to_string();
+        let p = spawn(
+            "server",
+            &[
+                "server".as_ref(),
+                "--certs".as_ref(),
+                self.certs.as_os_str(),
+                "--data".as_ref(),
+                self.data.as_os_str(),
+                "--listen".as_ref(),
+                addr.as_ref(),
+            ],
+            &self.log("server"),
+        );
+        self.server = Some(p);
+        // Ready when a UDP bind to the port fails (quinn holds it).
+        let port = self.addr.port();
+        wait_until("server to bind", Duration::from_secs(30), || {
+            std::net::UdpSocket::bind(("127.0.0.1", port)).is_err()
+        });
+    }
+
+    pub fn start_mount(&mut self) {
+        let addr = self.addr.to_string();
+        let p = spawn(
+            "mount",
+            &[
+                "mount".as_ref(),
+                "--certs".as_ref(),
+                self.certs.as_os_str(),
+                "--server".as_ref(),
+                addr.as_ref(),
+                self.mnt.as_os_str(),
+            ],
+            &self.log("mount"),
+        );
+        self.mount = Some(p);
+        let mnt = self.mnt.clone();
+        let log = self.log("mount");
+        wait_until(&format!("mount (log {})", log.display()), Duration::from_secs(30), || is_mounted(&mnt));
+    }
+
+    pub fn logs(&self) -> String {
+        let mut s = String::new();
+        for n in ["server", "mount"] {
+            s += &format!("--- {n} ---\n{}\n", std::fs::read_to_string(self.log(n)).unwrap_or_default());
+        }
+        s
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if let Some(mut m) = self.mount.take() {
+            if m.running() {
+                unsafe { libc::kill(m.pid(), libc::SIGTERM) };
+                let start = Instant::now();
+                while m.running() && start.elapsed() < Duration::from_secs(10) {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        }
+        if is_mounted(&self.mnt) {
+            let c = std::ffi::CString::new(self.mnt.as_os_str().as_encoded_bytes()).unwrap();
+            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        }
+        self.server.take();
+    }
+}
