@@ -1,0 +1,713 @@
+//! The fuser `Filesystem`: one FUSE request becomes (at most a few bounded)
+//! [`Backend::call`]s, and the answer becomes the FUSE reply.
+//!
+//! Guarantees:
+//! - Every request gets exactly one reply (fuser replies EIO for a dropped
+//!   reply object; we never rely on that) and no handler panics on any input:
+//!   odd inputs become errno replies, a backend that panics becomes EIO.
+//! - Nothing here keeps file-system state: no inode table, no open-file table,
+//!   no caches beyond what the kernel holds for `attr_ttl`. The backend (the
+//!   replicated state machine) is the single source of truth, so `forget` is a
+//!   no-op and directories need no server-side handle.
+//! - No kernel notification is sent from a handler (that can deadlock the
+//!   kernel against our own reply); invalidations come from a separate task
+//!   through `MountHandle::notifier`.
+//! - Sizes are bounded before they reach the backend: names by NAME_MAX,
+//!   symlink targets by PATH_MAX, xattrs by the Linux limits, reads and writes
+//!   by `IO_MAX_BYTES`, readdir batches by `READDIR_ENTRIES_MAX`.
+//!
+//! Permission checks (rwx on paths and files) are done by the kernel
+//! (mount option default_permissions, using the attributes we return); the
+//! state machine repeats the ownership rules that need the caller (chown,
+//! chmod, sticky directories, times), hence the caller in every request.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use chorus_fs::ops::{
+    self, Attr, Caller, DirEntry, Ino, Op, OpResult, Query, Reply, SetAttr, IO_MAX_BYTES, NAME_MAX_BYTES,
+    READDIR_ENTRIES_MAX, SYMLINK_MAX_BYTES, XATTR_NAME_MAX_BYTES, XATTR_VALUE_MAX_BYTES,
+};
+use fuser::{
+    AccessFlags, CopyFileRangeFlags, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
+    TimeOrNow, WriteFlags,
+};
+use tracing::{error, warn};
+
+use super::caller::{caller, caller_with_groups};
+use super::convert::{file_attr, file_type, set_time, timestamp_from_fuser_input};
+use crate::Backend;
+
+/// Largest write the kernel may send us in one request. 1 MiB keeps one
+/// request's payload well inside `IO_MAX_BYTES` and the transport's frame
+/// limit while amortising the per-request round trip.
+pub const MAX_WRITE_BYTES: u32 = 1024 * 1024;
+/// Readahead we ask for; the kernel caps it at what it offered (usually 128 KiB).
+pub const MAX_READAHEAD_BYTES: u32 = 1024 * 1024;
+/// First readdir batch (entries); doubled per extra round trip while the
+/// kernel's buffer still has room, up to `READDIR_ENTRIES_MAX`. fuser does not
+/// tell us the kernel's buffer size (4 KiB to 1 MiB), so we start with about a
+/// 4 KiB page worth and grow.
+const READDIR_FIRST_BATCH: u32 = 128;
+/// Same for readdirplus, whose records are ~5x larger (attributes included).
+const READDIRPLUS_FIRST_BATCH: u32 = 32;
+/// Most backend round trips one readdir request may make (bounds the latency
+/// of a single request; the kernel simply asks again for the rest).
+const READDIR_ROUND_TRIPS_MAX: usize = 8;
+
+pub struct ChorusFuse {
+    backend: Arc<dyn Backend>,
+    ttl: Duration,
+}
+
+fn errno(e: ops::Errno) -> Errno {
+    // from_i32 maps 0 and negative values to EIO: a backend can't make us
+    // send a success by accident.
+    Errno::from_i32(e.0)
+}
+
+/// The backend answered with a reply of the wrong shape: a protocol bug on
+/// the other side, reported as EIO rather than guessed around.
+fn unexpected(what: &str, r: &Reply) -> Errno {
+    error!(op = what, reply = ?std::mem::discriminant(r), "backend returned an unexpected reply kind");
+    Errno::EIO
+}
+
+fn attr_of(what: &str, r: OpResult) -> Result<Attr, Errno> {
+    match r.map_err(errno)? {
+        Reply::Attr(a) | Reply::Entry(a) => Ok(a),
+        other => Err(unexpected(what, &other)),
+    }
+}
+
+fn ok_of(r: OpResult) -> Result<(), Errno> {
+    r.map(|_| ()).map_err(errno)
+}
+
+fn data_of(what: &str, r: OpResult) -> Result<Vec<u8>, Errno> {
+    match r.map_err(errno)? {
+        Reply::Data(d) => Ok(d),
+        other => Err(unexpected(what, &other)),
+    }
+}
+
+/// A directory-entry name as bytes; Linux file systems refuse names longer
+/// than NAME_MAX with ENAMETOOLONG, and the kernel does not check for us.
+fn name_of(name: &OsStr) -> Result<Vec<u8>, Errno> {
+    let b = name.as_bytes();
+    if b.len() > NAME_MAX_BYTES {
+        return Err(Errno::ENAMETOOLONG);
+    }
+    Ok(b.to_vec())
+}
+
+/// An xattr name; Linux answers ERANGE for names over XATTR_NAME_MAX.
+fn xattr_name_of(name: &OsStr) -> Result<Vec<u8>, Errno> {
+    let b = name.as_bytes();
+    if b.is_empty() || b.len() > XATTR_NAME_MAX_BYTES {
+        return Err(Errno::ERANGE);
+    }
+    Ok(b.to_vec())
+}
+
+/// Answers a getxattr/listxattr: size 0 is a probe for the length; a buffer
+/// too small is ERANGE (the caller retries with a bigger one).
+fn reply_xattr(reply: ReplyXattr, r: Result<Vec<u8>, Errno>, size: u32) {
+    match r {
+        Ok(v) => match u32::try_from(v.len()) {
+            Err(_) => reply.error(Errno::E2BIG),
+            Ok(len) if size == 0 => reply.size(len),
+            Ok(len) if len > size => reply.error(Errno::ERANGE),
+            Ok(_) => reply.data(&v),
+        },
+        Err(e) => reply.error(e),
+    }
+}
+
+impl ChorusFuse {
+    pub fn new(backend: Arc<dyn Backend>, ttl: Duration) -> Self {
+        ChorusFuse { backend, ttl }
+    }
+
+    /// One backend call. A panicking backend must not take a FUSE worker
+    /// thread (and with it part of the mount) down: it becomes EIO.
+    fn call(&self, req: ops::Request) -> OpResult {
+        match catch_unwind(AssertUnwindSafe(|| self.backend.call(req))) {
+            Ok(r) => r,
+            Err(_) => {
+                error!("backend panicked; answering EIO");
+                Err(ops::Errno(libc::EIO))
+            }
+        }
+    }
+
+    fn query(&self, req: &fuser::Request, query: Query) -> OpResult {
+        self.call(ops::Request::Query { caller: caller(req), query })
+    }
+
+    fn mutate(&self, caller: Caller, op: Op) -> OpResult {
+        self.call(ops::Request::Mutate { caller, op })
+    }
+
+    fn reply_entry(&self, reply: ReplyEntry, r: Result<Attr, Errno>) {
+        match r {
+            Ok(a) => reply.entry(&self.ttl, &file_attr(&a), Generation(0)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn reply_attr(&self, reply: ReplyAttr, r: Result<Attr, Errno>) {
+        match r {
+            Ok(a) => reply.attr(&self.ttl, &file_attr(&a)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn reply_empty(reply: ReplyEmpty, r: Result<(), Errno>) {
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn read_dir_batch(
+        &self,
+        req: &fuser::Request,
+        ino: Ino,
+        cookie: u64,
+        max_entries: u32,
+        plus: bool,
+    ) -> Result<Vec<DirEntry>, Errno> {
+        let max_entries = max_entries.clamp(1, READDIR_ENTRIES_MAX);
+        match self.query(req, Query::ReadDir { ino, cookie, max_entries, plus }).map_err(errno)? {
+            Reply::Dir(mut entries) => {
+                // Never trust a peer to respect the bound we asked for.
+                entries.truncate(max_entries as usize);
+                if entries.iter().any(|e| e.cookie == 0) {
+                    // Offset 0 means "from the start" to the kernel: an entry
+                    // with cookie 0 would make `ls` loop forever.
+                    error!(ino, "backend returned a directory entry with cookie 0");
+                    return Err(Errno::EIO);
+                }
+                Ok(entries)
+            }
+            other => Err(unexpected("readdir", &other)),
+        }
+    }
+
+    /// Fills a readdir(plus) reply from successive bounded batches until the
+    /// kernel's buffer is full (`push` returns true), the directory ends, or
+    /// the round-trip bound is hit. Entries fetched but not fitting are
+    /// dropped; the kernel resumes from the last entry's cookie.
+    fn fill_dir(
+        &self,
+        req: &fuser::Request,
+        ino: Ino,
+        offset: u64,
+        plus: bool,
+        mut push: impl FnMut(&DirEntry, Option<&Attr>) -> bool,
+    ) -> Result<(), Errno> {
+        let mut cookie = offset;
+        let mut batch = if plus { READDIRPLUS_FIRST_BATCH } else { READDIR_FIRST_BATCH };
+        for _ in 0..READDIR_ROUND_TRIPS_MAX {
+            let entries = self.read_dir_batch(req, ino, cookie, batch, plus)?;
+            let complete = (entries.len() as u32) < batch;
+            for e in &entries {
+                let full = if plus {
+                    let attr = match &e.attr {
+                        Some(a) => Some(a.clone()),
+                        // A backend may omit attributes; fetch them. An entry
+                        // that vanished meanwhile is simply left out.
+                        None => match attr_of("getattr", self.query(req, Query::GetAttr { ino: e.ino })) {
+                            Ok(a) => Some(a),
+                            Err(_) => None,
+                        },
+                    };
+                    match attr {
+                        Some(a) => push(e, Some(&a)),
+                        None => false,
+                    }
+                } else {
+                    push(e, None)
+                };
+                if full {
+                    return Ok(());
+                }
+                cookie = e.cookie;
+            }
+            if complete {
+                return Ok(());
+            }
+            batch = batch.saturating_mul(2).min(READDIR_ENTRIES_MAX);
+        }
+        Ok(())
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+impl Filesystem for ChorusFuse {
+    fn init(&mut self, _req: &fuser::Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // Both setters answer Err(nearest allowed value) when the kernel or
+        // fuser cannot go as high: take that value.
+        if let Err(max) = config.set_max_write(MAX_WRITE_BYTES) {
+            let _ = config.set_max_write(max);
+        }
+        if let Err(max) = config.set_max_readahead(MAX_READAHEAD_BYTES) {
+            let _ = config.set_max_readahead(max);
+        }
+        // Each capability separately: one the kernel lacks must not cost the others.
+        // Deliberately absent: FUSE_WRITEBACK_CACHE (the kernel would buffer
+        // writes and invent mtimes: breaks coherence between clients and fsx
+        // semantics), FUSE_POSIX_LOCKS/FLOCK_LOCKS (locks are local until the
+        // lock service exists), FUSE_EXPORT_SUPPORT, FUSE_POSIX_ACL.
+        for cap in [
+            // Reads of one file may be in flight concurrently.
+            InitFlags::FUSE_ASYNC_READ,
+            InitFlags::FUSE_BIG_WRITES,
+            // Lets max_write above 128 KiB take effect.
+            InitFlags::FUSE_MAX_PAGES,
+            // Lookups/creates in one directory need not serialize in the kernel.
+            InitFlags::FUSE_PARALLEL_DIROPS,
+            InitFlags::FUSE_DO_READDIRPLUS,
+            InitFlags::FUSE_READDIRPLUS_AUTO,
+            // open(O_TRUNC) is one replicated op instead of open + setattr.
+            InitFlags::FUSE_ATOMIC_O_TRUNC,
+            // Drop cached pages when a getattr shows another writer changed
+            // mtime/size: the best coherence available before callbacks.
+            InitFlags::FUSE_AUTO_INVAL_DATA,
+            // A symlink's target never changes and inode numbers are never
+            // reused, so caching link targets is always coherent.
+            InitFlags::FUSE_CACHE_SYMLINKS,
+        ] {
+            if config.add_capabilities(cap).is_err() {
+                warn!(capability = ?cap, "kernel lacks FUSE capability; continuing without it");
+            }
+        }
+        Ok(())
+    }
+
+    fn lookup(&self, req: &fuser::Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let r = name_of(name)
+            .and_then(|name| attr_of("lookup", self.query(req, Query::Lookup { parent: parent.0, name })));
+        self.reply_entry(reply, r);
+    }
+
+    fn forget(&self, _req: &fuser::Request, _ino: INodeNo, _nlookup: u64) {
+        // Nothing to do: no per-inode client state (see module comment).
+    }
+
+    fn getattr(&self, req: &fuser::Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let r = attr_of("getattr", self.query(req, Query::GetAttr { ino: ino.0 }));
+        self.reply_attr(reply, r);
+    }
+
+    fn setattr(
+        &self,
+        req: &fuser::Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let attr = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime: atime.map(set_time),
+            mtime: mtime.map(set_time),
+            ctime: ctime.map(timestamp_from_fuser_input),
+            fh: fh.map(|f| f.0),
+        };
+        let nothing_to_change = attr.mode.is_none()
+            && attr.uid.is_none()
+            && attr.gid.is_none()
+            && attr.size.is_none()
+            && attr.atime.is_none()
+            && attr.mtime.is_none()
+            && attr.ctime.is_none();
+        let r = if nothing_to_change {
+            // E.g. only macOS-specific fields or a lock owner: don't
+            // replicate a no-op, just report the current attributes.
+            attr_of("getattr", self.query(req, Query::GetAttr { ino: ino.0 }))
+        } else {
+            attr_of("setattr", self.mutate(caller_with_groups(req), Op::SetAttr { ino: ino.0, attr }))
+        };
+        self.reply_attr(reply, r);
+    }
+
+    fn readlink(&self, req: &fuser::Request, ino: INodeNo, reply: ReplyData) {
+        match data_of("readlink", self.query(req, Query::ReadLink { ino: ino.0 })) {
+            Ok(t) if t.len() <= SYMLINK_MAX_BYTES => reply.data(&t),
+            Ok(_) => reply.error(Errno::ENAMETOOLONG),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn mknod(
+        &self,
+        req: &fuser::Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let r = name_of(name).and_then(|name| {
+            let op = Op::Mknod { parent: parent.0, name, mode, umask, rdev };
+            attr_of("mknod", self.mutate(caller_with_groups(req), op))
+        });
+        self.reply_entry(reply, r);
+    }
+
+    fn mkdir(&self, req: &fuser::Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
+        let r = name_of(name).and_then(|name| {
+            let op = Op::Mkdir { parent: parent.0, name, mode, umask };
+            attr_of("mkdir", self.mutate(caller_with_groups(req), op))
+        });
+        self.reply_entry(reply, r);
+    }
+
+    fn unlink(&self, req: &fuser::Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let r = name_of(name).and_then(|name| ok_of(self.mutate(caller(req), Op::Unlink { parent: parent.0, name })));
+        Self::reply_empty(reply, r);
+    }
+
+    fn rmdir(&self, req: &fuser::Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let r = name_of(name).and_then(|name| ok_of(self.mutate(caller(req), Op::Rmdir { parent: parent.0, name })));
+        Self::reply_empty(reply, r);
+    }
+
+    fn symlink(&self, req: &fuser::Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+        let r = name_of(link_name).and_then(|name| {
+            let target = target.as_os_str().as_bytes();
+            if target.len() > SYMLINK_MAX_BYTES {
+                return Err(Errno::ENAMETOOLONG);
+            }
+            let op = Op::Symlink { parent: parent.0, name, target: target.to_vec() };
+            attr_of("symlink", self.mutate(caller_with_groups(req), op))
+        });
+        self.reply_entry(reply, r);
+    }
+
+    fn rename(
+        &self,
+        req: &fuser::Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let r = (|| {
+            let allowed = RenameFlags::RENAME_NOREPLACE | RenameFlags::RENAME_EXCHANGE;
+            // Whiteouts are for overlayfs, unknown bits for future kernels.
+            if !allowed.contains(flags) || flags == allowed {
+                return Err(Errno::EINVAL);
+            }
+            let op = Op::Rename {
+                parent: parent.0,
+                name: name_of(name)?,
+                newparent: newparent.0,
+                newname: name_of(newname)?,
+                flags: flags.bits(),
+            };
+            ok_of(self.mutate(caller(req), op))
+        })();
+        Self::reply_empty(reply, r);
+    }
+
+    fn link(&self, req: &fuser::Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+        let r = name_of(newname).and_then(|newname| {
+            let op = Op::Link { ino: ino.0, newparent: newparent.0, newname };
+            attr_of("link", self.mutate(caller(req), op))
+        });
+        self.reply_entry(reply, r);
+    }
+
+    fn open(&self, req: &fuser::Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        match self.mutate(caller(req), Op::Open { ino: ino.0, flags: flags.0 }).map_err(errno) {
+            // No FOPEN_KEEP_CACHE: the kernel drops this file's cached pages
+            // on every open (close-to-open coherence until callbacks exist).
+            Ok(Reply::Opened { fh, .. }) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Ok(other) => reply.error(unexpected("open", &other)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn read(
+        &self,
+        req: &fuser::Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let size = size.min(IO_MAX_BYTES as u32);
+        match data_of("read", self.query(req, Query::Read { ino: ino.0, offset, size })) {
+            // Sending more than asked would make the kernel fail the read.
+            Ok(d) => reply.data(&d[..d.len().min(size as usize)]),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn write(
+        &self,
+        req: &fuser::Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        // max_write keeps data within IO_MAX_BYTES; if a kernel ever sent
+        // more, a short write is a correct answer (the caller writes the rest).
+        let data = &data[..data.len().min(IO_MAX_BYTES)];
+        // The open flags travel along so O_APPEND appends at the size the
+        // state machine knows, not the kernel's possibly stale one.
+        let op = Op::Write { ino: ino.0, fh: fh.0, offset, data: data.to_vec(), flags: flags.0 };
+        match self.mutate(caller(req), op).map_err(errno) {
+            Ok(Reply::Written { written, .. }) => reply.written(written.min(data.len() as u32)),
+            Ok(other) => reply.error(unexpected("write", &other)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn flush(&self, _req: &fuser::Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+        // Writes are synchronous (no writeback cache): nothing is pending.
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        req: &fuser::Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        let r = ok_of(self.mutate(caller(req), Op::Release { ino: ino.0, fh: fh.0 }));
+        if let Err(e) = r {
+            // close() can't report it; the server reclaims the handle when
+            // the session ends.
+            warn!(ino = ino.0, fh = fh.0, errno = e.code(), "release failed");
+        }
+        Self::reply_empty(reply, r);
+    }
+
+    fn fsync(&self, req: &fuser::Request, ino: INodeNo, _fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
+        Self::reply_empty(reply, ok_of(self.mutate(caller(req), Op::Fsync { ino: ino.0, datasync })));
+    }
+
+    fn opendir(&self, _req: &fuser::Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        // Stateless directory reading: cookies are stable in the state machine.
+        reply.opened(FileHandle(0), FopenFlags::empty());
+    }
+
+    fn readdir(&self, req: &fuser::Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let name = |e: &DirEntry| OsStr::from_bytes(&e.name).to_owned();
+        let r = self.fill_dir(req, ino.0, offset, false, |e, _| reply.add(INodeNo(e.ino), e.cookie, file_type(e.kind), name(e)));
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readdirplus(
+        &self,
+        req: &fuser::Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let ttl = self.ttl;
+        let r = self.fill_dir(req, ino.0, offset, true, |e, attr| match attr {
+            Some(a) => reply.add(INodeNo(e.ino), e.cookie, OsStr::from_bytes(&e.name), &ttl, &file_attr(a), Generation(0)),
+            None => false,
+        });
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn releasedir(&self, _req: &fuser::Request, _ino: INodeNo, _fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+        reply.ok();
+    }
+
+    fn fsyncdir(&self, req: &fuser::Request, ino: INodeNo, _fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
+        Self::reply_empty(reply, ok_of(self.mutate(caller(req), Op::Fsync { ino: ino.0, datasync })));
+    }
+
+    fn statfs(&self, req: &fuser::Request, _ino: INodeNo, reply: ReplyStatfs) {
+        match self.query(req, Query::StatFs).map_err(errno) {
+            Ok(Reply::StatFs(s)) => {
+                reply.statfs(s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize)
+            }
+            Ok(other) => reply.error(unexpected("statfs", &other)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn setxattr(
+        &self,
+        req: &fuser::Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        position: u32,
+        reply: ReplyEmpty,
+    ) {
+        let r = (|| {
+            if position != 0 {
+                return Err(Errno::EINVAL); // macOS resource forks only
+            }
+            let name = xattr_name_of(name)?;
+            if value.len() > XATTR_VALUE_MAX_BYTES {
+                return Err(Errno::E2BIG);
+            }
+            let op = Op::SetXattr { ino: ino.0, name, value: value.to_vec(), flags };
+            ok_of(self.mutate(caller(req), op))
+        })();
+        Self::reply_empty(reply, r);
+    }
+
+    fn getxattr(&self, req: &fuser::Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let r = xattr_name_of(name)
+            .and_then(|name| data_of("getxattr", self.query(req, Query::GetXattr { ino: ino.0, name })));
+        reply_xattr(reply, r, size);
+    }
+
+    fn listxattr(&self, req: &fuser::Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let r = data_of("listxattr", self.query(req, Query::ListXattr { ino: ino.0 }));
+        reply_xattr(reply, r, size);
+    }
+
+    fn removexattr(&self, req: &fuser::Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let r = xattr_name_of(name)
+            .and_then(|name| ok_of(self.mutate(caller(req), Op::RemoveXattr { ino: ino.0, name })));
+        Self::reply_empty(reply, r);
+    }
+
+    fn access(&self, _req: &fuser::Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        // With default_permissions the kernel checks access itself and does
+        // not call this; answer Ok should a kernel call it anyway.
+        reply.ok();
+    }
+
+    fn create(
+        &self,
+        req: &fuser::Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let r = name_of(name).and_then(|name| {
+            let excl = flags & libc::O_EXCL != 0;
+            let op = Op::Create { parent: parent.0, name, mode, umask, flags, excl };
+            match self.mutate(caller_with_groups(req), op).map_err(errno)? {
+                Reply::Created { attr, fh } => Ok((attr, fh)),
+                other => Err(unexpected("create", &other)),
+            }
+        });
+        match r {
+            Ok((attr, fh)) => {
+                reply.created(&self.ttl, &file_attr(&attr), Generation(0), FileHandle(fh), FopenFlags::empty())
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn fallocate(
+        &self,
+        req: &fuser::Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        let op = Op::Fallocate { ino: ino.0, fh: fh.0, offset, length, mode };
+        Self::reply_empty(reply, ok_of(self.mutate(caller(req), op)));
+    }
+
+    fn lseek(&self, _req: &fuser::Request, _ino: INodeNo, _fh: FileHandle, _offset: i64, _whence: i32, reply: ReplyLseek) {
+        // ENOSYS makes the kernel stop asking and use its generic lseek
+        // (SEEK_DATA/SEEK_HOLE then treat the whole file as data: correct,
+        // just not hole-aware).
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn copy_file_range(
+        &self,
+        req: &fuser::Request,
+        ino_in: INodeNo,
+        _fh_in: FileHandle,
+        offset_in: u64,
+        ino_out: INodeNo,
+        fh_out: FileHandle,
+        offset_out: u64,
+        len: u64,
+        flags: CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        // One bounded read + write through the backend; a short count is a
+        // valid answer and callers loop. Not atomic with respect to other
+        // writers, exactly like the kernel's own read/write fallback.
+        let r = (|| {
+            if !flags.is_empty() {
+                return Err(Errno::EINVAL);
+            }
+            let size = len.min(IO_MAX_BYTES as u64) as u32;
+            if size == 0 {
+                return Ok(0);
+            }
+            let data = data_of("read", self.query(req, Query::Read { ino: ino_in.0, offset: offset_in, size }))?;
+            if data.is_empty() {
+                return Ok(0);
+            }
+            let n = data.len().min(size as usize);
+            let op = Op::Write { ino: ino_out.0, fh: fh_out.0, offset: offset_out, data: data[..n].to_vec(), flags: 0 };
+            match self.mutate(caller(req), op).map_err(errno)? {
+                Reply::Written { written, .. } => Ok(written.min(n as u32)),
+                other => Err(unexpected("write", &other)),
+            }
+        })();
+        match r {
+            Ok(n) => reply.written(n),
+            Err(e) => reply.error(e),
+        }
+    }
+}
