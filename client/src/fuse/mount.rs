@@ -178,8 +178,24 @@ fn wait_finished(session: &BackgroundSession, limit: Duration) -> bool {
     true
 }
 
+/// Aborts a FUSE connection through fusectl: pending and future requests
+/// fail with ENOTCONN and the session threads see the device close. fusectl
+/// is often not mounted in containers; as root we mount it on demand (the
+/// same thing systemd does at boot).
 fn abort_connection(id: u32) {
-    let p = Path::new(FUSECTL_DIR).join(id.to_string()).join("abort");
+    let dir = Path::new(FUSECTL_DIR).join(id.to_string());
+    if !dir.exists() {
+        let src = CString::new("fusectl").expect("static string has no NUL");
+        let target = CString::new(FUSECTL_DIR).expect("static string has no NUL");
+        // SAFETY: all pointers are valid NUL-terminated strings or null.
+        let rc = unsafe {
+            libc::mount(src.as_ptr(), target.as_ptr(), src.as_ptr(), 0, std::ptr::null())
+        };
+        if rc != 0 {
+            warn!(error = %io::Error::last_os_error(), "cannot mount fusectl to abort a stuck FUSE connection");
+        }
+    }
+    let p = dir.join("abort");
     if let Err(e) = std::fs::write(&p, b"1") {
         warn!(path = %p.display(), error = %e, "cannot abort FUSE connection");
     }
@@ -261,6 +277,16 @@ fn mounted_at(path: &Path) -> Option<MountInfo> {
 /// threads until the handle is unmounted or dropped.
 pub fn mount(backend: Arc<dyn Backend>, mountpoint: &Path, opts: MountOptions) -> Result<MountHandle, MountError> {
     let given = mountpoint.to_path_buf();
+    if opts.threads == 0 || opts.threads > THREADS_MAX {
+        return Err(MountError::InvalidOptions(format!("threads must be 1..={THREADS_MAX}, got {}", opts.threads)));
+    }
+    if opts.fsname.is_empty() || opts.fsname.contains([',', ' ', '\t', '\n', '\\']) {
+        return Err(MountError::InvalidOptions(format!(
+            "fsname {:?} must be non-empty without commas, blanks or backslashes",
+            opts.fsname
+        )));
+    }
+
     // stat() first: it tells missing from not-a-directory from a dead FUSE
     // mount (ENOTCONN), which canonicalize() would all report alike.
     match std::fs::metadata(mountpoint) {
@@ -292,20 +318,13 @@ pub fn mount(backend: Arc<dyn Backend>, mountpoint: &Path, opts: MountOptions) -
             why: "mounting needs root (there is no fusermount3 helper on this machine)".into(),
         });
     }
-    if opts.threads == 0 || opts.threads > THREADS_MAX {
-        return Err(MountError::InvalidOptions(format!("threads must be 1..={THREADS_MAX}, got {}", opts.threads)));
-    }
-    if opts.fsname.is_empty() || opts.fsname.contains([',', ' ', '\t', '\n', '\\']) {
-        return Err(MountError::InvalidOptions(format!(
-            "fsname {:?} must be non-empty without commas, blanks or backslashes",
-            opts.fsname
-        )));
-    }
-
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::FSName(opts.fsname.clone()),
-        MountOption::Subtype("chorusfs".into()),
+        // fuser's own mount path drops MountOption::Subtype (it always uses
+        // fstype "fuse"); the kernel takes the subtype as a mount parameter,
+        // which makes /proc/mounts say "fuse.chorusfs".
+        MountOption::CUSTOM("subtype=chorusfs".into()),
         // The kernel does the rwx checks with the attributes we return.
         MountOption::DefaultPermissions,
         MountOption::NoAtime,
