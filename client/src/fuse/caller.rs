@@ -1,18 +1,22 @@
 //! Who is asking: the credentials FUSE puts in every request header, plus the
 //! supplementary groups, which FUSE does not carry.
 //!
-//! Groups come from `/proc/<pid>/status` ("Groups:" line). Reading it costs a
-//! file open per request, so it is done only for operations whose outcome can
-//! depend on them in the state machine (setattr: chown to a group, setgid
-//! clearing on chmod; create-type operations: the group of a new node). The
-//! kernel already did the rwx checks (default_permissions), so every other
-//! request carries an empty list. If the process is gone (pid 0 for
-//! kernel-internal requests, or it exited), the list is empty: the state
-//! machine then decides from uid/gid alone, which errs on the strict side.
+//! The state machine repeats Linux's permission checks (search permission on
+//! every lookup, write permission on create/unlink, group rules of chown and
+//! chmod, xattr namespaces), so for a non-root caller it needs the same
+//! supplementary groups the kernel used, or it would refuse what the kernel
+//! allowed (pjdfstest runs many cases with `-g gid,group2,...`). Groups come
+//! from `/proc/<pid>/status` ("Groups:"), a file read per request, so only
+//! where the answer can depend on them ([`op_needs_groups`],
+//! [`query_needs_groups`]): not on the data path (read, write), handle
+//! bookkeeping (release, fsync, fallocate) or getattr/readlink/statfs, and
+//! never for root, who passes every check anyway. If the process is gone
+//! (pid 0 for kernel-internal requests, or it exited) the list is empty and
+//! the state machine decides from uid/gid alone: strict, never laxer.
 
 use std::io::Read;
 
-use chorus_fs::ops::Caller;
+use chorus_fs::ops::{Caller, Op, Query};
 
 /// Longest /proc status file we read: the Groups line comes early and a
 /// process has at most NGROUPS_MAX (65536) groups, ~7 bytes each.
@@ -33,6 +37,17 @@ pub fn caller_with_groups(req: &fuser::Request) -> Caller {
         c.groups = groups_of(c.pid);
     }
     c
+}
+
+/// Whether the state machine's answer to `op` can depend on the caller's
+/// supplementary groups.
+pub fn op_needs_groups(op: &Op) -> bool {
+    !matches!(op, Op::Write { .. } | Op::Release { .. } | Op::Fsync { .. } | Op::Fallocate { .. })
+}
+
+/// Same for queries: lookups (search permission), readdir, xattrs.
+pub fn query_needs_groups(q: &Query) -> bool {
+    !matches!(q, Query::GetAttr { .. } | Query::Read { .. } | Query::ReadLink { .. } | Query::StatFs)
 }
 
 fn groups_of(pid: u32) -> Vec<u32> {

@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use chorus_fs::ops::{
-    self, Attr, Caller, DirEntry, Ino, Op, OpResult, Query, Reply, SetAttr, IO_MAX_BYTES, NAME_MAX_BYTES,
+    self, Attr, DirEntry, Ino, Op, OpResult, Query, Reply, SetAttr, IO_MAX_BYTES, NAME_MAX_BYTES,
     READDIR_ENTRIES_MAX, SYMLINK_MAX_BYTES, XATTR_NAME_MAX_BYTES, XATTR_VALUE_MAX_BYTES,
 };
 use fuser::{
@@ -40,7 +40,7 @@ use fuser::{
 };
 use tracing::{error, warn};
 
-use super::caller::{caller, caller_with_groups};
+use super::caller::{caller, caller_with_groups, op_needs_groups, query_needs_groups};
 use super::convert::{file_attr, file_type, set_time, timestamp_from_fuser_input};
 use crate::Backend;
 
@@ -148,10 +148,12 @@ impl ChorusFuse {
     }
 
     fn query(&self, req: &fuser::Request, query: Query) -> OpResult {
-        self.call(ops::Request::Query { caller: caller(req), query })
+        let caller = if query_needs_groups(&query) { caller_with_groups(req) } else { caller(req) };
+        self.call(ops::Request::Query { caller, query })
     }
 
-    fn mutate(&self, caller: Caller, op: Op) -> OpResult {
+    fn mutate(&self, req: &fuser::Request, op: Op) -> OpResult {
+        let caller = if op_needs_groups(&op) { caller_with_groups(req) } else { caller(req) };
         self.call(ops::Request::Mutate { caller, op })
     }
 
@@ -347,7 +349,7 @@ impl Filesystem for ChorusFuse {
             // replicate a no-op, just report the current attributes.
             attr_of("getattr", self.query(req, Query::GetAttr { ino: ino.0 }))
         } else {
-            attr_of("setattr", self.mutate(caller_with_groups(req), Op::SetAttr { ino: ino.0, attr }))
+            attr_of("setattr", self.mutate(req, Op::SetAttr { ino: ino.0, attr }))
         };
         self.reply_attr(reply, r);
     }
@@ -372,7 +374,7 @@ impl Filesystem for ChorusFuse {
     ) {
         let r = name_of(name).and_then(|name| {
             let op = Op::Mknod { parent: parent.0, name, mode, umask, rdev };
-            attr_of("mknod", self.mutate(caller_with_groups(req), op))
+            attr_of("mknod", self.mutate(req, op))
         });
         self.reply_entry(reply, r);
     }
@@ -380,18 +382,18 @@ impl Filesystem for ChorusFuse {
     fn mkdir(&self, req: &fuser::Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
         let r = name_of(name).and_then(|name| {
             let op = Op::Mkdir { parent: parent.0, name, mode, umask };
-            attr_of("mkdir", self.mutate(caller_with_groups(req), op))
+            attr_of("mkdir", self.mutate(req, op))
         });
         self.reply_entry(reply, r);
     }
 
     fn unlink(&self, req: &fuser::Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let r = name_of(name).and_then(|name| ok_of(self.mutate(caller(req), Op::Unlink { parent: parent.0, name })));
+        let r = name_of(name).and_then(|name| ok_of(self.mutate(req, Op::Unlink { parent: parent.0, name })));
         Self::reply_empty(reply, r);
     }
 
     fn rmdir(&self, req: &fuser::Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let r = name_of(name).and_then(|name| ok_of(self.mutate(caller(req), Op::Rmdir { parent: parent.0, name })));
+        let r = name_of(name).and_then(|name| ok_of(self.mutate(req, Op::Rmdir { parent: parent.0, name })));
         Self::reply_empty(reply, r);
     }
 
@@ -402,7 +404,7 @@ impl Filesystem for ChorusFuse {
                 return Err(Errno::ENAMETOOLONG);
             }
             let op = Op::Symlink { parent: parent.0, name, target: target.to_vec() };
-            attr_of("symlink", self.mutate(caller_with_groups(req), op))
+            attr_of("symlink", self.mutate(req, op))
         });
         self.reply_entry(reply, r);
     }
@@ -430,7 +432,7 @@ impl Filesystem for ChorusFuse {
                 newname: name_of(newname)?,
                 flags: flags.bits(),
             };
-            ok_of(self.mutate(caller(req), op))
+            ok_of(self.mutate(req, op))
         })();
         Self::reply_empty(reply, r);
     }
@@ -438,13 +440,13 @@ impl Filesystem for ChorusFuse {
     fn link(&self, req: &fuser::Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
         let r = name_of(newname).and_then(|newname| {
             let op = Op::Link { ino: ino.0, newparent: newparent.0, newname };
-            attr_of("link", self.mutate(caller(req), op))
+            attr_of("link", self.mutate(req, op))
         });
         self.reply_entry(reply, r);
     }
 
     fn open(&self, req: &fuser::Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        match self.mutate(caller(req), Op::Open { ino: ino.0, flags: flags.0 }).map_err(errno) {
+        match self.mutate(req, Op::Open { ino: ino.0, flags: flags.0 }).map_err(errno) {
             // No FOPEN_KEEP_CACHE: the kernel drops this file's cached pages
             // on every open (close-to-open coherence until callbacks exist).
             Ok(Reply::Opened { fh, .. }) => reply.opened(FileHandle(fh), FopenFlags::empty()),
@@ -490,7 +492,7 @@ impl Filesystem for ChorusFuse {
         // The open flags travel along so O_APPEND appends at the size the
         // state machine knows, not the kernel's possibly stale one.
         let op = Op::Write { ino: ino.0, fh: fh.0, offset, data: data.to_vec(), flags: flags.0 };
-        match self.mutate(caller(req), op).map_err(errno) {
+        match self.mutate(req, op).map_err(errno) {
             Ok(Reply::Written { written, .. }) => reply.written(written.min(data.len() as u32)),
             Ok(other) => reply.error(unexpected("write", &other)),
             Err(e) => reply.error(e),
@@ -512,7 +514,7 @@ impl Filesystem for ChorusFuse {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        let r = ok_of(self.mutate(caller(req), Op::Release { ino: ino.0, fh: fh.0 }));
+        let r = ok_of(self.mutate(req, Op::Release { ino: ino.0, fh: fh.0 }));
         if let Err(e) = r {
             // close() can't report it; the server reclaims the handle when
             // the session ends.
@@ -522,7 +524,7 @@ impl Filesystem for ChorusFuse {
     }
 
     fn fsync(&self, req: &fuser::Request, ino: INodeNo, _fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
-        Self::reply_empty(reply, ok_of(self.mutate(caller(req), Op::Fsync { ino: ino.0, datasync })));
+        Self::reply_empty(reply, ok_of(self.mutate(req, Op::Fsync { ino: ino.0, datasync })));
     }
 
     fn opendir(&self, _req: &fuser::Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -563,7 +565,7 @@ impl Filesystem for ChorusFuse {
     }
 
     fn fsyncdir(&self, req: &fuser::Request, ino: INodeNo, _fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
-        Self::reply_empty(reply, ok_of(self.mutate(caller(req), Op::Fsync { ino: ino.0, datasync })));
+        Self::reply_empty(reply, ok_of(self.mutate(req, Op::Fsync { ino: ino.0, datasync })));
     }
 
     fn statfs(&self, req: &fuser::Request, _ino: INodeNo, reply: ReplyStatfs) {
@@ -595,7 +597,7 @@ impl Filesystem for ChorusFuse {
                 return Err(Errno::E2BIG);
             }
             let op = Op::SetXattr { ino: ino.0, name, value: value.to_vec(), flags };
-            ok_of(self.mutate(caller(req), op))
+            ok_of(self.mutate(req, op))
         })();
         Self::reply_empty(reply, r);
     }
@@ -613,7 +615,7 @@ impl Filesystem for ChorusFuse {
 
     fn removexattr(&self, req: &fuser::Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let r = xattr_name_of(name)
-            .and_then(|name| ok_of(self.mutate(caller(req), Op::RemoveXattr { ino: ino.0, name })));
+            .and_then(|name| ok_of(self.mutate(req, Op::RemoveXattr { ino: ino.0, name })));
         Self::reply_empty(reply, r);
     }
 
@@ -636,7 +638,7 @@ impl Filesystem for ChorusFuse {
         let r = name_of(name).and_then(|name| {
             let excl = flags & libc::O_EXCL != 0;
             let op = Op::Create { parent: parent.0, name, mode, umask, flags, excl };
-            match self.mutate(caller_with_groups(req), op).map_err(errno)? {
+            match self.mutate(req, op).map_err(errno)? {
                 Reply::Created { attr, fh } => Ok((attr, fh)),
                 other => Err(unexpected("create", &other)),
             }
@@ -660,7 +662,7 @@ impl Filesystem for ChorusFuse {
         reply: ReplyEmpty,
     ) {
         let op = Op::Fallocate { ino: ino.0, fh: fh.0, offset, length, mode };
-        Self::reply_empty(reply, ok_of(self.mutate(caller(req), op)));
+        Self::reply_empty(reply, ok_of(self.mutate(req, op)));
     }
 
     fn lseek(&self, _req: &fuser::Request, _ino: INodeNo, _fh: FileHandle, _offset: i64, _whence: i32, reply: ReplyLseek) {
@@ -700,7 +702,7 @@ impl Filesystem for ChorusFuse {
             }
             let n = data.len().min(size as usize);
             let op = Op::Write { ino: ino_out.0, fh: fh_out.0, offset: offset_out, data: data[..n].to_vec(), flags: 0 };
-            match self.mutate(caller(req), op).map_err(errno)? {
+            match self.mutate(req, op).map_err(errno)? {
                 Reply::Written { written, .. } => Ok(written.min(n as u32)),
                 other => Err(unexpected("write", &other)),
             }
