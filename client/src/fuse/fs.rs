@@ -222,19 +222,17 @@ impl ChorusFuse {
             let complete = (entries.len() as u32) < batch;
             for e in &entries {
                 let full = if plus {
+                    let fetched;
                     let attr = match &e.attr {
-                        Some(a) => Some(a.clone()),
+                        Some(a) => Some(a),
                         // A backend may omit attributes; fetch them. An entry
                         // that vanished meanwhile is simply left out.
-                        None => match attr_of("getattr", self.query(req, Query::GetAttr { ino: e.ino })) {
-                            Ok(a) => Some(a),
-                            Err(_) => None,
-                        },
+                        None => {
+                            fetched = attr_of("getattr", self.query(req, Query::GetAttr { ino: e.ino })).ok();
+                            fetched.as_ref()
+                        }
                     };
-                    match attr {
-                        Some(a) => push(e, Some(&a)),
-                        None => false,
-                    }
+                    attr.is_some_and(|a| push(e, Some(a)))
                 } else {
                     push(e, None)
                 };
@@ -533,8 +531,9 @@ impl Filesystem for ChorusFuse {
     }
 
     fn readdir(&self, req: &fuser::Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        let name = |e: &DirEntry| OsStr::from_bytes(&e.name).to_owned();
-        let r = self.fill_dir(req, ino.0, offset, false, |e, _| reply.add(INodeNo(e.ino), e.cookie, file_type(e.kind), name(e)));
+        let r = self.fill_dir(req, ino.0, offset, false, |e, _| {
+            reply.add(INodeNo(e.ino), e.cookie, file_type(e.kind), OsStr::from_bytes(&e.name))
+        });
         match r {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),

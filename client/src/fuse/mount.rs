@@ -256,7 +256,8 @@ fn find_mount(mountinfo: &str, path: &Path) -> Option<MountInfo> {
     let want = path.as_os_str().as_bytes();
     mountinfo
         .lines()
-        .filter_map(|line| {
+        .rev()
+        .find_map(|line| {
             let mut f = line.split(' ');
             let (_id, _parent, dev, _root, mp) = (f.next()?, f.next()?, f.next()?, f.next()?, f.next()?);
             if unescape_mountinfo(mp) != want {
@@ -265,7 +266,6 @@ fn find_mount(mountinfo: &str, path: &Path) -> Option<MountInfo> {
             let (maj, min) = dev.split_once(':').unzip();
             Some(MountInfo { dev_major: maj.and_then(|m| m.parse().ok()), dev_minor: min.and_then(|m| m.parse().ok()) })
         })
-        .last()
 }
 
 fn mounted_at(path: &Path) -> Option<MountInfo> {
