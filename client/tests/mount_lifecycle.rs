@@ -159,3 +159,27 @@ fn not_root_missing_and_file_errors_are_one_line() {
     let e = mount(backend(), d.path(), MountOptions { threads: 0, ..Default::default() }).unwrap_err();
     assert!(matches!(e, MountError::InvalidOptions(_)), "{e}");
 }
+
+/// A backend that misbehaves (panics, answers the wrong reply kind, or an
+/// "error" 0) costs the caller an EIO, never the mount.
+#[test]
+fn misbehaving_backend_gives_eio_and_the_mount_survives() {
+    if !can_mount() {
+        return;
+    }
+    let be: Arc<dyn Backend> = Arc::new(|req: Request| match &req {
+        Request::Query { query: Query::Lookup { name, .. }, .. } if name == b"panic" => panic!("backend bug"),
+        Request::Query { query: Query::Lookup { name, .. }, .. } if name == b"wrongkind" => Ok(Reply::Ok),
+        Request::Query { query: Query::Lookup { name, .. }, .. } if name == b"zero" => Err(Errno(0)),
+        _ => empty_root(req),
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = mount(be, dir.path(), MountOptions { threads: 1, ..Default::default() }).expect("mount");
+    for name in ["panic", "wrongkind", "zero", "panic"] {
+        let e = std::fs::metadata(dir.path().join(name)).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EIO), "{name}");
+    }
+    // The single worker thread is still serving.
+    assert!(std::fs::metadata(dir.path()).unwrap().is_dir());
+    h.unmount().unwrap();
+}

@@ -34,6 +34,9 @@ const DEV_FUSE: &str = "/dev/fuse";
 const FUSECTL_DIR: &str = "/sys/fs/fuse/connections";
 /// How long unmount waits for the session threads after the kernel let go.
 const SESSION_EXIT_WAIT: Duration = Duration::from_secs(5);
+/// After a lazy detach (files still open inside) the connection lives on
+/// until they close; we are shutting down, so abort after this grace period.
+const DETACHED_GRACE: Duration = Duration::from_secs(1);
 /// Most FUSE worker threads one mount may ask for (each holds a 16 MiB buffer).
 const THREADS_MAX: usize = 64;
 
@@ -125,6 +128,7 @@ impl MountHandle {
         let Some(session) = self.session.take() else { return Ok(()) };
         let path = self.mountpoint.clone();
         let mut first_error = None;
+        let mut grace = SESSION_EXIT_WAIT;
         if let Err(e) = umount(&path, false) {
             match e.raw_os_error() {
                 // Already gone (someone ran umount): fine.
@@ -132,6 +136,7 @@ impl MountHandle {
                 // Open files inside: detach the name now; the kernel ends
                 // the connection when the last user goes.
                 _ => {
+                    grace = DETACHED_GRACE;
                     if let Err(e2) = umount(&path, true) {
                         if !matches!(e2.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOENT)) {
                             first_error = Some(UnmountError::Umount { path: path.clone(), source: e2 });
@@ -140,7 +145,7 @@ impl MountHandle {
                 }
             }
         }
-        if !wait_finished(&session, SESSION_EXIT_WAIT) {
+        if !wait_finished(&session, grace) {
             if let Some(id) = self.conn_id {
                 abort_connection(id);
             }
@@ -148,7 +153,7 @@ impl MountHandle {
                 // Dropping a BackgroundSession detaches its thread; its fuser
                 // Mount then tries umount once more and logs the harmless error.
                 drop(session);
-                return Err(first_error.unwrap_or(UnmountError::SessionStuck(path, 2 * SESSION_EXIT_WAIT)));
+                return Err(first_error.unwrap_or(UnmountError::SessionStuck(path, grace + SESSION_EXIT_WAIT)));
             }
         }
         let joined = session.join();
