@@ -152,7 +152,12 @@ pub fn init_cluster(dir: &Path, replicas: usize) -> Result<(), WireError> {
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(gen_err)?;
     ca_params.distinguished_name = rcgen::DistinguishedName::new();
     ca_params.distinguished_name.push(DnType::OrganizationName, "ChorusFS");
-    ca_params.distinguished_name.push(DnType::CommonName, "ChorusFS cluster CA");
+    // A per-cluster name: certificate paths are built by issuer NAME, so two
+    // clusters' CAs must not share one, or a foreign certificate would be
+    // matched to our CA and fail only on its signature (a confusing error)
+    // instead of "unknown CA".
+    let cluster_tag: String = ca_params.key_identifier(&ca_key)[..8].iter().map(|b| format!("{b:02x}")).collect();
+    ca_params.distinguished_name.push(DnType::CommonName, format!("ChorusFS cluster CA {cluster_tag}"));
     // Path length 0: the CA signs leaves only, never another CA.
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];

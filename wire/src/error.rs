@@ -145,7 +145,7 @@ fn alert_words(alert: u8) -> String {
         0x2e => "certificate unknown".into(),
         0x30 => "unknown CA".into(),
         0x31 => "access denied".into(),
-        0x33 => "bad signature".into(),
+        0x33 => "bad signature (signed by a different CA with the same name?)".into(),
         0x78 => "no common application protocol (is the peer a chorus component of the same version?)".into(),
         other => format!("TLS alert {other:#x}"),
     }
