@@ -86,6 +86,16 @@ pub enum WireError {
         reason: String,
     },
 
+    /// (Server side) an incoming connection's handshake failed: typically its
+    /// certificate is not from this cluster, or it presented none.
+    #[error("refused connection from {peer}: {reason}")]
+    PeerRefused {
+        /// The peer's address.
+        peer: SocketAddr,
+        /// Why, in words.
+        reason: String,
+    },
+
     /// The connection is gone (peer closed, crashed, timed out, or was closed locally).
     #[error("connection lost: {0}")]
     ConnectionLost(String),
@@ -200,6 +210,24 @@ impl WireError {
             C::VersionMismatch => WireError::ConnectionLost("peer speaks no QUIC version we support".into()),
             C::CidsExhausted => WireError::ConnectionLost("connection ids exhausted".into()),
         }
+    }
+
+    /// Translates a failed incoming handshake (server side): a certificate
+    /// alert we raised means we refused the peer's certificate.
+    pub fn from_incoming(peer: SocketAddr, err: &quinn::ConnectionError) -> WireError {
+        let reason = match err {
+            quinn::ConnectionError::TransportError(te) => match crypto_alert(u64::from(te.code)) {
+                Some(0x74) | Some(0x29) => "it presented no client certificate".to_string(),
+                Some(alert) if is_cert_alert(alert) => format!(
+                    "its certificate was refused ({}: {}) — it was not made by this cluster's `chorus init`",
+                    alert_words(alert),
+                    te.reason
+                ),
+                _ => format!("handshake failed: {te}"),
+            },
+            other => format!("handshake failed: {}", WireError::from_connection(other)),
+        };
+        WireError::PeerRefused { peer, reason }
     }
 
     /// True when the error means the connection can no longer be used.

@@ -20,7 +20,8 @@
 //! - Cancelling a call (dropping its future, e.g. on a caller's timeout)
 //!   never corrupts the stream: frames are written whole by one writer task,
 //!   and the pending entry is removed.
-//! - The server runs at most [`SERVER_REQUESTS_IN_FLIGHT_MAX`] handlers per
+//! - The server runs at most [`SERVER_REQUESTS_IN_FLIGHT_MAX`] handlers, holding
+//!   at most [`SERVER_REQUEST_BYTES_IN_FLIGHT_MAX`] bytes of requests, per
 //!   connection at once; beyond that it stops reading, so QUIC flow control
 //!   pushes back on the client. Replies go out as they complete (not in order).
 //! - Malformed input (bad frame, oversized length, wrong version, unknown
@@ -72,6 +73,9 @@ pub const ENVELOPE_HEADER_BYTES: usize = 1 + 8;
 pub const CALLS_IN_FLIGHT_MAX: usize = 1024;
 /// Handlers one server connection may run at once.
 pub const SERVER_REQUESTS_IN_FLIGHT_MAX: usize = 1024;
+/// Bytes of decoded-but-unanswered requests one server connection may hold
+/// (a frame is at most 16 MiB, so one request always fits).
+pub const SERVER_REQUEST_BYTES_IN_FLIGHT_MAX: usize = 128 * 1024 * 1024;
 /// Encoded frames waiting for a stream's writer task.
 pub const WRITE_QUEUE_FRAMES_MAX: usize = 256;
 /// Pushed messages waiting (on either side) before the pusher is slowed.
@@ -124,7 +128,7 @@ fn close_with(conn: &quinn::Connection, code: VarInt, reason: &str) {
     while !reason.is_char_boundary(end) {
         end -= 1;
     }
-    conn.close(code, reason[..end].as_bytes());
+    conn.close(code, &reason.as_bytes()[..end]);
 }
 
 /// Closes `conn` for a protocol violation, with a warning naming the peer.
@@ -236,8 +240,18 @@ impl RpcClient {
     /// `endpoint`, which must carry a client configuration from
     /// [`crate::tls::client_config`].
     pub async fn connect(endpoint: &quinn::Endpoint, addr: SocketAddr) -> Result<RpcClient, WireError> {
+        RpcClient::connect_named(endpoint, addr, SERVER_NAME).await
+    }
+
+    /// Like [`RpcClient::connect`], but verifies the server under
+    /// `server_name`, e.g. `replica-2.chorus` to insist on one replica.
+    pub async fn connect_named(
+        endpoint: &quinn::Endpoint,
+        addr: SocketAddr,
+        server_name: &str,
+    ) -> Result<RpcClient, WireError> {
         let connecting = endpoint
-            .connect(addr, SERVER_NAME)
+            .connect(addr, server_name)
             .map_err(|e| WireError::Connect { addr, reason: e.to_string() })?;
         let conn = connecting.await.map_err(|e| WireError::from_connection(&e))?;
         RpcClient::from_connection(conn).await
@@ -451,6 +465,21 @@ fn panic_text(panic: &(dyn Any + Send)) -> String {
     }
 }
 
+/// Completes the handshake of an incoming connection. A peer whose
+/// certificate is refused (another cluster's, none at all) is logged with its
+/// address and reported as [`WireError::PeerRefused`].
+pub async fn accept(incoming: quinn::Incoming) -> Result<quinn::Connection, WireError> {
+    let peer = incoming.remote_address();
+    match incoming.await {
+        Ok(conn) => Ok(conn),
+        Err(err) => {
+            let err = WireError::from_incoming(peer, &err);
+            tracing::warn!(%peer, %err, "refused incoming connection");
+            Err(err)
+        }
+    }
+}
+
 /// Serves RPCs on one incoming connection until it closes: accepts its
 /// bidirectional streams and runs `handler` for each request concurrently
 /// (at most [`SERVER_REQUESTS_IN_FLIGHT_MAX`] at once), writing replies as
@@ -468,7 +497,10 @@ where
     Resp: Serialize + Send + 'static,
 {
     let handler = Arc::new(handler);
-    let in_flight = Arc::new(Semaphore::new(SERVER_REQUESTS_IN_FLIGHT_MAX));
+    let in_flight = Arc::new(Budget {
+        requests: Arc::new(Semaphore::new(SERVER_REQUESTS_IN_FLIGHT_MAX)),
+        bytes: Arc::new(Semaphore::new(SERVER_REQUEST_BYTES_IN_FLIGHT_MAX)),
+    });
     // Stream tasks are bounded by the transport's concurrent-stream limit.
     let mut streams: JoinSet<Result<(), WireError>> = JoinSet::new();
     loop {
@@ -500,6 +532,12 @@ where
     }
 }
 
+/// What one connection's handlers may hold at once.
+struct Budget {
+    requests: Arc<Semaphore>,
+    bytes: Arc<Semaphore>,
+}
+
 /// Serves one bidirectional stream: reads requests, spawns handlers, and
 /// feeds their replies to this stream's writer task.
 async fn serve_stream<Req, Resp, H, Fut>(
@@ -507,7 +545,7 @@ async fn serve_stream<Req, Resp, H, Fut>(
     send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     handler: Arc<H>,
-    in_flight: Arc<Semaphore>,
+    in_flight: Arc<Budget>,
 ) -> Result<(), WireError>
 where
     H: Fn(Req) -> Fut + Send + Sync + 'static,
@@ -534,9 +572,13 @@ where
             Ok(req) => req,
             Err(err) => break Err(violation(&conn, format!("request {id}: {err}"))),
         };
+        let request_bytes = payload.len() as u32; // <= PAYLOAD_BYTES_MAX, far below u32::MAX
         drop(payload);
         // Waiting here (not spawning unboundedly) is the backpressure.
-        let permit = in_flight.clone().acquire_owned().await.expect("semaphore never closed");
+        let permit = (
+            in_flight.requests.clone().acquire_owned().await.expect("semaphore never closed"),
+            in_flight.bytes.clone().acquire_many_owned(request_bytes).await.expect("semaphore never closed"),
+        );
         let fut = CatchUnwind(Box::pin(handler(req)));
         let write_tx = write_tx.clone();
         tokio::spawn(async move {

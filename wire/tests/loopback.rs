@@ -67,10 +67,10 @@ fn start_server(dir: &Path, replica: usize) -> TestServer {
             let outcome_tx = outcome_tx.clone();
             let refused_tx = refused_tx.clone();
             tokio::spawn(async move {
-                let conn = match incoming.await {
+                let conn = match rpc::accept(incoming).await {
                     Ok(conn) => conn,
                     Err(err) => {
-                        let _ = refused_tx.send(err.into()).await;
+                        let _ = refused_tx.send(err).await;
                         return;
                     }
                 };
@@ -175,7 +175,8 @@ async fn client_with_certificate_of_another_ca_is_refused() {
     let text = err.to_string();
     assert!(text.contains("unknown CA") && text.contains("chorus init"), "{text}");
     // The server saw a refused handshake, and served nothing.
-    tokio::time::timeout(STEP_TIMEOUT, server.refused.recv()).await.unwrap().unwrap();
+    let refused = tokio::time::timeout(STEP_TIMEOUT, server.refused.recv()).await.unwrap().unwrap();
+    assert!(matches!(&refused, WireError::PeerRefused { reason, .. } if reason.contains("unknown CA")), "{refused:?}");
     assert!(server.outcomes.try_recv().is_err());
 }
 
@@ -200,7 +201,8 @@ async fn client_without_certificate_is_refused() {
     };
     let err = tokio::time::timeout(STEP_TIMEOUT, outcome).await.unwrap().unwrap_err();
     assert!(matches!(err, WireError::ClientCertRequired), "{err:?}");
-    tokio::time::timeout(STEP_TIMEOUT, server.refused.recv()).await.unwrap().unwrap();
+    let refused = tokio::time::timeout(STEP_TIMEOUT, server.refused.recv()).await.unwrap().unwrap();
+    assert!(matches!(&refused, WireError::PeerRefused { reason, .. } if reason.contains("no client certificate")), "{refused:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
