@@ -1,0 +1,240 @@
+//! Client access: sessions, the replicated reply cache, exactly-once.
+//!
+//! Guarantees:
+//! - A request (session, seq) is executed at most once, ever, on the
+//!   replicated state: the session table and its cached replies are part of
+//!   the state (applied in log order, checkpointed and transferred with it),
+//!   so they survive failover, restarts and state transfer. A retry whose
+//!   request already ran gets the original reply; a retry older than the
+//!   cache gets `TooOld`, never a second execution.
+//! - Sessions are opened by a committed `Register` (the id is derived from
+//!   the op, so unique), expire after `session_timeout_ms` of leader-stamped
+//!   inactivity, and the table holds at most `sessions_max` (the least
+//!   recently active is evicted); a request on an unknown session gets
+//!   `SessionUnknown` and is not executed.
+//! - At most `session_replies_max` replies are cached per session; the
+//!   client's low-water mark lets the cache drop replies it has seen.
+//! - Everything here is a deterministic function of the log.
+//!
+//! Assumes: the inner [`StateMachine`] is deterministic; a client does not
+//! reuse a sequence number for a different request.
+//!
+//! Messages: none; the replica feeds it committed entries. Epochs (view
+//! numbers) and redirection to the leader are handled by the replica, which
+//! stamps its view and leader on every reply.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::message::{ClientId, Entry, Operation, Outcome, SessionId};
+use crate::state_machine::{ApplyContext, CheckpointError, StateMachine};
+use crate::{fnv64, Config, Millis, Op};
+
+/// One client session in the replicated table.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Session {
+    client: ClientId,
+    last_active_ms: Millis,
+    /// Requests at or below this seq are refused as too old.
+    low_water: u64,
+    /// Replies of executed requests above `low_water`.
+    replies: BTreeMap<u64, Vec<u8>>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Image {
+    applied_op: Op,
+    timestamp_ms: Millis,
+    table: BTreeMap<SessionId, Session>,
+    machine: Vec<u8>,
+}
+
+/// The user's state machine wrapped in the session layer.
+pub struct Sessions<S> {
+    machine: S,
+    table: BTreeMap<SessionId, Session>,
+    by_activity: BTreeSet<(Millis, SessionId)>,
+    applied_op: Op,
+    timestamp_ms: Millis,
+    sessions_max: usize,
+    replies_max: usize,
+    timeout_ms: Millis,
+    forget_reply_cache: bool,
+}
+
+impl<S: StateMachine> Sessions<S> {
+    /// Wraps a state machine in its initial state (applied op 0).
+    pub fn new(machine: S, config: &Config) -> Sessions<S> {
+        Sessions {
+            machine,
+            table: BTreeMap::new(),
+            by_activity: BTreeSet::new(),
+            applied_op: 0,
+            timestamp_ms: 0,
+            sessions_max: config.sessions_max,
+            replies_max: config.session_replies_max,
+            timeout_ms: config.session_timeout_ms,
+            forget_reply_cache: config.bugs().forget_reply_cache,
+        }
+    }
+
+    /// The last op applied.
+    pub fn applied_op(&self) -> Op {
+        self.applied_op
+    }
+
+    /// Leader timestamp of the last op applied.
+    pub fn timestamp_ms(&self) -> Millis {
+        self.timestamp_ms
+    }
+
+    /// The wrapped state machine.
+    pub fn machine(&self) -> &S {
+        &self.machine
+    }
+
+    /// Number of open sessions.
+    pub fn session_count(&self) -> usize {
+        self.table.len()
+    }
+
+    /// Pre-check at the leader, from applied state: the cached reply of a
+    /// request that already ran, or `TooOld`; `None` if it must be ordered.
+    pub fn precheck(&self, session: SessionId, seq: u64) -> Option<Outcome> {
+        if self.forget_reply_cache {
+            return None;
+        }
+        let s = self.table.get(&session)?;
+        if seq <= s.low_water {
+            return Some(Outcome::TooOld);
+        }
+        s.replies.get(&seq).map(|r| Outcome::Done(r.clone()))
+    }
+
+    /// Answers a read-only query from applied state.
+    pub fn query(&self, query: &[u8]) -> Vec<u8> {
+        self.machine.query(query)
+    }
+
+    /// Applies the next committed entry; returns one outcome per request.
+    pub fn apply_entry(&mut self, entry: &Entry) -> Vec<Outcome> {
+        assert_eq!(entry.op, self.applied_op + 1, "entries apply in order, exactly once");
+        assert!(entry.timestamp_ms >= self.timestamp_ms, "leader clock went back in the log");
+        self.expire(entry.timestamp_ms);
+        let context = ApplyContext { op: entry.op, timestamp_ms: entry.timestamp_ms };
+        let mut outcomes = Vec::with_capacity(entry.requests.len());
+        for (index, request) in entry.requests.iter().enumerate() {
+            let outcome = match &request.operation {
+                Operation::Register => {
+                    // Unique forever: ops never repeat and a batch is bounded.
+                    let id = (entry.op << 16) | index as u64;
+                    self.open(id, request.client, entry.timestamp_ms);
+                    Outcome::Registered(id)
+                }
+                Operation::Write(command) => {
+                    self.execute(request.session, request.seq, request.low_water, entry.timestamp_ms, |m| {
+                        m.apply(context, command)
+                    })
+                }
+                Operation::Read(query) => {
+                    self.execute(request.session, request.seq, request.low_water, entry.timestamp_ms, |m| {
+                        m.query(query)
+                    })
+                }
+            };
+            outcomes.push(outcome);
+        }
+        self.applied_op = entry.op;
+        self.timestamp_ms = entry.timestamp_ms;
+        outcomes
+    }
+
+    fn execute(
+        &mut self,
+        session: SessionId,
+        seq: u64,
+        low_water: u64,
+        now_ms: Millis,
+        run: impl FnOnce(&mut S) -> Vec<u8>,
+    ) -> Outcome {
+        let Some(s) = self.table.get(&session) else { return Outcome::SessionUnknown };
+        let last_active_ms = s.last_active_ms;
+        if !self.forget_reply_cache {
+            if seq <= s.low_water {
+                return Outcome::TooOld;
+            }
+            if let Some(reply) = s.replies.get(&seq) {
+                return Outcome::Done(reply.clone());
+            }
+        }
+        let reply = run(&mut self.machine);
+        self.by_activity.remove(&(last_active_ms, session));
+        self.by_activity.insert((now_ms, session));
+        let replies_max = self.replies_max;
+        let s = self.table.get_mut(&session).expect("session present");
+        s.last_active_ms = now_ms;
+        s.replies.insert(seq, reply.clone());
+        // The client has seen everything up to its mark; never drop the reply
+        // of the request being answered now.
+        s.low_water = s.low_water.max(low_water.min(seq.saturating_sub(1)));
+        let low = s.low_water;
+        s.replies.retain(|k, _| *k > low);
+        while s.replies.len() > replies_max {
+            let (oldest, _) = s.replies.pop_first().expect("non-empty");
+            s.low_water = s.low_water.max(oldest);
+        }
+        Outcome::Done(reply)
+    }
+
+    fn open(&mut self, id: SessionId, client: ClientId, now_ms: Millis) {
+        let session = Session { client, last_active_ms: now_ms, low_water: 0, replies: BTreeMap::new() };
+        assert!(self.table.insert(id, session).is_none(), "session ids are unique");
+        self.by_activity.insert((now_ms, id));
+        while self.table.len() > self.sessions_max {
+            let (_, victim) = self.by_activity.pop_first().expect("non-empty");
+            self.table.remove(&victim);
+        }
+    }
+
+    fn expire(&mut self, now_ms: Millis) {
+        while let Some(&(last_active_ms, id)) = self.by_activity.first() {
+            if last_active_ms.saturating_add(self.timeout_ms) >= now_ms {
+                break;
+            }
+            self.by_activity.pop_first();
+            self.table.remove(&id);
+        }
+    }
+
+    /// A self-contained image of the sessions and the machine.
+    pub fn checkpoint(&self) -> Vec<u8> {
+        let image = Image {
+            applied_op: self.applied_op,
+            timestamp_ms: self.timestamp_ms,
+            table: self.table.clone(),
+            machine: self.machine.checkpoint(),
+        };
+        bincode::serialize(&image).expect("serialize session image")
+    }
+
+    /// Replaces everything by a checkpoint image.
+    pub fn restore(&mut self, op: Op, bytes: &[u8]) -> Result<(), CheckpointError> {
+        let image: Image = bincode::deserialize(bytes).map_err(|e| CheckpointError(e.to_string()))?;
+        if image.applied_op != op {
+            return Err(CheckpointError(format!("image at op {} labelled {}", image.applied_op, op)));
+        }
+        self.machine.restore(op, &image.machine)?;
+        self.by_activity = image.table.iter().map(|(id, s)| (s.last_active_ms, *id)).collect();
+        self.table = image.table;
+        self.applied_op = image.applied_op;
+        self.timestamp_ms = image.timestamp_ms;
+        Ok(())
+    }
+
+    /// Digest of the replicated state (sessions and machine).
+    pub fn digest(&self) -> u64 {
+        let table = bincode::serialize(&(self.applied_op, &self.table)).expect("serialize table");
+        fnv64(&table) ^ self.machine.digest().rotate_left(17)
+    }
+}

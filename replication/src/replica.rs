@@ -1,0 +1,1211 @@
+//! The replica: ties detector, membership, order, stability, log, recovery,
+//! access and lease into one sans-IO state machine.
+//!
+//! Guarantees (the rules of `docs/protocol.md`, asserted here densely):
+//! - commit point never decreases; applied == committed after every step;
+//!   committed ≤ op; the leader's commit point ≤ the op durable on a majority.
+//! - view numbers never decrease; a normal replica's last normal view is its view.
+//! - a reply leaves only for an applied (hence committed) entry, or for a
+//!   read under the lease: uniform output.
+//!
+//! Assumes: the shell executes actions in order — `Persist` writes in `seq`
+//! order, reporting `Persisted` — delivers messages best effort, and calls
+//! `step(now, Tick)` no later than asked by `SetTimer` (earlier is harmless).
+//!
+//! Messages: all of [`crate::message::Message`]; see the table there.
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::access::Sessions;
+use crate::detector::Detector;
+use crate::lease::Lease;
+use crate::log::{Checkpoint, Durable, Journal, Log, Superblock, Write};
+use crate::membership::{leader_of, next_view_led_by, Members, ViewChange, Vote};
+use crate::message::{Action, Entry, Event, LogSuffix, Message, Operation, Outcome, Reply, Request, StateTransfer};
+use crate::order::{same_request, Sequencer};
+use crate::recovery::Recovery;
+use crate::stability::AckTracker;
+use crate::state_machine::StateMachine;
+use crate::{Config, Millis, Op, ReplicaId, ViewNumber};
+
+/// Where a replica is in the protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    /// Serving its view (as leader or follower).
+    Normal,
+    /// Forming a new view, or waiting for the state of a view it learnt of.
+    ViewChange,
+    /// Lost its disk; getting the group's state before it may take part.
+    Recovering,
+}
+
+/// A snapshot of a replica's protocol state, for `chorus status` and tests.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StatusReport {
+    /// This replica.
+    pub id: ReplicaId,
+    /// Its status.
+    pub status: Status,
+    /// Current view.
+    pub view: ViewNumber,
+    /// Last view in which it was normal.
+    pub last_normal_view: ViewNumber,
+    /// Leader of the current view.
+    pub leader: ReplicaId,
+    /// Members of the current view as known here.
+    pub members: Members,
+    /// Last op in the log.
+    pub op: Op,
+    /// Commit point.
+    pub commit_op: Op,
+    /// Applied op (always equals the commit point between steps).
+    pub applied_op: Op,
+    /// Log durable up to here.
+    pub durable_op: Op,
+    /// Log base (covered by a checkpoint).
+    pub log_base: Op,
+    /// Whether it holds the leader lease now.
+    pub lease_holds: bool,
+    /// Whether it is waiting for a state transfer.
+    pub needs_state: bool,
+    /// Recovering, or its installed state is not yet durable: it must not be
+    /// counted as a healthy copy of the data.
+    pub recovering: bool,
+}
+
+/// Assert an invariant, unless an injected bug is on (then the simulator's
+/// checkers, not a panic, must report the damage).
+macro_rules! invariant {
+    ($self:ident, $cond:expr, $($arg:tt)+) => {
+        if !$self.config.bugs().any() {
+            assert!($cond, "replica {}: {}", $self.id, format!($($arg)+));
+        }
+    };
+}
+
+/// One replica of the group, generic over the state machine it replicates.
+pub struct Replica<S: StateMachine> {
+    config: Config,
+    id: ReplicaId,
+    rng: ChaCha8Rng,
+    now_ms: Millis,
+
+    status: Status,
+    view: ViewNumber,
+    last_normal_view: ViewNumber,
+    members: Members,
+    /// Leader only: the op its log had when the view was installed.
+    view_start_op: Op,
+    /// Leader only: the commit point learnt from the view change.
+    install_commit_op: Op,
+    commit_op: Op,
+    /// Follower: waiting for GetState's answer before it can be normal.
+    needs_state: bool,
+
+    log: Log,
+    journal: Journal,
+    machine: Sessions<S>,
+    /// Newest checkpoint taken or installed (its write may be in flight).
+    checkpoint: Option<Checkpoint>,
+
+    detector: Detector,
+    lease: Lease,
+    sequencer: Sequencer,
+    acks: AckTracker,
+    view_change: ViewChange,
+    recovery: Option<Recovery>,
+
+    /// Latest `sent_at_ms` from the leader of this view (echoed in PrepareOk).
+    leader_sent_at_ms: Millis,
+    heartbeat_sent_ms: Millis,
+    repair_sent_ms: Option<Millis>,
+    state_request_sent_ms: Option<Millis>,
+    join_sent_ms: Option<Millis>,
+    view_change_retry_ms: Millis,
+
+    /// Messages waiting for the write with this seq (and all before) to be durable.
+    held: Vec<(u64, ReplicaId, Message)>,
+    actions: Vec<Action>,
+    timer_ms: Option<Millis>,
+}
+
+impl<S: StateMachine> Replica<S> {
+    /// Starts a replica from what its disk holds. `machine` must be in its
+    /// initial state (the core restores the checkpoint into it); `seed` feeds
+    /// the replica's only random source.
+    pub fn new(config: Config, id: ReplicaId, durable: Durable, machine: S, seed: u64, now_ms: Millis) -> Replica<S> {
+        config.validate().expect("valid config");
+        let n = config.replica_count;
+        assert!(id < n, "replica id outside U");
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let jitter_ms = rng.gen_range(0..=config.suspicion_jitter_ms);
+        let mut machine = Sessions::new(machine, &config);
+        let wiped = durable.superblock.is_none();
+        let (log, checkpoint) = if wiped {
+            (Log::new(0, 0, Vec::new()), None)
+        } else {
+            match durable.checkpoint {
+                Some(c) => {
+                    machine.restore(c.op, &c.state).expect("durable checkpoint restores");
+                    let entries = durable.entries.into_iter().filter(|e| e.op > c.op).collect();
+                    (Log::new(c.op, c.timestamp_ms, entries), Some(c))
+                }
+                None => (Log::new(0, 0, durable.entries), None),
+            }
+        };
+        let base = log.base();
+        let mut replica = Replica {
+            detector: Detector::new(&config, jitter_ms),
+            // A restarted replica may have forgotten a lease promise: wait.
+            lease: Lease::new(&config, now_ms + config.lease_ms),
+            sequencer: Sequencer::new(config.pending_requests_max),
+            acks: AckTracker::new(n),
+            view_change: ViewChange::new(0, n, now_ms),
+            journal: Journal::new(log.op(), durable.superblock),
+            config,
+            id,
+            rng,
+            now_ms,
+            status: Status::Normal,
+            view: 0,
+            last_normal_view: 0,
+            members: Members::all(n),
+            view_start_op: 0,
+            install_commit_op: 0,
+            commit_op: base,
+            needs_state: false,
+            log,
+            machine,
+            checkpoint,
+            recovery: None,
+            leader_sent_at_ms: 0,
+            heartbeat_sent_ms: 0,
+            repair_sent_ms: None,
+            state_request_sent_ms: None,
+            join_sent_ms: None,
+            view_change_retry_ms: now_ms,
+            held: Vec::new(),
+            actions: Vec::new(),
+            timer_ms: None,
+        };
+        match durable.superblock {
+            None => replica.start_recovery(),
+            Some(sb) => {
+                assert_eq!((sb.replica, sb.replica_count), (id, n), "superblock of another replica or universe");
+                replica.view = sb.view;
+                replica.last_normal_view = sb.last_normal_view;
+                let leader = replica.leader();
+                if sb.view == sb.last_normal_view && leader != id {
+                    replica.detector.reset(leader, now_ms);
+                } else if sb.view == sb.last_normal_view {
+                    // It led this view but cannot know which ops it handed out
+                    // and lost with unsynced writes: never lead it again.
+                    replica.start_view_change(sb.view + 1);
+                } else {
+                    replica.enter_view_change(sb.view, true);
+                }
+            }
+        }
+        replica.update_timer();
+        replica
+    }
+
+    /// Feeds one event at time `now_ms`.
+    pub fn step(&mut self, now_ms: Millis, event: Event) {
+        invariant!(self, now_ms >= self.now_ms, "time went back");
+        self.now_ms = self.now_ms.max(now_ms);
+        let (view_before, commit_before) = (self.view, self.commit_op);
+        match event {
+            Event::Tick => self.on_tick(),
+            Event::Message { from, message } => self.on_message(from, message),
+            Event::Request(request) => self.on_request(request),
+            Event::Persisted { seq } => self.on_persisted(seq),
+        }
+        invariant!(self, self.view >= view_before, "view went back");
+        invariant!(self, self.commit_op >= commit_before, "commit point went back");
+        self.check_invariants();
+        self.update_timer();
+    }
+
+    /// Drains the actions produced so far.
+    pub fn poll_actions(&mut self) -> Vec<Action> {
+        std::mem::take(&mut self.actions)
+    }
+
+    /// When the core next wants a Tick.
+    pub fn poll_timeout(&self) -> Option<Millis> {
+        self.timer_ms
+    }
+
+    /// A snapshot of the protocol state.
+    pub fn status(&self) -> StatusReport {
+        let lease_holds = self.is_leader_normal()
+            && self.lease.holds(self.id, self.members, self.config.majority(), self.now_ms);
+        StatusReport {
+            id: self.id,
+            status: self.status,
+            view: self.view,
+            last_normal_view: self.last_normal_view,
+            leader: self.leader(),
+            members: self.members,
+            op: self.log.op(),
+            commit_op: self.commit_op,
+            applied_op: self.machine.applied_op(),
+            durable_op: self.journal.durable_op(),
+            log_base: self.log.base(),
+            lease_holds,
+            needs_state: self.needs_state,
+            recovering: self.status == Status::Recovering || self.journal.durable_superblock().is_none(),
+        }
+    }
+
+    /// The replicated state (sessions and the user's machine).
+    pub fn state(&self) -> &Sessions<S> {
+        &self.machine
+    }
+
+    /// The entry at `op` if still held in memory.
+    pub fn entry(&self, op: Op) -> Option<&Entry> {
+        self.log.get(op)
+    }
+
+    // ----------------------------------------------------------------- helpers
+
+    fn n(&self) -> u8 {
+        self.config.replica_count
+    }
+
+    fn leader(&self) -> ReplicaId {
+        leader_of(self.view, self.n())
+    }
+
+    fn is_leader(&self) -> bool {
+        self.leader() == self.id
+    }
+
+    fn is_leader_normal(&self) -> bool {
+        self.status == Status::Normal && self.is_leader()
+    }
+
+    fn superblock(&self) -> Superblock {
+        Superblock {
+            replica: self.id,
+            replica_count: self.n(),
+            view: self.view,
+            last_normal_view: self.last_normal_view,
+        }
+    }
+
+    fn checkpoint_op(&self) -> Op {
+        self.checkpoint.as_ref().map(|c| c.op).unwrap_or(0)
+    }
+
+    fn send(&mut self, to: ReplicaId, message: Message) {
+        if to != self.id {
+            self.actions.push(Action::Send { to, message });
+        }
+    }
+
+    fn broadcast(&mut self, message: Message) {
+        for to in 0..self.n() {
+            if to != self.id {
+                self.actions.push(Action::Send { to, message: message.clone() });
+            }
+        }
+    }
+
+    /// Sends once everything written so far is durable: for messages that
+    /// reveal a view or a log the sender must never forget.
+    fn send_after_durable(&mut self, to: ReplicaId, message: Message) {
+        let seq = self.journal.last_seq();
+        if seq <= self.journal.persisted_seq() {
+            self.send(to, message);
+        } else if to != self.id {
+            self.held.push((seq, to, message));
+        }
+    }
+
+    fn persist(&mut self, write: Write) -> u64 {
+        let seq = self.journal.submit(&write, self.log.op());
+        self.actions.push(Action::Persist { seq, write });
+        seq
+    }
+
+    fn persist_superblock(&mut self) {
+        let superblock = Some(self.superblock());
+        self.persist(Write { superblock, ..Default::default() });
+    }
+
+    fn reply(&mut self, request: &Request, outcome: Outcome) {
+        let reply = Reply {
+            session: request.session,
+            seq: request.seq,
+            view: self.view,
+            leader: self.leader(),
+            outcome,
+        };
+        self.actions.push(Action::Reply { client: request.client, reply });
+    }
+
+    fn update_timer(&mut self) {
+        let next = self.next_deadline();
+        if next != self.timer_ms {
+            self.timer_ms = next;
+            if let Some(at_ms) = next {
+                self.actions.push(Action::SetTimer { at_ms });
+            }
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Millis> {
+        let retry = self.config.retry_interval_ms;
+        let mut at: Vec<Millis> = Vec::with_capacity(4);
+        match self.status {
+            Status::Recovering => {
+                if let Some(r) = &self.recovery {
+                    at.push(r.sent_ms + retry);
+                }
+            }
+            Status::Normal if self.is_leader() => at.push(self.heartbeat_sent_ms + self.config.heartbeat_interval_ms),
+            Status::Normal => {
+                if let Some(d) = self.detector.deadline_ms(self.leader()) {
+                    at.push(d);
+                }
+            }
+            Status::ViewChange => {
+                at.push(self.view_change_deadline());
+                at.push(self.view_change_retry_ms + retry);
+                if let Some(t) = self.view_change.install_at_ms {
+                    at.push(t);
+                }
+                if !self.view_change.voted {
+                    if let Err(t) = self.lease.vote_allowed(self.leader(), self.now_ms) {
+                        at.push(t);
+                    }
+                }
+            }
+        }
+        at.into_iter().min()
+    }
+
+    fn view_change_deadline(&self) -> Millis {
+        self.view_change.started_ms + self.config.view_change_timeout_ms + self.detector.jitter_ms()
+    }
+
+    fn check_invariants(&self) {
+        invariant!(self, self.machine.applied_op() == self.commit_op, "applied {} != committed {}", self.machine.applied_op(), self.commit_op);
+        invariant!(self, self.commit_op <= self.log.op(), "committed {} beyond op {}", self.commit_op, self.log.op());
+        invariant!(self, self.log.base() <= self.commit_op, "log base above the commit point");
+        invariant!(self, self.last_normal_view <= self.view, "last normal view above view");
+        invariant!(self, self.status != Status::Normal || self.last_normal_view == self.view, "normal outside its view");
+        if let Some(sb) = self.journal.durable_superblock() {
+            invariant!(self, sb.view <= self.view, "memory behind the durable view");
+        }
+        if self.is_leader_normal() {
+            let own = self.journal.durable_op();
+            let point = self.acks.commit_point(self.id, own, self.members, self.config.majority(), false);
+            // Commits inherited from the view change were made durable on a
+            // majority in an earlier view; everything above needs acks in this one.
+            invariant!(self, self.commit_op <= point.max(self.install_commit_op), "commit {} above majority-durable {}", self.commit_op, point);
+            if self.commit_op >= self.view_start_op {
+                invariant!(self, self.log.op() - self.commit_op <= self.config.pipeline_depth_max, "pipeline overfull");
+            }
+        }
+    }
+
+    // ------------------------------------------------------------------ events
+
+    fn on_tick(&mut self) {
+        let now = self.now_ms;
+        match self.status {
+            Status::Recovering => {
+                let retry = self.config.retry_interval_ms;
+                let due = self.recovery.as_ref().is_some_and(|r| now >= r.sent_ms + retry);
+                if due {
+                    let nonce = self.recovery.as_mut().map(|r| {
+                        r.sent_ms = now;
+                        r.nonce
+                    });
+                    if let Some(nonce) = nonce {
+                        self.broadcast(Message::Recovery { nonce });
+                    }
+                }
+            }
+            Status::Normal if self.is_leader() => {
+                if now >= self.heartbeat_sent_ms + self.config.heartbeat_interval_ms {
+                    self.send_heartbeat();
+                }
+            }
+            Status::Normal => {
+                let leader = self.leader();
+                if !self.config.bugs().ignore_suspicion && self.detector.suspects(leader, now) {
+                    self.start_view_change(self.view + 1);
+                }
+            }
+            Status::ViewChange => self.view_change_tick(),
+        }
+    }
+
+    fn view_change_tick(&mut self) {
+        let now = self.now_ms;
+        if now >= self.view_change_deadline() {
+            let leader = self.leader();
+            if self.needs_state && !self.detector.suspects(leader, now) {
+                // The view exists and its leader is alive: keep asking.
+                self.view_change.started_ms = now;
+                self.request_state();
+            } else {
+                self.start_view_change(self.view + 1);
+            }
+            return;
+        }
+        if now >= self.view_change_retry_ms + self.config.retry_interval_ms {
+            self.view_change_retry_ms = now;
+            if self.needs_state {
+                self.request_state();
+            } else {
+                // StartViewChange and DoViewChange may have been lost.
+                self.broadcast(Message::StartViewChange { view: self.view });
+                if self.view_change.voted && !self.is_leader() {
+                    self.view_change.voted = false;
+                }
+            }
+        }
+        self.try_vote();
+        self.try_install();
+    }
+
+    fn on_message(&mut self, from: ReplicaId, message: Message) {
+        if from >= self.n() || from == self.id {
+            return;
+        }
+        self.detector.heard(from, self.now_ms);
+        if self.status == Status::Recovering {
+            if let Message::RecoveryResponse { view, nonce, state } = message {
+                self.on_recovery_response(from, view, nonce, state);
+            }
+            return;
+        }
+        match message {
+            Message::Prepare { view, commit, sent_at_ms, entries } => self.on_prepare(from, view, commit, sent_at_ms, entries),
+            Message::PrepareOk { view, op, echo_ms } => self.on_prepare_ok(from, view, op, echo_ms),
+            Message::Commit { view, commit, op, members, sent_at_ms } => {
+                self.on_commit(from, view, commit, op, members, sent_at_ms)
+            }
+            Message::RequestPrepares { view, from: first } => self.on_request_prepares(from, view, first),
+            Message::StartViewChange { view } => self.on_start_view_change(from, view),
+            Message::DoViewChange { view, last_normal_view, commit, log } => {
+                self.on_do_view_change(from, view, Vote { last_normal_view, commit, log })
+            }
+            Message::StartView { view, members, commit, log } => self.on_start_view(from, view, members, commit, log),
+            Message::Join { view } => self.on_join(from, view),
+            Message::GetState { view, commit } => self.on_get_state(from, view, commit),
+            Message::NewState { view, state } => self.on_new_state(from, view, state),
+            Message::Recovery { nonce } => self.on_recovery(from, nonce),
+            Message::RecoveryResponse { .. } => {}
+        }
+    }
+
+    fn on_persisted(&mut self, seq: u64) {
+        if !self.journal.persisted(seq) {
+            return;
+        }
+        let durable = self.journal.persisted_seq();
+        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.held).into_iter().partition(|(s, _, _)| *s <= durable);
+        self.held = waiting;
+        for (_, to, message) in ready {
+            self.send(to, message);
+        }
+        if self.is_leader_normal() {
+            self.advance_commit();
+        } else if self.status == Status::Normal {
+            self.send_prepare_ok();
+        }
+    }
+
+    // -------------------------------------------------------- client requests
+
+    fn on_request(&mut self, request: Request) {
+        if self.status == Status::Recovering {
+            return;
+        }
+        if !self.is_leader_normal() {
+            self.reply(&request, Outcome::NotLeader);
+            return;
+        }
+        if let Operation::Read(query) = &request.operation {
+            if self.can_read_locally() {
+                let answer = self.machine.query(query);
+                self.reply(&request, Outcome::Done(answer));
+                return;
+            }
+        }
+        if request.operation != Operation::Register {
+            if let Some(outcome) = self.machine.precheck(request.session, request.seq) {
+                self.reply(&request, outcome);
+                return;
+            }
+        }
+        if self.sequencer.contains(&request) || self.in_uncommitted_log(&request) {
+            return; // already on its way; the reply follows the commit
+        }
+        if !self.sequencer.push(request.clone()) {
+            self.reply(&request, Outcome::Busy);
+            return;
+        }
+        self.prepare_batches();
+    }
+
+    fn can_read_locally(&self) -> bool {
+        if self.config.bugs().read_without_lease {
+            return true;
+        }
+        // Everything the view started with must be committed, else an entry
+        // committed (and answered) by the previous leader may be missing.
+        self.commit_op >= self.view_start_op
+            && self.lease.holds(self.id, self.members, self.config.majority(), self.now_ms)
+    }
+
+    fn in_uncommitted_log(&self, request: &Request) -> bool {
+        (self.commit_op + 1..=self.log.op())
+            .filter_map(|op| self.log.get(op))
+            .any(|e| e.requests.iter().any(|r| same_request(r, request)))
+    }
+
+    // ------------------------------------------------------- normal operation
+
+    fn prepare_batches(&mut self) {
+        while self.is_leader_normal()
+            && !self.sequencer.is_empty()
+            && self.log.op() - self.commit_op < self.config.pipeline_depth_max
+        {
+            let requests = self.sequencer.take_batch(self.config.batch_requests_max);
+            let entry = Entry {
+                op: self.log.op() + 1,
+                view: self.view,
+                timestamp_ms: self.now_ms.max(self.log.last_timestamp_ms()),
+                requests,
+            };
+            self.log.append(entry.clone());
+            self.persist(Write { entries: vec![entry.clone()], ..Default::default() });
+            let message = Message::Prepare {
+                view: self.view,
+                commit: self.commit_op,
+                sent_at_ms: self.now_ms,
+                entries: vec![entry],
+            };
+            for m in self.members.iter().collect::<Vec<_>>() {
+                self.send(m, message.clone());
+            }
+        }
+    }
+
+    fn send_heartbeat(&mut self) {
+        self.heartbeat_sent_ms = self.now_ms;
+        let message = Message::Commit {
+            view: self.view,
+            commit: self.commit_op,
+            op: self.log.op(),
+            members: self.members,
+            sent_at_ms: self.now_ms,
+        };
+        self.broadcast(message);
+    }
+
+    fn on_prepare(&mut self, from: ReplicaId, view: ViewNumber, commit: Op, sent_at_ms: Millis, entries: Vec<Entry>) {
+        if !self.accept_from_leader(from, view) {
+            return;
+        }
+        self.heard_from_leader(sent_at_ms);
+        let mut appended = Vec::new();
+        for entry in entries {
+            if entry.op <= self.log.op() {
+                if let Some(mine) = self.log.get(entry.op) {
+                    invariant!(self, mine.view == entry.view, "log diverged from the leader's at op {}", entry.op);
+                }
+                continue;
+            }
+            if entry.op != self.log.op() + 1 {
+                self.request_prepares();
+                break;
+            }
+            self.log.append(entry.clone());
+            appended.push(entry);
+        }
+        if !appended.is_empty() {
+            self.persist(Write { entries: appended, ..Default::default() });
+            if self.config.bugs().ack_before_durable {
+                self.send_prepare_ok();
+            }
+        }
+        self.learn_commit(commit);
+    }
+
+    fn on_commit(&mut self, from: ReplicaId, view: ViewNumber, commit: Op, op: Op, members: Members, sent_at_ms: Millis) {
+        if !self.accept_from_leader(from, view) {
+            return;
+        }
+        self.heard_from_leader(sent_at_ms);
+        self.members = members;
+        self.learn_commit(commit);
+        if self.log.op() < op {
+            self.request_prepares();
+        }
+        self.send_prepare_ok();
+    }
+
+    /// Common gate for Prepare and Commit: from the leader of our normal view.
+    fn accept_from_leader(&mut self, from: ReplicaId, view: ViewNumber) -> bool {
+        if view < self.view {
+            return false; // a deposed leader: rejected
+        }
+        if view > self.view {
+            self.catch_up_to(view);
+            return false;
+        }
+        if from != self.leader() || self.is_leader() {
+            return false;
+        }
+        if self.status != Status::Normal {
+            // The view is installed and we missed StartView.
+            if !self.needs_state {
+                self.needs_state = true;
+                self.view_change.voted = true;
+            }
+            self.request_state();
+            return false;
+        }
+        true
+    }
+
+    fn heard_from_leader(&mut self, sent_at_ms: Millis) {
+        self.leader_sent_at_ms = self.leader_sent_at_ms.max(sent_at_ms);
+        let leader = self.leader();
+        self.lease.promise(leader, self.now_ms);
+    }
+
+    fn learn_commit(&mut self, commit: Op) {
+        // Our log is a prefix of the leader's, so its commit point applies to
+        // every entry we hold up to it.
+        let point = commit.min(self.log.op());
+        if point > self.commit_op {
+            self.commit_op = point;
+            self.apply_committed();
+        }
+    }
+
+    fn send_prepare_ok(&mut self) {
+        if self.status != Status::Normal || self.is_leader() {
+            return;
+        }
+        if !self.members.contains(self.id) {
+            self.maybe_join();
+            return;
+        }
+        let op = if self.config.bugs().ack_before_durable {
+            self.log.op()
+        } else {
+            // Only a view whose superblock is on disk may be acknowledged in.
+            match self.journal.durable_superblock() {
+                Some(sb) if sb.view == self.view && sb.last_normal_view == self.view => {}
+                _ => return,
+            }
+            self.journal.durable_op()
+        };
+        let message = Message::PrepareOk { view: self.view, op, echo_ms: self.leader_sent_at_ms };
+        let leader = self.leader();
+        self.send(leader, message);
+    }
+
+    fn request_prepares(&mut self) {
+        if self.repair_sent_ms.is_some_and(|t| self.now_ms < t + self.config.retry_interval_ms) {
+            return;
+        }
+        self.repair_sent_ms = Some(self.now_ms);
+        let message = Message::RequestPrepares { view: self.view, from: self.log.op() + 1 };
+        let leader = self.leader();
+        self.send(leader, message);
+    }
+
+    fn on_request_prepares(&mut self, from: ReplicaId, view: ViewNumber, first: Op) {
+        if view != self.view || !self.is_leader_normal() || first > self.log.op() {
+            return;
+        }
+        if first <= self.log.base() {
+            // Compacted away: the follower needs a state transfer.
+            let state = self.state_transfer(None);
+            self.send(from, Message::NewState { view: self.view, state });
+            return;
+        }
+        let entries = self.log.entries_from(first, self.config.entries_per_message_max);
+        let message = Message::Prepare { view: self.view, commit: self.commit_op, sent_at_ms: self.now_ms, entries };
+        self.send(from, message);
+    }
+
+    fn on_prepare_ok(&mut self, from: ReplicaId, view: ViewNumber, op: Op, echo_ms: Millis) {
+        if view != self.view || !self.is_leader_normal() || !self.members.contains(from) {
+            return;
+        }
+        invariant!(self, op <= self.log.op(), "ack for op {} beyond the leader's log {}", op, self.log.op());
+        self.acks.record(from, op.min(self.log.op()));
+        self.lease.record_echo(from, echo_ms);
+        self.advance_commit();
+    }
+
+    fn advance_commit(&mut self) {
+        if !self.is_leader_normal() {
+            return;
+        }
+        let bugs = self.config.bugs();
+        let own = if bugs.ack_before_durable { self.log.op() } else { self.journal.durable_op() };
+        let point = self
+            .acks
+            .commit_point(self.id, own, self.members, self.config.majority(), bugs.commit_on_one_ack)
+            .min(self.log.op());
+        if point > self.commit_op {
+            self.commit_op = point;
+            self.apply_committed();
+            self.prepare_batches();
+        }
+    }
+
+    fn apply_committed(&mut self) {
+        while self.machine.applied_op() < self.commit_op {
+            let op = self.machine.applied_op() + 1;
+            let Some(entry) = self.log.get(op) else {
+                invariant!(self, false, "committed op {} missing from the log", op);
+                return;
+            };
+            let outcomes = self.machine.apply_entry(entry);
+            if self.status == Status::Normal && leader_of(self.view, self.config.replica_count) == self.id {
+                // Uniform output: the entry is committed, so the reply may go.
+                let requests: Vec<Request> = entry.requests.clone();
+                for (request, outcome) in requests.iter().zip(outcomes) {
+                    self.reply(request, outcome);
+                }
+            }
+            if op % self.config.checkpoint_interval_ops == 0 {
+                self.take_checkpoint();
+            }
+        }
+    }
+
+    fn take_checkpoint(&mut self) {
+        let checkpoint = Checkpoint {
+            op: self.machine.applied_op(),
+            timestamp_ms: self.machine.timestamp_ms(),
+            state: self.machine.checkpoint(),
+        };
+        // Keep one interval of entries below the new checkpoint in memory, so
+        // slightly lagging replicas catch up by entries, not by a checkpoint.
+        let keep_from = self.checkpoint_op().max(self.log.base());
+        self.log.compact_through(keep_from);
+        self.checkpoint = Some(checkpoint.clone());
+        self.persist(Write { checkpoint: Some(checkpoint), ..Default::default() });
+    }
+
+    // ---------------------------------------------------------- view change
+
+    /// Moves to view `view` (higher than ours) and starts changing to it.
+    fn start_view_change(&mut self, view: ViewNumber) {
+        invariant!(self, view > self.view, "view change to {} from {}", view, self.view);
+        self.enter_view_change(view, true);
+    }
+
+    /// Enters `view` in view-change status, durably. `announce` broadcasts
+    /// StartViewChange (not when the view is already installed elsewhere and
+    /// we only need its state).
+    fn enter_view_change(&mut self, view: ViewNumber, announce: bool) {
+        self.view = view;
+        self.status = Status::ViewChange;
+        self.needs_state = false;
+        self.view_change = ViewChange::new(view, self.n(), self.now_ms);
+        self.view_change.started_by.insert(self.id);
+        self.view_change_retry_ms = self.now_ms;
+        self.sequencer.clear();
+        self.acks.reset();
+        self.lease.clear_echoes();
+        let jitter_ms = self.rng.gen_range(0..=self.config.suspicion_jitter_ms);
+        self.detector.set_jitter(jitter_ms);
+        let leader = self.leader();
+        self.detector.reset(leader, self.now_ms);
+        self.persist_superblock();
+        if announce {
+            self.broadcast(Message::StartViewChange { view });
+            self.try_vote();
+        }
+    }
+
+    fn on_start_view_change(&mut self, from: ReplicaId, view: ViewNumber) {
+        if view < self.view {
+            return;
+        }
+        if view > self.view {
+            self.start_view_change(view);
+        }
+        match self.status {
+            Status::ViewChange if !self.needs_state => {
+                self.view_change.started_by.insert(from);
+                self.try_vote();
+            }
+            Status::Normal if self.is_leader() => self.send_start_view(from),
+            _ => {}
+        }
+    }
+
+    /// Sends our DoViewChange once a majority has started the view change and
+    /// no lease promise to another leader forbids it.
+    fn try_vote(&mut self) {
+        if self.status != Status::ViewChange
+            || self.needs_state
+            || self.view_change.voted
+            || self.view_change.started_by.len() < self.config.majority()
+        {
+            return;
+        }
+        let leader = self.leader();
+        if self.lease.vote_allowed(leader, self.now_ms).is_err() {
+            return;
+        }
+        self.view_change.voted = true;
+        let vote = Vote { last_normal_view: self.last_normal_view, commit: self.commit_op, log: self.log.suffix() };
+        if leader == self.id {
+            self.record_vote(self.id, vote);
+        } else {
+            let message = Message::DoViewChange {
+                view: self.view,
+                last_normal_view: vote.last_normal_view,
+                commit: vote.commit,
+                log: vote.log,
+            };
+            self.send_after_durable(leader, message);
+        }
+    }
+
+    fn on_do_view_change(&mut self, from: ReplicaId, view: ViewNumber, vote: Vote) {
+        if view < self.view {
+            return;
+        }
+        if view > self.view {
+            self.start_view_change(view);
+        }
+        if self.is_leader_normal() {
+            self.send_start_view(from); // a voter that missed StartView
+            return;
+        }
+        if self.status != Status::ViewChange || self.needs_state || !self.is_leader() {
+            return;
+        }
+        self.view_change.started_by.insert(from);
+        self.record_vote(from, vote);
+        self.try_vote();
+    }
+
+    fn record_vote(&mut self, from: ReplicaId, vote: Vote) {
+        self.view_change.votes[from as usize] = Some(vote);
+        let voters = self.view_change.voters().len();
+        if voters >= self.config.majority() && self.view_change.install_at_ms.is_none() {
+            self.view_change.install_at_ms = Some(self.now_ms + self.config.view_change_gather_ms);
+        }
+        self.try_install();
+    }
+
+    /// New leader: install the view once a majority (ideally all) voted.
+    fn try_install(&mut self) {
+        if self.status != Status::ViewChange || !self.is_leader() || self.view_change.votes[self.id as usize].is_none() {
+            return;
+        }
+        let voters = self.view_change.voters();
+        if voters.len() < self.config.majority() {
+            return;
+        }
+        let all_voted = voters.len() == self.n() as usize;
+        if !all_voted && self.view_change.install_at_ms.is_some_and(|t| self.now_ms < t) {
+            return;
+        }
+        let (best_id, best) = self.view_change.best().expect("a majority voted");
+        let max_commit = self.view_change.max_commit();
+        let best_log = best.log.clone();
+        if best_id != self.id && !self.config.bugs().skip_view_change_flush {
+            // The flush: the view's log is the most advanced of the majority.
+            if !self.can_splice(&best_log) {
+                return; // too far behind to splice; the timeout moves on
+            }
+        }
+        self.last_normal_view = self.view;
+        self.status = Status::Normal;
+        self.members = voters;
+        if best_id != self.id && !self.config.bugs().skip_view_change_flush {
+            self.splice(&best_log);
+        } else {
+            self.persist_superblock();
+        }
+        self.view_start_op = self.log.op();
+        self.acks.reset();
+        self.lease.clear_echoes();
+        self.sequencer.clear();
+        self.view_change.install_at_ms = None;
+        for m in 0..self.n() {
+            self.detector.reset(m, self.now_ms);
+        }
+        self.learn_commit(max_commit);
+        self.install_commit_op = self.commit_op;
+        for m in voters.iter().collect::<Vec<_>>() {
+            self.send_start_view(m);
+        }
+        self.send_heartbeat();
+        self.advance_commit();
+    }
+
+    fn send_start_view(&mut self, to: ReplicaId) {
+        if to == self.id {
+            return;
+        }
+        let message = if self.members.contains(to) {
+            Message::StartView { view: self.view, members: self.members, commit: self.commit_op, log: self.log.suffix() }
+        } else {
+            Message::NewState { view: self.view, state: self.state_transfer(None) }
+        };
+        self.send_after_durable(to, message);
+    }
+
+    /// Whether `suffix` can replace our log above our committed prefix.
+    fn can_splice(&self, suffix: &LogSuffix) -> bool {
+        let keep = self.log.base().max(suffix.base);
+        // Our entries up to `keep` must be committed (hence equal to the
+        // sender's), and the suffix must reach that far.
+        suffix.base <= self.commit_op.max(self.log.base()) && keep <= suffix.op()
+    }
+
+    /// Makes our log equal to `suffix` above our committed prefix, durably
+    /// and atomically with the superblock.
+    fn splice(&mut self, suffix: &LogSuffix) {
+        invariant!(self, self.can_splice(suffix), "splice precondition");
+        let floor = self.log.base().max(suffix.base);
+        let mut keep = floor;
+        for entry in suffix.entries.iter().filter(|e| e.op > floor) {
+            // Same (op, view) means same entry and same prefix.
+            match self.log.get(entry.op) {
+                Some(mine) if mine.view == entry.view => keep = entry.op,
+                _ => break,
+            }
+        }
+        let truncating = self.log.op() > keep;
+        invariant!(self, !truncating || keep >= self.commit_op, "splice would drop committed entries");
+        self.log.truncate_after(keep);
+        self.journal.note_truncation(keep);
+        let appended: Vec<Entry> = suffix.entries.iter().filter(|e| e.op > keep).cloned().collect();
+        for entry in &appended {
+            self.log.append(entry.clone());
+        }
+        // The disk holds nothing at or below its checkpoint: never rewrite there.
+        let disk_floor = self.checkpoint_op();
+        let write = Write {
+            truncate_after: if truncating { Some(keep.max(disk_floor)) } else { None },
+            checkpoint: None,
+            entries: appended.into_iter().filter(|e| e.op > disk_floor).collect(),
+            superblock: Some(self.superblock()),
+        };
+        self.persist(write);
+    }
+
+    fn on_start_view(&mut self, from: ReplicaId, view: ViewNumber, members: Members, commit: Op, log: LogSuffix) {
+        if view < self.view || (view == self.view && self.status == Status::Normal) || from != leader_of(view, self.n()) {
+            return;
+        }
+        if !self.can_splice(&log) {
+            self.catch_up_to(view);
+            return;
+        }
+        self.view = view;
+        self.become_normal_follower(members);
+        self.splice(&log);
+        self.learn_commit(commit);
+    }
+
+    fn become_normal_follower(&mut self, members: Members) {
+        self.status = Status::Normal;
+        self.last_normal_view = self.view;
+        self.needs_state = false;
+        self.members = members;
+        self.sequencer.clear();
+        let leader = self.leader();
+        self.detector.reset(leader, self.now_ms);
+        self.lease.promise(leader, self.now_ms);
+        self.leader_sent_at_ms = 0;
+        self.repair_sent_ms = None;
+        self.state_request_sent_ms = None;
+    }
+
+    fn maybe_join(&mut self) {
+        if self.join_sent_ms.is_some_and(|t| self.now_ms < t + self.config.retry_interval_ms) {
+            return;
+        }
+        self.join_sent_ms = Some(self.now_ms);
+        let leader = self.leader();
+        self.send(leader, Message::Join { view: self.view });
+    }
+
+    fn on_join(&mut self, from: ReplicaId, view: ViewNumber) {
+        if view != self.view || !self.is_leader_normal() || self.members.contains(from) {
+            return;
+        }
+        // Admit the joiner through a new view that we lead again.
+        let next = next_view_led_by(self.view, self.id, self.n());
+        self.start_view_change(next);
+    }
+
+    // ------------------------------------------------- catch-up and recovery
+
+    /// We learnt that view `view` exists and is ahead of us: wait in it for
+    /// the leader's state, voting in nothing meanwhile.
+    fn catch_up_to(&mut self, view: ViewNumber) {
+        if view > self.view {
+            self.enter_view_change(view, false);
+        }
+        self.needs_state = true;
+        self.view_change.voted = true;
+        self.request_state();
+    }
+
+    fn request_state(&mut self) {
+        if self.state_request_sent_ms.is_some_and(|t| self.now_ms < t + self.config.retry_interval_ms) {
+            return;
+        }
+        self.state_request_sent_ms = Some(self.now_ms);
+        let leader = self.leader();
+        self.send(leader, Message::GetState { view: self.view, commit: self.commit_op });
+    }
+
+    fn on_get_state(&mut self, from: ReplicaId, view: ViewNumber, commit: Op) {
+        if view != self.view || !self.is_leader_normal() {
+            return;
+        }
+        let state = self.state_transfer(Some(commit));
+        self.send(from, Message::NewState { view: self.view, state });
+    }
+
+    /// Our state for a replica whose commit point is `commit` (None: unknown).
+    fn state_transfer(&self, commit: Option<Op>) -> StateTransfer {
+        let (checkpoint, log) = match commit {
+            Some(c) if c >= self.log.base() && c <= self.log.op() => (None, self.log.suffix_after(c)),
+            _ => match &self.checkpoint {
+                Some(c) if c.op >= self.log.base() && c.op <= self.log.op() => {
+                    (Some(c.clone()), self.log.suffix_after(c.op))
+                }
+                _ => (None, self.log.suffix()),
+            },
+        };
+        StateTransfer { members: self.members, commit: self.commit_op, checkpoint, log }
+    }
+
+    fn on_new_state(&mut self, from: ReplicaId, view: ViewNumber, state: StateTransfer) {
+        if view < self.view || (view == self.view && self.status == Status::Normal) || from != leader_of(view, self.n()) {
+            return;
+        }
+        if view > self.view {
+            self.enter_view_change(view, false);
+        }
+        if !self.install_state(&state) {
+            self.needs_state = true;
+            self.view_change.voted = true;
+            self.request_state();
+            return;
+        }
+        self.learn_commit(state.commit);
+    }
+
+    /// Installs a leader's state (splice or checkpoint); false if impossible.
+    fn install_state(&mut self, state: &StateTransfer) -> bool {
+        match &state.checkpoint {
+            None => {
+                if !self.can_splice(&state.log) {
+                    return false;
+                }
+                self.become_normal_follower(state.members);
+                self.splice(&state.log);
+            }
+            Some(checkpoint) => {
+                if checkpoint.op <= self.commit_op && self.can_splice(&state.log) {
+                    self.become_normal_follower(state.members);
+                    self.splice(&state.log);
+                    return true;
+                }
+                if checkpoint.op < self.commit_op || state.log.base != checkpoint.op {
+                    return false;
+                }
+                self.machine.restore(checkpoint.op, &checkpoint.state).expect("leader checkpoint restores");
+                self.log = Log::new(checkpoint.op, checkpoint.timestamp_ms, state.log.entries.clone());
+                self.journal.note_truncation(checkpoint.op);
+                self.commit_op = checkpoint.op;
+                self.checkpoint = Some(checkpoint.clone());
+                self.become_normal_follower(state.members);
+                let write = Write {
+                    truncate_after: Some(checkpoint.op),
+                    checkpoint: Some(checkpoint.clone()),
+                    entries: state.log.entries.clone(),
+                    superblock: Some(self.superblock()),
+                };
+                self.persist(write);
+            }
+        }
+        true
+    }
+
+    fn start_recovery(&mut self) {
+        self.status = Status::Recovering;
+        let nonce = self.rng.gen();
+        self.recovery = Some(Recovery::new(nonce, self.n(), self.now_ms));
+        self.broadcast(Message::Recovery { nonce });
+    }
+
+    fn on_recovery(&mut self, from: ReplicaId, nonce: u64) {
+        if self.status != Status::Normal {
+            return;
+        }
+        let state = if self.is_leader() {
+            // Whatever it acknowledged is gone with its disk.
+            self.acks.forget(from);
+            self.lease.forget(from);
+            Some(self.state_transfer(None))
+        } else {
+            None
+        };
+        self.send_after_durable(from, Message::RecoveryResponse { view: self.view, nonce, state });
+    }
+
+    fn on_recovery_response(&mut self, from: ReplicaId, view: ViewNumber, nonce: u64, state: Option<StateTransfer>) {
+        let n = self.n();
+        let majority = self.config.majority();
+        let Some(recovery) = self.recovery.as_mut() else { return };
+        if nonce != recovery.nonce {
+            return;
+        }
+        recovery.record(from, view, state);
+        let Some((view, state)) = recovery.decide(majority, |v| leader_of(v, n)) else { return };
+        let state = state.clone();
+        self.recovery = None;
+        self.view = view;
+        let (base, base_ms) = match &state.checkpoint {
+            Some(c) => {
+                self.machine.restore(c.op, &c.state).expect("leader checkpoint restores");
+                (c.op, c.timestamp_ms)
+            }
+            None => (0, 0),
+        };
+        invariant!(self, state.log.base == base, "recovery state without its checkpoint");
+        self.log = Log::new(base, base_ms, state.log.entries.clone());
+        self.commit_op = base;
+        self.checkpoint = state.checkpoint.clone();
+        self.become_normal_follower(state.members);
+        let write = Write {
+            truncate_after: None,
+            checkpoint: state.checkpoint.clone(),
+            entries: state.log.entries.clone(),
+            superblock: Some(self.superblock()),
+        };
+        self.persist(write);
+        self.learn_commit(state.commit);
+    }
+}

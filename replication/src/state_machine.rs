@@ -1,0 +1,56 @@
+//! The interface the file system (or any replicated service) implements.
+//!
+//! Guarantees (given by the core to the implementation):
+//! - `apply` is called only for committed commands, in log order, exactly
+//!   once per command on a given incarnation of the state (a restore resets
+//!   the incarnation to the checkpoint's index).
+//! - `apply` never sees a duplicate of a client request: the session layer
+//!   ([`crate::access`]) answers retries from its reply cache.
+//!
+//! Assumes (required from the implementation):
+//! - `apply` is deterministic: the same commands from the same state give
+//!   the same replies and the same state on every replica. Time comes only
+//!   from [`ApplyContext::timestamp_ms`], which the leader stamped into the log.
+//! - `checkpoint` then `restore` gives back a state with the same `digest`.
+//! - `query` does not change the state.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Millis, Op};
+
+/// Where in the log a command sits, and the leader-stamped time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApplyContext {
+    /// The log entry (batch) holding the command.
+    pub op: Op,
+    /// Leader-stamped time of that entry: the only clock a state machine may use.
+    pub timestamp_ms: Millis,
+}
+
+/// A checkpoint that the state machine could not restore.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot restore checkpoint: {0}")]
+pub struct CheckpointError(pub String);
+
+/// A deterministic replicated state machine.
+pub trait StateMachine {
+    /// Applies one committed command and returns its reply.
+    fn apply(&mut self, context: ApplyContext, command: &[u8]) -> Vec<u8>;
+
+    /// Answers a read-only query from the current state.
+    fn query(&self, query: &[u8]) -> Vec<u8>;
+
+    /// The op of the entry holding the last command applied or restored (0
+    /// for the initial state). Entries without a command for the state
+    /// machine (session registrations, reads) need not move it.
+    fn applied_index(&self) -> Op;
+
+    /// A self-contained image of the state at `applied_index()`.
+    fn checkpoint(&self) -> Vec<u8>;
+
+    /// Replaces the state by a checkpoint taken at `index`.
+    fn restore(&mut self, index: Op, checkpoint: &[u8]) -> Result<(), CheckpointError>;
+
+    /// A digest of the state; equal states give equal digests.
+    fn digest(&self) -> u64;
+}
