@@ -21,7 +21,9 @@
 //! tokio::spawn(async move {
 //!     while let Some(incoming) = server.accept().await {
 //!         tokio::spawn(async move {
-//!             let conn = incoming.await?;
+//!             let conn = rpc::accept(incoming).await?; // refused certificates are logged here
+//!             let push = chorus_wire::ServerConn::new(conn.clone()); // optional: server-to-client messages
+//!             let role = push.peer_role(); // Some(Role::Client) etc., from the verified certificate
 //!             rpc::serve_connection(conn, |n: u64| async move { n + 1 }).await
 //!         });
 //!     }

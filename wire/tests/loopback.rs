@@ -4,6 +4,8 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chorus_wire::certs::{self, Role};
@@ -393,4 +395,62 @@ async fn server_pushes_reach_the_subscriber_in_order() {
         assert_eq!(got, expected);
     }
     assert_eq!(caller.await.unwrap().unwrap(), Resp::Pushed);
+}
+
+/// A one-client UDP relay in front of `server` that can silently drop
+/// everything, as a crashed or partitioned peer would (no close, no reset).
+async fn black_hole_proxy(server: SocketAddr) -> (SocketAddr, Arc<AtomicBool>) {
+    let socket = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    let addr = socket.local_addr().unwrap();
+    let dropping = Arc::new(AtomicBool::new(false));
+    let flag = dropping.clone();
+    tokio::spawn(async move {
+        let mut client: Option<SocketAddr> = None;
+        let mut buf = vec![0u8; 65536];
+        loop {
+            let Ok((n, from)) = socket.recv_from(&mut buf).await else { return };
+            if flag.load(Ordering::Relaxed) {
+                continue;
+            }
+            let to = if from == server {
+                match client {
+                    Some(c) => c,
+                    None => continue,
+                }
+            } else {
+                client = Some(from);
+                server
+            };
+            let _ = socket.send_to(&buf[..n], to).await;
+        }
+    });
+    (addr, dropping)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_peer_is_noticed_within_the_idle_timeout() {
+    let dir = cluster(1);
+    let server = start_server(dir.path(), 0);
+    let (proxy, dropping) = black_hole_proxy(server.addr).await;
+    let id = certs::load_identity(dir.path(), Role::Client).unwrap();
+    let ep = client_endpoint(&id, proxy);
+    let client = tokio::time::timeout(STEP_TIMEOUT, RpcClient::connect(&ep, proxy)).await.unwrap().unwrap();
+    assert!(matches!(echo(&client, 1).await, Ok(Resp::Echo { n: 1, .. })));
+    // Idle for longer than a keep-alive interval: keep-alives hold the connection open.
+    tokio::time::sleep(tls::KEEP_ALIVE_INTERVAL * 2).await;
+    assert!(!client.is_closed());
+    let pending = {
+        let client = client.clone();
+        tokio::spawn(async move { client.call::<_, Resp>(&Req::Sleep { ms: 60_000 }).await })
+    };
+    dropping.store(true, Ordering::Relaxed);
+    let started = std::time::Instant::now();
+    let err = tokio::time::timeout(tls::IDLE_TIMEOUT + Duration::from_secs(3), pending)
+        .await
+        .expect("a dead peer was not noticed")
+        .unwrap()
+        .unwrap_err();
+    assert!(matches!(&err, WireError::ConnectionLost(text) if text.contains("timed out")), "{err:?}");
+    assert!(started.elapsed() >= tls::IDLE_TIMEOUT - Duration::from_millis(500));
+    assert!(client.is_closed());
 }
