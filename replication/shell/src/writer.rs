@@ -35,6 +35,7 @@ pub const BATCH_BYTES_MAX: usize = 16 * 1024 * 1024;
 
 /// One change to the durable state.
 #[derive(Debug, Clone)]
+#[allow(missing_docs)] // the fields are named for what they hold
 pub enum LogOp {
     /// Append a record (index = last + 1, or any index on an empty log).
     Append { index: u64, payload: Vec<u8> },
