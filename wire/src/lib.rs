@@ -37,6 +37,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod blob;
 pub mod certs;
 pub mod codec;
 pub mod endpoint;
@@ -45,6 +46,7 @@ pub mod frame;
 pub mod rpc;
 pub mod tls;
 
+pub use blob::Blob;
 pub use certs::{Identity, Role};
 pub use error::WireError;
 pub use frame::FrameError;
