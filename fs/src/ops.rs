@@ -182,11 +182,26 @@ pub enum Op {
     /// unlinked file keeps its data until the last release.
     Open { ino: Ino, flags: i32 },
     Release { ino: Ino, fh: Fh },
-    Write { ino: Ino, fh: Fh, offset: u64, data: Vec<u8>, flags: i32 },
+    Write {
+        ino: Ino,
+        fh: Fh,
+        offset: u64,
+        // Bytes as one blob on the wire, not one element at a time (40x faster in bincode).
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+        flags: i32,
+    },
     /// libc FALLOC_FL_* mode bits (KEEP_SIZE, PUNCH_HOLE, ZERO_RANGE) or 0.
     Fallocate { ino: Ino, fh: Fh, offset: u64, length: u64, mode: i32 },
     /// `flags`: 0, XATTR_CREATE or XATTR_REPLACE.
-    SetXattr { ino: Ino, name: Vec<u8>, value: Vec<u8>, flags: i32 },
+    SetXattr {
+        ino: Ino,
+        #[serde(with = "serde_bytes")]
+        name: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+        flags: i32,
+    },
     RemoveXattr { ino: Ino, name: Vec<u8> },
     /// A durability barrier for the inode; the store syncs before replying.
     Fsync { ino: Ino, datasync: bool },
@@ -250,7 +265,7 @@ pub enum Reply {
     Created { attr: Attr, fh: Fh },
     Opened { attr: Attr, fh: Fh },
     Written { written: u32, attr: Attr },
-    Data(Vec<u8>),
+    Data(#[serde(with = "serde_bytes")] Vec<u8>),
     Dir(Vec<DirEntry>),
     StatFs(StatFs),
 }

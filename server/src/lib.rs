@@ -128,13 +128,8 @@ pub async fn serve(
         let replica = replica.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let conn = match incoming.await {
-                Ok(c) => c,
-                Err(e) => {
-                    warn!(error = %e, "handshake failed");
-                    return;
-                }
-            };
+            // Refused handshakes (unknown CA, no certificate) are logged there.
+            let Ok(conn) = chorus_wire::rpc::accept(incoming).await else { return };
             let peer = conn.remote_address();
             let handler = move |req: Request| {
                 let replica = replica.clone();
