@@ -97,8 +97,6 @@ pub struct Replica<S: StateMachine> {
     members: Members,
     /// Leader only: the op its log had when the view was installed.
     view_start_op: Op,
-    /// Leader only: the commit point learnt from the view change.
-    install_commit_op: Op,
     commit_op: Op,
     /// Follower: waiting for GetState's answer before it can be normal.
     needs_state: bool,
@@ -172,7 +170,6 @@ impl<S: StateMachine> Replica<S> {
             last_normal_view: 0,
             members: Members::all(n),
             view_start_op: 0,
-            install_commit_op: 0,
             commit_op: base,
             needs_state: false,
             log,
@@ -386,7 +383,9 @@ impl<S: StateMachine> Replica<S> {
                 }
             }
         }
-        at.into_iter().min()
+        // A deadline already passed was handled by the tick that just ran (or
+        // is waiting on something else): never ask to be woken in the past.
+        at.into_iter().min().map(|t| t.max(self.now_ms + 1))
     }
 
     fn view_change_deadline(&self) -> Millis {
@@ -403,11 +402,6 @@ impl<S: StateMachine> Replica<S> {
             invariant!(self, sb.view <= self.view, "memory behind the durable view");
         }
         if self.is_leader_normal() {
-            let own = self.journal.durable_op();
-            let point = self.acks.commit_point(self.id, own, self.members, self.config.majority(), false);
-            // Commits inherited from the view change were made durable on a
-            // majority in an earlier view; everything above needs acks in this one.
-            invariant!(self, self.commit_op <= point.max(self.install_commit_op), "commit {} above majority-durable {}", self.commit_op, point);
             if self.commit_op >= self.view_start_op {
                 invariant!(self, self.log.op() - self.commit_op <= self.config.pipeline_depth_max, "pipeline overfull");
             }
@@ -480,7 +474,6 @@ impl<S: StateMachine> Replica<S> {
         if from >= self.n() || from == self.id {
             return;
         }
-        self.detector.heard(from, self.now_ms);
         if self.status == Status::Recovering {
             if let Message::RecoveryResponse { view, nonce, state } = message {
                 self.on_recovery_response(from, view, nonce, state);
@@ -682,6 +675,9 @@ impl<S: StateMachine> Replica<S> {
     fn heard_from_leader(&mut self, sent_at_ms: Millis) {
         self.leader_sent_at_ms = self.leader_sent_at_ms.max(sent_at_ms);
         let leader = self.leader();
+        // Only a leader doing its job counts as alive: a leader that lost its
+        // disk still sends Recovery, and must be replaced all the same.
+        self.detector.heard(leader, self.now_ms);
         self.lease.promise(leader, self.now_ms);
     }
 
@@ -764,6 +760,10 @@ impl<S: StateMachine> Replica<S> {
             .commit_point(self.id, own, self.members, self.config.majority(), bugs.commit_on_one_ack)
             .min(self.log.op());
         if point > self.commit_op {
+            // Pair assertion with the commit rule: a majority of U (leader
+            // included) holds every op up to the new point durably in this view.
+            let holders = self.members.iter().filter(|&m| if m == self.id { own >= point } else { self.acks.acked(m) >= point }).count();
+            invariant!(self, holders >= self.config.majority(), "commit {} held durably by only {}", point, holders);
             self.commit_op = point;
             self.apply_committed();
             self.prepare_batches();
@@ -930,7 +930,10 @@ impl<S: StateMachine> Replica<S> {
         if best_id != self.id && !self.config.bugs().skip_view_change_flush {
             // The flush: the view's log is the most advanced of the majority.
             if !self.can_splice(&best_log) {
-                return; // too far behind to splice; the timeout moves on
+                // Too far behind to splice: the view-change timeout moves on
+                // to the next leader.
+                self.view_change.install_at_ms = None;
+                return;
             }
         }
         self.last_normal_view = self.view;
@@ -950,7 +953,6 @@ impl<S: StateMachine> Replica<S> {
             self.detector.reset(m, self.now_ms);
         }
         self.learn_commit(max_commit);
-        self.install_commit_op = self.commit_op;
         for m in voters.iter().collect::<Vec<_>>() {
             self.send_start_view(m);
         }
@@ -1101,7 +1103,13 @@ impl<S: StateMachine> Replica<S> {
     }
 
     fn on_new_state(&mut self, from: ReplicaId, view: ViewNumber, state: StateTransfer) {
-        if view < self.view || (view == self.view && self.status == Status::Normal) || from != leader_of(view, self.n()) {
+        if view < self.view || from != leader_of(view, self.n()) || from == self.id {
+            return;
+        }
+        // A normal follower takes it only to get past the leader's compaction
+        // (its log is a prefix of the leader's, so the state extends it).
+        let behind = state.log.op() > self.log.op() && state.checkpoint.as_ref().is_some_and(|c| c.op > self.log.op());
+        if view == self.view && self.status == Status::Normal && !behind {
             return;
         }
         if view > self.view {

@@ -42,7 +42,8 @@ use std::path::{Path, PathBuf};
 pub const SEGMENT_BYTES_DEFAULT: u64 = 64 * 1024 * 1024;
 /// Largest payload of one record; anything bigger is refused on append and
 /// treated as corruption on read (a garbage length must not make us allocate).
-pub const RECORD_PAYLOAD_BYTES_MAX: u32 = 16 * 1024 * 1024;
+/// Large enough for a snapshot record (checkpoint image + retained entries).
+pub const RECORD_PAYLOAD_BYTES_MAX: u32 = 64 * 1024 * 1024;
 /// Bytes of the record header: len, crc, index.
 pub const RECORD_HEADER_BYTES: u64 = 16;
 /// Largest superblock payload.
@@ -229,6 +230,19 @@ impl SegmentLog {
         Ok(())
     }
 
+    /// Closes the active segment (if it holds anything): the next append
+    /// starts a new segment, so everything before it can later be dropped
+    /// whole by [`truncate_prefix`](Self::truncate_prefix).
+    pub fn roll(&mut self) -> Result<(), LogError> {
+        if self.active_bytes() == 0 {
+            return Ok(());
+        }
+        self.flush()?;
+        let active = self.segments.last().unwrap();
+        active.file.sync_data().map_err(io_err(&active.path))?;
+        self.create_segment(self.last_index() + 1)
+    }
+
     /// Writes buffered records and makes everything appended so far durable.
     pub fn sync(&mut self) -> Result<(), LogError> {
         self.flush()?;
@@ -297,8 +311,11 @@ impl SegmentLog {
 
     /// Drops whole segments whose records all precede `first_needed` (after a
     /// checkpoint). The active segment is always kept, so records below
-    /// `first_needed` may remain. Returns the new first index.
+    /// `first_needed` may remain. Everything appended so far is made durable
+    /// first, so the records that supersede the dropped ones are on disk
+    /// before those go. Returns the new first index.
     pub fn truncate_prefix(&mut self, first_needed: u64) -> Result<u64, LogError> {
+        self.sync()?;
         let mut drop_count = 0;
         while drop_count + 1 < self.segments.len() && self.segments[drop_count + 1].first_index <= first_needed {
             drop_count += 1;
@@ -662,9 +679,15 @@ mod tests {
         drop(log);
         let (mut log, _) = SegmentLog::open(dir.path(), 256).unwrap();
         check(&mut log, first, 60);
+        // Roll, then drop everything before the new segment.
+        log.roll().unwrap();
+        fill(&mut log, 61, 61);
+        assert_eq!(log.truncate_prefix(61).unwrap(), 61);
+        assert_eq!(log.segment_count(), 1);
+        check(&mut log, 61, 61);
         // Beyond the end: the active segment stays.
         log.truncate_prefix(1000).unwrap();
-        assert_eq!(log.last_index(), 60);
+        assert_eq!(log.last_index(), 61);
     }
 
     #[test]

@@ -41,7 +41,9 @@ pub enum LogOp {
     Append { index: u64, payload: Vec<u8> },
     /// Discard every record after `last_kept`.
     TruncateSuffix { last_kept: u64 },
-    /// Drop whole segments entirely below `first_needed`.
+    /// Start a new segment for the next append.
+    Roll,
+    /// Drop whole segments entirely below `first_needed` (after syncing).
     TruncatePrefix { first_needed: u64 },
     /// Replace the superblock (durable view state).
     Superblock(Vec<u8>),
@@ -185,6 +187,7 @@ fn apply(log: &mut SegmentLog, ops: Vec<LogOp>) -> Result<(), LogError> {
         match op {
             LogOp::Append { index, payload } => log.append(index, &payload)?,
             LogOp::TruncateSuffix { last_kept } => log.truncate_suffix(last_kept)?,
+            LogOp::Roll => log.roll()?,
             LogOp::TruncatePrefix { first_needed } => {
                 log.truncate_prefix(first_needed)?;
             }

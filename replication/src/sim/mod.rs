@@ -1,1 +1,960 @@
-//! Deterministic simulator (in progress).
+//! Deterministic simulator of a replica group, in the spirit of TigerBeetle's
+//! VOPR and quinn-proto's `Pair`: N [`Replica`]s of the core plus clients,
+//! virtual time, a simulated network and disk, and one seeded random source
+//! from which everything (configuration, faults, workload, the replicas' own
+//! seeds) is drawn. A seed replays exactly.
+//!
+//! Faults, during the first part of a run: message loss, duplication,
+//! reordering (random delays), delay, partitions (two-way, one-way, splits),
+//! crash with the disk intact, crash losing unsynced writes (a random prefix
+//! of the in-flight writes lands), crash wiping the disk (the replica comes
+//! back through recovery), restart, slow replicas (slow disk and links).
+//! Then the faults stop ("heal") and the group must make progress.
+//!
+//! Checkers ([`Checker`]): committed prefixes agree; no acknowledged command
+//! is lost; per-key client histories are linearizable; no command executes
+//! twice; after the heal, every client finishes and all replicas converge
+//! within a bounded virtual time.
+
+pub mod kv;
+pub mod linearizability;
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::log::{Durable, Write};
+use crate::message::{Action, Event, Message, Operation, Outcome, Reply, Request, SessionId};
+use crate::replica::{Replica, Status};
+use crate::{fnv64, Bugs, Config, Millis, Op, ReplicaId};
+
+use kv::{KvCommand, KvStore};
+use linearizability::{HistoryOp, Kind};
+
+/// How hard the run hits the group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FaultProfile {
+    /// No fault at all (a smoke test).
+    None,
+    /// The default mix.
+    Standard,
+    /// More crashes and partitions, longer; used to shake out injected bugs.
+    Aggressive,
+}
+
+/// What one run looks like.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// The seed everything derives from.
+    pub seed: u64,
+    /// Fault mix.
+    pub faults: FaultProfile,
+    /// Injected bugs.
+    pub bugs: Bugs,
+}
+
+impl Options {
+    /// Standard faults, no bug.
+    pub fn new(seed: u64) -> Options {
+        Options { seed, faults: FaultProfile::Standard, bugs: Bugs::NONE }
+    }
+}
+
+/// The properties the simulator checks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Checker {
+    /// Two replicas applied different entries at the same op.
+    PrefixAgreement,
+    /// A command acknowledged to a client is missing from the final state.
+    AckedLost,
+    /// A key's client history has no linearization.
+    Linearizability,
+    /// A command executed twice.
+    DoubleExecution,
+    /// After the heal, the group did not finish the work and converge in time.
+    Progress,
+}
+
+/// One checker failure.
+#[derive(Clone, Debug)]
+pub struct Violation {
+    /// Which checker.
+    pub checker: Checker,
+    /// What it saw.
+    pub detail: String,
+}
+
+/// Result of a run.
+#[derive(Clone, Debug, Default)]
+pub struct Report {
+    /// Checker failures (empty: the run passed).
+    pub violations: Vec<Violation>,
+    /// Replicas in U.
+    pub replicas: u8,
+    /// Virtual time at the end.
+    pub end_ms: Millis,
+    /// Events processed.
+    pub events: u64,
+    /// Client operations completed.
+    pub completed_ops: usize,
+    /// Highest view reached.
+    pub view: u64,
+    /// Crashes injected (all kinds).
+    pub crashes: u32,
+    /// Disk wipes among them.
+    pub wipes: u32,
+    /// Ops committed.
+    pub commit_op: Op,
+}
+
+impl Report {
+    /// Whether a given checker failed.
+    pub fn failed(&self, checker: Checker) -> bool {
+        self.violations.iter().any(|v| v.checker == checker)
+    }
+}
+
+/// The configuration the simulator runs the core with: short timeouts, tiny
+/// bounds (so batching, pipelining, checkpoints and state transfer all happen
+/// within a few hundred virtual milliseconds).
+pub fn sim_config(replica_count: u8, bugs: Bugs) -> Config {
+    Config {
+        replica_count,
+        heartbeat_interval_ms: 10,
+        suspicion_timeout_min_ms: 40,
+        suspicion_timeout_max_ms: 200,
+        suspicion_jitter_ms: 30,
+        view_change_timeout_ms: 120,
+        view_change_gather_ms: 5,
+        retry_interval_ms: 20,
+        lease_ms: 50,
+        lease_drift_margin_ms: 5,
+        batch_requests_max: 4,
+        pipeline_depth_max: 4,
+        pending_requests_max: 32,
+        entries_per_message_max: 8,
+        checkpoint_interval_ops: 8,
+        sessions_max: 16,
+        session_replies_max: 4,
+        session_timeout_ms: 1_000_000,
+        bugs,
+    }
+}
+
+/// The command line that replays `seed` exactly.
+pub fn replay_command(seed: u64) -> String {
+    format!("CHORUS_SIM_SEED={seed} cargo test -p chorus-replication --lib sim::tests::simulate_seeds -- --nocapture")
+}
+
+/// Runs one seed.
+pub fn run(options: &Options) -> Report {
+    let mut sim = Sim::new(options);
+    sim.run();
+    sim.finish()
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Addr {
+    Replica(ReplicaId),
+    Client(usize),
+}
+
+#[derive(Clone, Debug)]
+enum Payload {
+    Replica(Message),
+    Request(Request),
+    Reply(Reply),
+}
+
+#[derive(Clone, Debug)]
+enum Ev {
+    Deliver { from: Addr, to: Addr, payload: Payload },
+    DiskDone { replica: ReplicaId, incarnation: u64, seq: u64 },
+    Timer { replica: ReplicaId, incarnation: u64 },
+    ClientWake { client: usize, token: u64, wake: Wake },
+    Fault,
+    Heal,
+    Check,
+}
+
+struct Scheduled {
+    at_ms: Millis,
+    id: u64,
+    ev: Ev,
+}
+
+impl PartialEq for Scheduled {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at_ms, self.id) == (other.at_ms, other.id)
+    }
+}
+impl Eq for Scheduled {}
+impl PartialOrd for Scheduled {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Scheduled {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.at_ms, self.id).cmp(&(other.at_ms, other.id))
+    }
+}
+
+/// Why a client wakes up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Wake {
+    /// No answer in time: resend to the next replica.
+    Timeout,
+    /// Resend to the current target (after a redirect or Busy).
+    Resend,
+    /// Start the next operation.
+    Next,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Crash {
+    Intact,
+    LoseUnsynced,
+    Wipe,
+}
+
+struct Node {
+    replica: Option<Replica<KvStore>>,
+    incarnation: u64,
+    durable: Durable,
+    /// In-flight writes: (seq, write, completion time).
+    pending: VecDeque<(u64, Write, Millis)>,
+    timer_ms: Option<Millis>,
+    slow: bool,
+    /// Lost its disk and has not yet durably recovered.
+    wiped: bool,
+    down_since_ms: Millis,
+    applied_seen: Op,
+}
+
+struct PendingOp {
+    request: Request,
+    history: Option<usize>,
+}
+
+struct Client {
+    id: u64,
+    session: Option<SessionId>,
+    next_seq: u64,
+    ops_left: u32,
+    known_view: u64,
+    target: ReplicaId,
+    current: Option<PendingOp>,
+    token: u64,
+}
+
+struct Record {
+    key: u8,
+    kind: Kind,
+    invoke_ms: Millis,
+    complete_ms: Option<Millis>,
+}
+
+struct Sim {
+    rng: ChaCha8Rng,
+    faults: FaultProfile,
+    config: Config,
+    now_ms: Millis,
+    next_id: u64,
+    queue: BinaryHeap<Reverse<Scheduled>>,
+    nodes: Vec<Node>,
+    clients: Vec<Client>,
+    history: Vec<Record>,
+    keys: u8,
+    // network faults
+    blocked: Vec<Vec<bool>>,
+    loss: f64,
+    duplication: f64,
+    delay_max_ms: Millis,
+    fault_until_ms: Millis,
+    healed: bool,
+    deadline_ms: Millis,
+    /// op → (hash of the entry applied there, replica that applied it first).
+    applied: BTreeMap<Op, (u64, ReplicaId)>,
+    violations: Vec<Violation>,
+    events: u64,
+    crashes: u32,
+    wipes: u32,
+    done: bool,
+}
+
+/// Virtual time allowed after the heal for every client to finish and every
+/// replica to converge.
+const PROGRESS_BOUND_MS: Millis = 4_000;
+/// A client resends to another replica after this long without an answer.
+const CLIENT_RETRY_MS: Millis = 60;
+
+impl Sim {
+    fn new(options: &Options) -> Sim {
+        let mut rng = ChaCha8Rng::seed_from_u64(options.seed);
+        let replicas: u8 = if rng.gen_bool(0.2) { 5 } else { 3 };
+        let config = sim_config(replicas, options.bugs);
+        let aggressive = options.faults == FaultProfile::Aggressive;
+        let client_count = rng.gen_range(2..=4);
+        let ops = if aggressive { rng.gen_range(15..=30) } else { rng.gen_range(8..=20) };
+        let fault_until_ms = match options.faults {
+            FaultProfile::None => 0,
+            FaultProfile::Standard => rng.gen_range(300..=1_000),
+            FaultProfile::Aggressive => rng.gen_range(800..=2_000),
+        };
+        let (loss, duplication) = match options.faults {
+            FaultProfile::None => (0.0, 0.0),
+            _ => (rng.gen_range(0.0..0.05), rng.gen_range(0.0..0.03)),
+        };
+        let delay_max_ms = rng.gen_range(1..=12);
+        let mut sim = Sim {
+            faults: options.faults,
+            now_ms: 0,
+            next_id: 0,
+            queue: BinaryHeap::new(),
+            nodes: Vec::new(),
+            clients: Vec::new(),
+            history: Vec::new(),
+            keys: rng.gen_range(1..=3),
+            blocked: vec![vec![false; replicas as usize]; replicas as usize],
+            loss,
+            duplication,
+            delay_max_ms,
+            fault_until_ms,
+            healed: false,
+            deadline_ms: fault_until_ms + PROGRESS_BOUND_MS,
+            applied: BTreeMap::new(),
+            violations: Vec::new(),
+            events: 0,
+            crashes: 0,
+            wipes: 0,
+            done: false,
+            config,
+            rng,
+        };
+        for id in 0..replicas {
+            let durable = Durable::initial(id, replicas);
+            let seed = sim.rng.gen();
+            let replica = Replica::new(sim.config.clone(), id, durable.clone(), KvStore::new(), seed, 0);
+            sim.nodes.push(Node {
+                replica: Some(replica),
+                incarnation: 0,
+                durable,
+                pending: VecDeque::new(),
+                timer_ms: None,
+                slow: false,
+                wiped: false,
+                down_since_ms: 0,
+                applied_seen: 0,
+            });
+        }
+        for id in 0..replicas {
+            sim.drain(id);
+        }
+        for c in 0..client_count {
+            let target = sim.rng.gen_range(0..replicas);
+            sim.clients.push(Client {
+                id: 1_000 + c as u64,
+                session: None,
+                next_seq: 1,
+                ops_left: ops,
+                known_view: 0,
+                target,
+                current: None,
+                token: 0,
+            });
+            let start = sim.rng.gen_range(0..30);
+            sim.schedule(start, Ev::ClientWake { client: c, token: 0, wake: Wake::Next });
+        }
+        if options.faults != FaultProfile::None {
+            let first = sim.rng.gen_range(10..60);
+            sim.schedule(first, Ev::Fault);
+        }
+        sim.schedule(fault_until_ms, Ev::Heal);
+        sim
+    }
+
+    fn schedule(&mut self, at_ms: Millis, ev: Ev) {
+        self.next_id += 1;
+        self.queue.push(Reverse(Scheduled { at_ms: at_ms.max(self.now_ms), id: self.next_id, ev }));
+    }
+
+    fn run(&mut self) {
+        while let Some(Reverse(next)) = self.queue.pop() {
+            if next.at_ms > self.deadline_ms || self.done {
+                break;
+            }
+            self.now_ms = next.at_ms;
+            self.events += 1;
+            match next.ev {
+                Ev::Deliver { from, to, payload } => self.deliver(from, to, payload),
+                Ev::DiskDone { replica, incarnation, seq } => self.disk_done(replica, incarnation, seq),
+                Ev::Timer { replica, incarnation } => self.timer(replica, incarnation),
+                Ev::ClientWake { client, token, wake } => self.client_wake(client, token, wake),
+                Ev::Fault => self.fault(),
+                Ev::Heal => self.heal(),
+                Ev::Check => self.check_done(),
+            }
+        }
+        if !self.done {
+            let unfinished = self.clients.iter().filter(|c| c.ops_left > 0 || c.current.is_some()).count();
+            let detail = format!(
+                "no progress within {PROGRESS_BOUND_MS} ms of the heal at {} ms: {unfinished} clients unfinished; replicas: {}",
+                self.fault_until_ms,
+                self.describe_replicas()
+            );
+            self.violate(Checker::Progress, detail);
+        }
+    }
+
+    fn describe_replicas(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| match &n.replica {
+                None => "down".to_string(),
+                Some(r) => {
+                    let s = r.status();
+                    format!(
+                        "[{} {:?} v{} lnv{} op{} commit{} durable{} members{:b}{}]",
+                        s.id,
+                        s.status,
+                        s.view,
+                        s.last_normal_view,
+                        s.op,
+                        s.commit_op,
+                        s.durable_op,
+                        s.members.0,
+                        if s.needs_state { " needs-state" } else { "" }
+                    )
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    fn violate(&mut self, checker: Checker, detail: String) {
+        if self.violations.len() < 16 {
+            self.violations.push(Violation { checker, detail });
+        }
+    }
+
+    // ------------------------------------------------------------ replicas
+
+    fn step(&mut self, id: ReplicaId, event: Event) {
+        let now = self.now_ms;
+        let Some(replica) = self.nodes[id as usize].replica.as_mut() else { return };
+        replica.step(now, event);
+        self.drain(id);
+    }
+
+    /// Executes the actions of replica `id` and observes what it applied.
+    fn drain(&mut self, id: ReplicaId) {
+        let node = &mut self.nodes[id as usize];
+        let Some(replica) = node.replica.as_mut() else { return };
+        let actions = replica.poll_actions();
+        let incarnation = node.incarnation;
+        for action in actions {
+            match action {
+                Action::Send { to, message } => {
+                    self.send(Addr::Replica(id), Addr::Replica(to), Payload::Replica(message))
+                }
+                Action::Reply { client, reply } => {
+                    let c = (client - 1_000) as usize;
+                    self.send(Addr::Replica(id), Addr::Client(c), Payload::Reply(reply));
+                }
+                Action::Persist { seq, write } => {
+                    let latency = self.rng.gen_range(1..=3) * if self.nodes[id as usize].slow { 8 } else { 1 };
+                    let node = &mut self.nodes[id as usize];
+                    let start = node.pending.back().map(|p| p.2).unwrap_or(0).max(self.now_ms);
+                    node.pending.push_back((seq, write, start + latency));
+                    self.schedule(start + latency, Ev::DiskDone { replica: id, incarnation, seq });
+                }
+                Action::SetTimer { at_ms } => {
+                    self.nodes[id as usize].timer_ms = Some(at_ms);
+                    self.schedule(at_ms, Ev::Timer { replica: id, incarnation });
+                }
+            }
+        }
+        self.observe(id);
+    }
+
+    /// Prefix agreement, checked online: whatever any replica applied at an
+    /// op must be what every other replica applied there.
+    fn observe(&mut self, id: ReplicaId) {
+        let node = &mut self.nodes[id as usize];
+        let Some(replica) = node.replica.as_ref() else { return };
+        let status = replica.status();
+        if status.recovering {
+            node.wiped = node.wiped || status.status == Status::Recovering;
+        } else {
+            node.wiped = false;
+        }
+        let from = node.applied_seen + 1;
+        node.applied_seen = status.applied_op;
+        let mut conflicts = Vec::new();
+        for op in from..=status.applied_op {
+            let Some(entry) = replica.entry(op) else { continue };
+            let hash = fnv64(&bincode::serialize(entry).expect("encode entry"));
+            match self.applied.get(&op) {
+                None => {
+                    self.applied.insert(op, (hash, id));
+                }
+                Some(&(h, first)) if h != hash => conflicts.push(format!(
+                    "op {op}: replica {id} applied {entry:?}, replica {first} applied something else"
+                )),
+                Some(_) => {}
+            }
+        }
+        for c in conflicts {
+            self.violate(Checker::PrefixAgreement, c);
+        }
+    }
+
+    fn timer(&mut self, id: ReplicaId, incarnation: u64) {
+        let node = &self.nodes[id as usize];
+        if node.replica.is_none() || node.incarnation != incarnation {
+            return;
+        }
+        match node.timer_ms {
+            Some(t) if t <= self.now_ms => self.step(id, Event::Tick),
+            _ => {}
+        }
+    }
+
+    fn disk_done(&mut self, id: ReplicaId, incarnation: u64, seq: u64) {
+        let node = &mut self.nodes[id as usize];
+        if node.incarnation != incarnation || node.replica.is_none() {
+            return;
+        }
+        while let Some((s, _, _)) = node.pending.front() {
+            if *s > seq {
+                break;
+            }
+            let (_, write, _) = node.pending.pop_front().expect("front");
+            node.durable.apply(&write);
+        }
+        self.step(id, Event::Persisted { seq });
+    }
+
+    // ------------------------------------------------------------- network
+
+    fn send(&mut self, from: Addr, to: Addr, payload: Payload) {
+        if self.is_blocked(from, to) || (self.loss > 0.0 && self.rng.gen_bool(self.loss)) {
+            return;
+        }
+        let copies = if self.duplication > 0.0 && self.rng.gen_bool(self.duplication) { 2 } else { 1 };
+        for _ in 0..copies {
+            let mut delay = 1 + self.rng.gen_range(0..=self.delay_max_ms);
+            if self.is_slow(from) || self.is_slow(to) {
+                delay += self.rng.gen_range(0..=20);
+            }
+            self.schedule(self.now_ms + delay, Ev::Deliver { from, to, payload: payload.clone() });
+        }
+    }
+
+    fn is_blocked(&self, from: Addr, to: Addr) -> bool {
+        match (from, to) {
+            (Addr::Replica(a), Addr::Replica(b)) => self.blocked[a as usize][b as usize],
+            _ => false,
+        }
+    }
+
+    fn is_slow(&self, addr: Addr) -> bool {
+        matches!(addr, Addr::Replica(r) if self.nodes[r as usize].slow)
+    }
+
+    fn deliver(&mut self, from: Addr, to: Addr, payload: Payload) {
+        if self.is_blocked(from, to) {
+            return; // a partition formed while it was in flight
+        }
+        match (to, payload) {
+            (Addr::Replica(r), Payload::Replica(message)) => {
+                let Addr::Replica(f) = from else { return };
+                self.step(r, Event::Message { from: f, message });
+            }
+            (Addr::Replica(r), Payload::Request(request)) => self.step(r, Event::Request(request)),
+            (Addr::Client(c), Payload::Reply(reply)) => self.client_reply(c, reply),
+            _ => {}
+        }
+    }
+
+    // -------------------------------------------------------------- clients
+
+    fn client_wake(&mut self, c: usize, token: u64, wake: Wake) {
+        let client = &mut self.clients[c];
+        if token != client.token {
+            return;
+        }
+        match wake {
+            Wake::Timeout if client.current.is_some() => {
+                client.target = (client.target + 1) % self.config.replica_count;
+                self.client_send(c);
+            }
+            Wake::Resend if client.current.is_some() => self.client_send(c),
+            Wake::Next if client.current.is_none() => self.client_next(c),
+            _ => {}
+        }
+    }
+
+    /// Starts the client's next operation (registering first).
+    fn client_next(&mut self, c: usize) {
+        let now = self.now_ms;
+        let keys = self.keys;
+        let client = &mut self.clients[c];
+        let (operation, record) = match client.session {
+            None => (Operation::Register, None),
+            Some(_) if client.ops_left == 0 => return,
+            Some(_) => {
+                client.ops_left -= 1;
+                let key = self.rng.gen_range(0..keys);
+                if self.rng.gen_bool(0.6) {
+                    let value = (client.id << 32) | client.next_seq;
+                    let op = Operation::Write(KvCommand::Append { key, value }.encode());
+                    (op, Some(Record { key, kind: Kind::Append { value, len: None }, invoke_ms: now, complete_ms: None }))
+                } else {
+                    let op = Operation::Read(KvCommand::Read { key }.encode());
+                    (op, Some(Record { key, kind: Kind::Read { list: None }, invoke_ms: now, complete_ms: None }))
+                }
+            }
+        };
+        let client = &mut self.clients[c];
+        let seq = client.next_seq;
+        client.next_seq += 1;
+        let request = Request {
+            client: client.id,
+            session: client.session.unwrap_or(0),
+            seq,
+            low_water: seq - 1,
+            epoch: client.known_view,
+            operation,
+        };
+        let history = record.map(|r| {
+            self.history.push(r);
+            self.history.len() - 1
+        });
+        self.clients[c].current = Some(PendingOp { request, history });
+        self.client_send(c);
+    }
+
+    fn client_send(&mut self, c: usize) {
+        let client = &mut self.clients[c];
+        let Some(current) = client.current.as_mut() else { return };
+        client.token += 1;
+        let (target, token, request) = (client.target, client.token, current.request.clone());
+        self.send(Addr::Client(c), Addr::Replica(target), Payload::Request(request));
+        self.schedule(self.now_ms + CLIENT_RETRY_MS, Ev::ClientWake { client: c, token, wake: Wake::Timeout });
+    }
+
+    fn client_reply(&mut self, c: usize, reply: Reply) {
+        let now = self.now_ms;
+        let n = self.config.replica_count;
+        let client = &mut self.clients[c];
+        let Some(current) = client.current.as_ref() else { return };
+        if (reply.session, reply.seq) != (current.request.session, current.request.seq) {
+            return; // an answer to an earlier attempt or request
+        }
+        if reply.view > client.known_view {
+            client.known_view = reply.view;
+        }
+        let history = current.history;
+        let retry_after = match reply.outcome {
+            Outcome::Registered(session) => {
+                client.session = Some(session);
+                client.current = None;
+                None
+            }
+            Outcome::Done(bytes) => {
+                client.current = None;
+                if let Some(h) = history {
+                    let record = &mut self.history[h];
+                    record.complete_ms = Some(now);
+                    match &mut record.kind {
+                        Kind::Append { len, .. } => *len = Some(bincode::deserialize(&bytes).expect("length")),
+                        Kind::Read { list } => *list = Some(bincode::deserialize(&bytes).expect("list")),
+                    }
+                }
+                None
+            }
+            Outcome::NotLeader => {
+                client.target = if reply.view >= client.known_view { reply.leader } else { (client.target + 1) % n };
+                Some(2)
+            }
+            Outcome::Busy => Some(10),
+            Outcome::SessionUnknown => {
+                // Definitely not executed: drop it from the history, register again.
+                if let Some(h) = history {
+                    self.history[h].kind = Kind::Read { list: None };
+                }
+                client.session = None;
+                client.current = None;
+                None
+            }
+            Outcome::TooOld => {
+                // Unknown fate: it stays pending in the history.
+                client.current = None;
+                None
+            }
+        };
+        let client = &mut self.clients[c];
+        client.token += 1;
+        let token = client.token;
+        match retry_after {
+            Some(delay) => self.schedule(now + delay, Ev::ClientWake { client: c, token, wake: Wake::Resend }),
+            None => {
+                let think = self.rng.gen_range(0..5);
+                self.schedule(now + think, Ev::ClientWake { client: c, token, wake: Wake::Next });
+            }
+        }
+        if self.healed {
+            self.check_done();
+        }
+    }
+
+    // --------------------------------------------------------------- faults
+
+    fn fault(&mut self) {
+        if self.healed || self.now_ms >= self.fault_until_ms {
+            return;
+        }
+        let n = self.config.replica_count as usize;
+        let f = n / 2;
+        let roll = self.rng.gen_range(0..100);
+        match roll {
+            0..=24 => self.partition(),
+            25..=39 => self.blocked.iter_mut().for_each(|row| row.iter_mut().for_each(|b| *b = false)),
+            40..=64 => {
+                let up: Vec<usize> = (0..n).filter(|&i| self.nodes[i].replica.is_some()).collect();
+                if !up.is_empty() {
+                    let victim = up[self.rng.gen_range(0..up.len())];
+                    let unhealthy = self.nodes.iter().filter(|n| n.wiped).count();
+                    let kind = match self.rng.gen_range(0..10) {
+                        0..=3 => Crash::Intact,
+                        4..=7 => Crash::LoseUnsynced,
+                        _ if unhealthy < f && !self.nodes[victim].wiped => Crash::Wipe,
+                        _ => Crash::LoseUnsynced,
+                    };
+                    self.crash(victim, kind);
+                }
+            }
+            65..=84 => {
+                let down: Vec<usize> = (0..n)
+                    .filter(|&i| self.nodes[i].replica.is_none() && self.nodes[i].down_since_ms + 10 <= self.now_ms)
+                    .collect();
+                if !down.is_empty() {
+                    let r = down[self.rng.gen_range(0..down.len())];
+                    self.restart(r);
+                }
+            }
+            85..=94 => {
+                let r = self.rng.gen_range(0..n);
+                self.nodes[r].slow = !self.nodes[r].slow;
+            }
+            _ => self.loss = self.rng.gen_range(0.0..0.1),
+        }
+        let gap = match self.faults {
+            FaultProfile::Aggressive => self.rng.gen_range(20..80),
+            _ => self.rng.gen_range(30..150),
+        };
+        self.schedule(self.now_ms + gap, Ev::Fault);
+    }
+
+    fn partition(&mut self) {
+        let n = self.config.replica_count as usize;
+        for row in self.blocked.iter_mut() {
+            row.iter_mut().for_each(|b| *b = false);
+        }
+        match self.rng.gen_range(0..3) {
+            0 => {
+                // Isolate one replica both ways.
+                let r = self.rng.gen_range(0..n);
+                for i in 0..n {
+                    self.blocked[r][i] = true;
+                    self.blocked[i][r] = true;
+                }
+            }
+            1 => {
+                // One-way: a cannot reach b (b still reaches a).
+                let a = self.rng.gen_range(0..n);
+                let b = self.rng.gen_range(0..n);
+                self.blocked[a][b] = a != b;
+            }
+            _ => {
+                // Random split in two groups.
+                let side: Vec<bool> = (0..n).map(|_| self.rng.gen_bool(0.5)).collect();
+                for i in 0..n {
+                    for j in 0..n {
+                        self.blocked[i][j] = side[i] != side[j];
+                    }
+                }
+            }
+        }
+    }
+
+    fn crash(&mut self, r: usize, kind: Crash) {
+        self.crashes += 1;
+        let keep = {
+            let node = &self.nodes[r];
+            match kind {
+                Crash::Intact => node.pending.len(),
+                Crash::LoseUnsynced => self.rng.gen_range(0..=node.pending.len()),
+                Crash::Wipe => 0,
+            }
+        };
+        let node = &mut self.nodes[r];
+        node.replica = None;
+        node.incarnation += 1;
+        node.timer_ms = None;
+        node.down_since_ms = self.now_ms;
+        for (_, write, _) in node.pending.drain(..).take(keep) {
+            node.durable.apply(&write);
+        }
+        if kind == Crash::Wipe {
+            self.wipes += 1;
+            node.durable = Durable::default();
+            node.wiped = true;
+        }
+    }
+
+    fn restart(&mut self, r: usize) {
+        let seed = self.rng.gen();
+        let node = &mut self.nodes[r];
+        let replica = Replica::new(self.config.clone(), r as ReplicaId, node.durable.clone(), KvStore::new(), seed, self.now_ms);
+        node.applied_seen = replica.status().applied_op;
+        node.replica = Some(replica);
+        node.timer_ms = None;
+        self.drain(r as ReplicaId);
+    }
+
+    fn heal(&mut self) {
+        self.healed = true;
+        self.loss = 0.0;
+        self.duplication = 0.0;
+        for row in self.blocked.iter_mut() {
+            row.iter_mut().for_each(|b| *b = false);
+        }
+        for r in 0..self.nodes.len() {
+            self.nodes[r].slow = false;
+            if self.nodes[r].replica.is_none() {
+                self.restart(r);
+            }
+        }
+        self.schedule(self.now_ms + 10, Ev::Check);
+    }
+
+    /// After the heal: finished when every client is done and every replica
+    /// is normal in one view with the same applied state.
+    fn check_done(&mut self) {
+        if !self.healed || self.done {
+            return;
+        }
+        let clients_done = self.clients.iter().all(|c| c.ops_left == 0 && c.current.is_none() && c.session.is_some());
+        if clients_done && self.converged() {
+            self.done = true;
+            return;
+        }
+        if !clients_done {
+            return; // the next client reply checks again
+        }
+        self.schedule(self.now_ms + 10, Ev::Check);
+    }
+
+    fn converged(&self) -> bool {
+        let mut reference = None;
+        for node in &self.nodes {
+            let Some(replica) = node.replica.as_ref() else { return false };
+            let s = replica.status();
+            if s.status != Status::Normal || s.recovering || s.applied_op != s.op {
+                return false;
+            }
+            let key = (s.view, s.applied_op, replica.state().digest());
+            match reference {
+                None => reference = Some(key),
+                Some(k) if k != key => return false,
+                Some(_) => {}
+            }
+        }
+        true
+    }
+
+    // -------------------------------------------------------------- checks
+
+    fn finish(mut self) -> Report {
+        self.check_final_state();
+        self.check_linearizability();
+        let view = self.nodes.iter().filter_map(|n| n.replica.as_ref()).map(|r| r.status().view).max().unwrap_or(0);
+        let commit_op = self.nodes.iter().filter_map(|n| n.replica.as_ref()).map(|r| r.status().commit_op).max().unwrap_or(0);
+        Report {
+            violations: self.violations,
+            replicas: self.config.replica_count,
+            end_ms: self.now_ms,
+            events: self.events,
+            completed_ops: self.history.iter().filter(|r| r.complete_ms.is_some()).count(),
+            view,
+            crashes: self.crashes,
+            wipes: self.wipes,
+            commit_op,
+        }
+    }
+
+    /// No acknowledged append lost, none executed twice, on every replica.
+    fn check_final_state(&mut self) {
+        let acked: Vec<(u8, u64)> = self
+            .history
+            .iter()
+            .filter(|r| r.complete_ms.is_some())
+            .filter_map(|r| match r.kind {
+                Kind::Append { value, .. } => Some((r.key, value)),
+                _ => None,
+            })
+            .collect();
+        let mut found = Vec::new();
+        for node in &self.nodes {
+            let Some(replica) = node.replica.as_ref() else { continue };
+            let s = replica.status();
+            let lists = replica.state().machine().lists();
+            for (key, list) in lists {
+                let mut seen = std::collections::BTreeSet::new();
+                for v in list {
+                    if !seen.insert(*v) {
+                        found.push((Checker::DoubleExecution, format!("replica {}: value {v:#x} twice under key {key}: {list:?}", s.id)));
+                    }
+                }
+            }
+            if s.status != Status::Normal || s.recovering {
+                continue;
+            }
+            for (key, value) in &acked {
+                let present = lists.get(key).is_some_and(|l| l.contains(value));
+                if !present {
+                    found.push((Checker::AckedLost, format!("replica {} (applied {}): acknowledged append {value:#x} to key {key} missing", s.id, s.applied_op)));
+                }
+            }
+        }
+        for (checker, detail) in found {
+            self.violate(checker, detail);
+        }
+    }
+
+    fn check_linearizability(&mut self) {
+        let mut found = Vec::new();
+        for key in 0..self.keys {
+            let ops: Vec<HistoryOp> = self
+                .history
+                .iter()
+                .filter(|r| r.key == key)
+                .map(|r| HistoryOp { invoke_ms: r.invoke_ms, complete_ms: r.complete_ms, kind: r.kind.clone() })
+                .collect();
+            if let Err(e) = linearizability::check(&ops) {
+                found.push(format!("key {key}: {e}"));
+            }
+        }
+        for detail in found {
+            self.violate(Checker::Linearizability, detail);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,159 @@
+//! Simulation tests: many seeds with no bug must pass every checker; each
+//! injected bug must make its checker fail for some seed.
+//!
+//! `CHORUS_SIM_SEEDS=N` sets how many seeds `simulate_seeds` runs (default
+//! 10,000), `CHORUS_SIM_SEED_BASE=B` where they start (default 0), and
+//! `CHORUS_SIM_SEED=S` runs that one seed alone, verbosely.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use super::*;
+
+fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
+}
+
+/// Runs a seed, turning a panic (a failed internal assertion) into a message.
+fn run_caught(options: &Options) -> Result<Report, String> {
+    catch_unwind(AssertUnwindSafe(|| run(options))).map_err(|e| {
+        e.downcast_ref::<String>()
+            .cloned()
+            .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "panic".into())
+    })
+}
+
+#[test]
+fn no_faults_smoke() {
+    let report = run(&Options { seed: 1, faults: FaultProfile::None, bugs: Bugs::NONE });
+    assert!(report.violations.is_empty(), "{:?}", report.violations);
+    assert!(report.completed_ops > 0);
+}
+
+#[test]
+fn simulate_seeds() {
+    if let Some(seed) = env_u64("CHORUS_SIM_SEED") {
+        let report = run_caught(&Options::new(seed)).unwrap_or_else(|p| panic!("seed {seed} panicked: {p}"));
+        println!("seed {seed}: {report:#?}");
+        assert!(report.violations.is_empty(), "seed {seed} failed");
+        return;
+    }
+    let count = env_u64("CHORUS_SIM_SEEDS").unwrap_or(10_000);
+    let base = env_u64("CHORUS_SIM_SEED_BASE").unwrap_or(0);
+    let next = AtomicU64::new(base);
+    let failures: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let totals = Mutex::new((0u64, 0u64, 0u32, 0u32, 0usize));
+    let started = Instant::now();
+    // Two workers: the CI machine has two cores.
+    std::thread::scope(|scope| {
+        for _ in 0..2 {
+            scope.spawn(|| loop {
+                let seed = next.fetch_add(1, Ordering::Relaxed);
+                if seed >= base + count {
+                    break;
+                }
+                match run_caught(&Options::new(seed)) {
+                    Ok(report) => {
+                        let mut t = totals.lock().unwrap();
+                        t.0 += report.events;
+                        t.1 += report.end_ms;
+                        t.2 += report.crashes;
+                        t.3 += report.wipes;
+                        t.4 += report.completed_ops;
+                        if !report.violations.is_empty() {
+                            let v = &report.violations[0];
+                            failures.lock().unwrap().push(format!(
+                                "seed {seed}: {:?}: {}\n  replay: {}",
+                                v.checker,
+                                v.detail,
+                                replay_command(seed)
+                            ));
+                        }
+                    }
+                    Err(panic) => failures
+                        .lock()
+                        .unwrap()
+                        .push(format!("seed {seed}: panic: {panic}\n  replay: {}", replay_command(seed))),
+                }
+            });
+        }
+    });
+    let (events, virtual_ms, crashes, wipes, ops) = *totals.lock().unwrap();
+    println!(
+        "{count} seeds in {:.1?}: {events} events, {:.0} virtual s, {crashes} crashes ({wipes} disk wipes), {ops} client ops",
+        started.elapsed(),
+        virtual_ms as f64 / 1000.0
+    );
+    let failures = failures.into_inner().unwrap();
+    for f in failures.iter().take(20) {
+        println!("{f}");
+    }
+    assert!(failures.is_empty(), "{} of {count} seeds failed; first: {}", failures.len(), failures[0]);
+}
+
+/// Runs seeds with `bugs` on until `checker` fails; panics if it never does.
+fn expect_caught(bugs: Bugs, checker: Checker, seeds_max: u64) {
+    for seed in 0..seeds_max {
+        let options = Options { seed, faults: FaultProfile::Aggressive, bugs };
+        if let Ok(report) = run_caught(&options) {
+            if report.failed(checker) {
+                let v = report.violations.iter().find(|v| v.checker == checker).unwrap();
+                println!("{bugs:?} caught by {checker:?} at seed {seed}: {}", v.detail);
+                return;
+            }
+        }
+    }
+    panic!("{checker:?} never caught {bugs:?} in {seeds_max} seeds");
+}
+
+#[test]
+fn checker_prefix_agreement_catches_skipped_flush() {
+    expect_caught(Bugs { skip_view_change_flush: true, ..Bugs::NONE }, Checker::PrefixAgreement, 300);
+}
+
+#[test]
+fn checker_prefix_agreement_catches_commit_on_one_ack() {
+    expect_caught(Bugs { commit_on_one_ack: true, ..Bugs::NONE }, Checker::PrefixAgreement, 300);
+}
+
+#[test]
+fn checker_acked_lost_catches_ack_before_durable() {
+    expect_caught(Bugs { ack_before_durable: true, ..Bugs::NONE }, Checker::AckedLost, 500);
+}
+
+#[test]
+fn checker_acked_lost_catches_commit_on_one_ack() {
+    expect_caught(Bugs { commit_on_one_ack: true, ..Bugs::NONE }, Checker::AckedLost, 300);
+}
+
+#[test]
+fn checker_double_execution_catches_forgotten_reply_cache() {
+    expect_caught(Bugs { forget_reply_cache: true, ..Bugs::NONE }, Checker::DoubleExecution, 300);
+}
+
+#[test]
+fn checker_linearizability_catches_reads_without_lease() {
+    expect_caught(Bugs { read_without_lease: true, ..Bugs::NONE }, Checker::Linearizability, 500);
+}
+
+#[test]
+fn checker_linearizability_catches_forgotten_reply_cache() {
+    expect_caught(Bugs { forget_reply_cache: true, ..Bugs::NONE }, Checker::Linearizability, 300);
+}
+
+#[test]
+fn checker_progress_catches_ignored_suspicion() {
+    expect_caught(Bugs { ignore_suspicion: true, ..Bugs::NONE }, Checker::Progress, 300);
+}
+
+#[test]
+fn seeds_replay_identically() {
+    for seed in [3, 17, 4242] {
+        let a = run(&Options::new(seed));
+        let b = run(&Options::new(seed));
+        assert_eq!((a.events, a.end_ms, a.view, a.commit_op), (b.events, b.end_ms, b.view, b.commit_op));
+    }
+}
