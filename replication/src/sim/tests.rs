@@ -46,6 +46,7 @@ fn simulate_seeds() {
     let next = AtomicU64::new(base);
     let failures: Mutex<Vec<String>> = Mutex::new(Vec::new());
     let totals = Mutex::new((0u64, 0u64, 0u32, 0u32, 0usize));
+    let messages: Mutex<BTreeMap<&'static str, u64>> = Mutex::new(BTreeMap::new());
     let started = Instant::now();
     // Two workers: the CI machine has two cores.
     std::thread::scope(|scope| {
@@ -63,6 +64,11 @@ fn simulate_seeds() {
                         t.2 += report.crashes;
                         t.3 += report.wipes;
                         t.4 += report.completed_ops;
+                        drop(t);
+                        let mut m = messages.lock().unwrap();
+                        for (kind, count) in &report.messages {
+                            *m.entry(kind).or_default() += count;
+                        }
                         if !report.violations.is_empty() {
                             let v = &report.violations[0];
                             failures.lock().unwrap().push(format!(
@@ -87,6 +93,7 @@ fn simulate_seeds() {
         started.elapsed(),
         virtual_ms as f64 / 1000.0
     );
+    println!("messages delivered: {:?}", messages.lock().unwrap());
     let failures = failures.into_inner().unwrap();
     for f in failures.iter().take(20) {
         println!("{f}");

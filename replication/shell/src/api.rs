@@ -1,0 +1,57 @@
+//! What clients and operators send to a node over chorus-wire RPC.
+//!
+//! Guarantees: a [`NodeResponse::Reply`] is exactly the core's reply (so a
+//! `Done` outcome is for a committed request: uniform output);
+//! [`NodeResponse::NoReply`] means the node did not answer in time — the
+//! request may or may not commit later, and the client retries it with the
+//! same (session, seq), which the core's session layer makes exactly-once.
+
+use chorus_replication::{Op, Reply, ReplicaId, Request, ViewNumber};
+use serde::{Deserialize, Serialize};
+
+/// A call to a node.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum NodeRequest {
+    /// A client request for the replication core.
+    Call(Request),
+    /// The node's protocol status.
+    Status,
+}
+
+/// A node's answer.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum NodeResponse {
+    /// The core's reply.
+    Reply(Reply),
+    /// No reply within the node's wait bound (retry, possibly elsewhere).
+    NoReply,
+    /// Answer to [`NodeRequest::Status`].
+    Status(NodeStatus),
+}
+
+/// A node's protocol status (a serializable subset of the core's report).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// Replica id.
+    pub id: ReplicaId,
+    /// "normal", "view_change" or "recovering".
+    pub status: String,
+    /// Current view.
+    pub view: ViewNumber,
+    /// Leader of that view.
+    pub leader: ReplicaId,
+    /// Last op in the log.
+    pub op: Op,
+    /// Commit point.
+    pub commit_op: Op,
+    /// Log durable up to here.
+    pub durable_op: Op,
+    /// Digest of the replicated state (sessions + registers).
+    pub digest: u64,
+    /// fdatasync batches so far (group commit).
+    pub log_syncs: u64,
+    /// Writes (Persist actions) so far.
+    pub log_writes: u64,
+    /// Peer messages dropped on full queues.
+    pub messages_dropped: u64,
+}
