@@ -238,3 +238,98 @@ impl<S: StateMachine> Sessions<S> {
         fnv64(&table) ^ self.machine.digest().rotate_left(17)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::message::Request;
+    use crate::sim::kv::{KvCommand, KvStore};
+
+    fn config() -> Config {
+        let mut c = Config::new(3);
+        c.sessions_max = 3;
+        c.session_replies_max = 2;
+        c.session_timeout_ms = 500;
+        c
+    }
+
+    /// A random log: registrations, appends (with retries: seq reuse), reads.
+    fn entries(script: &[(u8, u8, u8)]) -> Vec<Entry> {
+        let mut sessions: Vec<SessionId> = Vec::new();
+        let mut out = Vec::new();
+        for (i, (kind, who, key)) in script.iter().enumerate() {
+            let op = i as Op + 1;
+            let operation = match kind % 4 {
+                0 => Operation::Register,
+                1 | 2 => Operation::Write(KvCommand::Append { key: key % 2, value: op }.encode()),
+                _ => Operation::Read(KvCommand::Read { key: key % 2 }.encode()),
+            };
+            if matches!(operation, Operation::Register) {
+                sessions.push(op << 16); // first (only) request of the batch
+            }
+            let session = sessions.get(*who as usize % sessions.len().max(1)).copied().unwrap_or(7);
+            // seq repeats now and then: a retry of an earlier request.
+            let seq = (*key as u64 % 5) + 1;
+            let request = Request { client: *who as u64, session, seq, low_water: 0, epoch: 0, operation };
+            out.push(Entry { op, view: 0, timestamp_ms: op * 50, requests: vec![request] });
+        }
+        out
+    }
+
+    proptest! {
+        #[test]
+        fn deterministic_and_checkpoint_transparent(script in proptest::collection::vec((0u8..8, 0u8..4, 0u8..16), 1..60), cut in 0usize..60) {
+            let log = entries(&script);
+            let mut a = Sessions::new(KvStore::new(), &config());
+            let mut b = Sessions::new(KvStore::new(), &config());
+            let cut = cut.min(log.len());
+            let mut replies_a = Vec::new();
+            let mut replies_b = Vec::new();
+            for e in &log { replies_a.push(a.apply_entry(e)); }
+            for e in &log[..cut] { replies_b.push(b.apply_entry(e)); }
+            // b restarts from its checkpoint into a fresh machine, then goes on.
+            let image = b.checkpoint();
+            let mut c = Sessions::new(KvStore::new(), &config());
+            c.restore(b.applied_op(), &image).unwrap();
+            prop_assert_eq!(c.digest(), b.digest());
+            for e in &log[cut..] { replies_b.push(c.apply_entry(e)); }
+            prop_assert_eq!(replies_a, replies_b);
+            prop_assert_eq!(a.digest(), c.digest());
+            // Exactly once: every appended value (the op) appears at most once.
+            for list in a.machine().lists().values() {
+                let mut seen = std::collections::BTreeSet::new();
+                for v in list { prop_assert!(seen.insert(*v)); }
+            }
+            prop_assert!(a.session_count() <= 3);
+        }
+    }
+
+    #[test]
+    fn retry_gets_original_reply_and_old_gets_too_old() {
+        let mut s = Sessions::new(KvStore::new(), &config());
+        let reg = Request { client: 1, session: 0, seq: 1, low_water: 0, epoch: 0, operation: Operation::Register };
+        let out = s.apply_entry(&Entry { op: 1, view: 0, timestamp_ms: 1, requests: vec![reg] });
+        let Outcome::Registered(id) = out[0] else { panic!("{out:?}") };
+        let append = |seq, low_water| Request {
+            client: 1,
+            session: id,
+            seq,
+            low_water,
+            epoch: 0,
+            operation: Operation::Write(KvCommand::Append { key: 0, value: seq }.encode()),
+        };
+        let first = s.apply_entry(&Entry { op: 2, view: 0, timestamp_ms: 2, requests: vec![append(1, 0)] });
+        let retry = s.apply_entry(&Entry { op: 3, view: 1, timestamp_ms: 3, requests: vec![append(1, 0)] });
+        assert_eq!(first, retry, "a retry gets the original reply");
+        assert_eq!(s.machine().lists()[&0], vec![1], "and does not run again");
+        s.apply_entry(&Entry { op: 4, view: 1, timestamp_ms: 4, requests: vec![append(2, 1)] });
+        assert_eq!(s.precheck(id, 1), Some(Outcome::TooOld));
+        let old = s.apply_entry(&Entry { op: 5, view: 1, timestamp_ms: 5, requests: vec![append(1, 0)] });
+        assert_eq!(old, vec![Outcome::TooOld]);
+        assert_eq!(s.machine().lists()[&0], vec![1, 2]);
+        let late = s.apply_entry(&Entry { op: 6, view: 1, timestamp_ms: 10_000, requests: vec![append(3, 2)] });
+        assert_eq!(late, vec![Outcome::SessionUnknown], "expired by leader time");
+    }
+}

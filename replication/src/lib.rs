@@ -181,7 +181,7 @@ impl Config {
     /// Checks the relations the protocols rely on.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let n = self.replica_count;
-        if n == 0 || n > 63 || n % 2 == 0 {
+        if n == 0 || n > 63 || n.is_multiple_of(2) {
             return Err(ConfigError("replica_count must be odd and in 1..=63".into()));
         }
         if self.lease_ms <= self.lease_drift_margin_ms {

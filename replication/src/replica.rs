@@ -401,10 +401,8 @@ impl<S: StateMachine> Replica<S> {
         if let Some(sb) = self.journal.durable_superblock() {
             invariant!(self, sb.view <= self.view, "memory behind the durable view");
         }
-        if self.is_leader_normal() {
-            if self.commit_op >= self.view_start_op {
-                invariant!(self, self.log.op() - self.commit_op <= self.config.pipeline_depth_max, "pipeline overfull");
-            }
+        if self.is_leader_normal() && self.commit_op >= self.view_start_op {
+            invariant!(self, self.log.op() - self.commit_op <= self.config.pipeline_depth_max, "pipeline overfull");
         }
     }
 
@@ -785,7 +783,7 @@ impl<S: StateMachine> Replica<S> {
                     self.reply(request, outcome);
                 }
             }
-            if op % self.config.checkpoint_interval_ops == 0 {
+            if op.is_multiple_of(self.config.checkpoint_interval_ops) {
                 self.take_checkpoint();
             }
         }

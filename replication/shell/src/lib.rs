@@ -6,10 +6,25 @@
 //! driver over quinn-proto, the shell feeds `(now, event)` to the core and
 //! carries out the actions it returns.
 //!
-//! - [`log`]: the durable log (segment files, CRC32C records, superblock).
-//! - [`writer`]: group commit — one thread, one fdatasync per batch.
-//! - [`transport`]: replica-to-replica messages over QUIC with mutual TLS.
+//! | module        | what it keeps                                              |
+//! |---------------|------------------------------------------------------------|
+//! | [`log`]       | segment files of CRC32C records, torn-tail recovery        |
+//! | [`writer`]    | group commit: one thread, one fdatasync per batch          |
+//! | [`disk`]      | the core's writes as atomic records; replay on start       |
+//! | [`transport`] | replica-to-replica messages over QUIC with mutual TLS      |
+//! | [`driver`]    | the event loop: events in, actions out                     |
+//! | [`node`]      | one replica: endpoint, transport, client RPC, driver       |
+//! | [`api`]       | client/operator RPC types                                  |
+//! | [`client`]    | sessions, leader discovery, retries (tests, benchmark)     |
+//! | [`machine`]   | a trivial register map state machine (tests, benchmark)    |
 #![warn(missing_docs)]
 
+pub mod api;
+pub mod client;
+pub mod disk;
+pub mod driver;
 pub mod log;
+pub mod machine;
+pub mod node;
+pub mod transport;
 pub mod writer;

@@ -37,7 +37,6 @@ use chorus_wire::certs::Role;
 use chorus_wire::{codec, frame};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 

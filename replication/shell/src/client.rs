@@ -1,0 +1,204 @@
+//! A client of a shell cluster: finds the leader, keeps a session, retries.
+//!
+//! Guarantees:
+//! - Exactly-once across failover: a write keeps its (session, seq) over
+//!   every retry, on any replica, so the core's session layer never runs it
+//!   twice; a `Done` answer is for a committed write.
+//! - Every call is bounded: one RPC attempt by [`ATTEMPT_TIMEOUT`], a whole
+//!   operation by the caller's deadline ([`Session::write`]).
+//! - Connections (one per replica) are shared by all sessions of a
+//!   [`Cluster`] and re-established when they fail.
+//!
+//! Assumes: one request in flight per [`Session`] (a closed loop; the
+//! benchmark gets concurrency from many sessions).
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chorus_replication::{Operation, Outcome, Reply, Request, SessionId, ViewNumber};
+use chorus_wire::certs::{self, Role};
+use chorus_wire::rpc::RpcClient;
+use chorus_wire::{endpoint, tls};
+use tokio::sync::Mutex;
+
+use crate::api::{NodeRequest, NodeResponse, NodeStatus};
+
+/// Longest wait for one RPC attempt.
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(2500);
+/// Longest wait for a connection attempt.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(1000);
+/// Pause after a `Busy` answer or a failed attempt.
+pub const RETRY_PAUSE: Duration = Duration::from_millis(5);
+
+/// Why a client operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// No commit before the deadline.
+    #[error("no committed answer within {0:?}")]
+    Timeout(Duration),
+    /// The core refused the request for good (session unknown, too old).
+    #[error("refused: {0:?}")]
+    Refused(Outcome),
+    /// Setting up the endpoint failed.
+    #[error("setup: {0}")]
+    Setup(String),
+}
+
+/// Connections to every replica of a cluster, shared by sessions.
+pub struct Cluster {
+    endpoint: quinn::Endpoint,
+    peers: Vec<SocketAddr>,
+    conns: Vec<Mutex<Option<RpcClient>>>,
+    leader_hint: AtomicUsize,
+    client_ids: AtomicU64,
+}
+
+impl Cluster {
+    /// A cluster client using the `client` certificate from `certs_dir`.
+    pub fn new(certs_dir: &Path, peers: Vec<SocketAddr>) -> Result<Arc<Cluster>, ClientError> {
+        let id = certs::load_identity(certs_dir, Role::Client).map_err(|e| ClientError::Setup(e.to_string()))?;
+        let cfg = tls::client_config(&id).map_err(|e| ClientError::Setup(e.to_string()))?;
+        let endpoint = endpoint::client(cfg, endpoint::client_bind_for(peers[0])).map_err(|e| ClientError::Setup(e.to_string()))?;
+        let conns = peers.iter().map(|_| Mutex::new(None)).collect();
+        let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1);
+        Ok(Arc::new(Cluster {
+            endpoint,
+            peers,
+            conns,
+            leader_hint: AtomicUsize::new(0),
+            client_ids: AtomicU64::new(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1),
+        }))
+    }
+
+    /// Number of replicas.
+    pub fn replica_count(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// The replica believed to lead.
+    pub fn leader_hint(&self) -> usize {
+        self.leader_hint.load(Ordering::Relaxed)
+    }
+
+    async fn conn(&self, replica: usize) -> Option<RpcClient> {
+        let mut slot = self.conns[replica].lock().await;
+        if let Some(c) = slot.as_ref() {
+            if !c.is_closed() {
+                return Some(c.clone());
+            }
+        }
+        let fresh = tokio::time::timeout(CONNECT_TIMEOUT, RpcClient::connect(&self.endpoint, self.peers[replica])).await.ok()?.ok()?;
+        *slot = Some(fresh.clone());
+        Some(fresh)
+    }
+
+    /// One RPC to `replica`, bounded by [`ATTEMPT_TIMEOUT`]; `None` on any failure.
+    pub async fn call(&self, replica: usize, req: &NodeRequest) -> Option<NodeResponse> {
+        let conn = self.conn(replica).await?;
+        match tokio::time::timeout(ATTEMPT_TIMEOUT, conn.call::<NodeRequest, NodeResponse>(req)).await {
+            Ok(Ok(r)) => Some(r),
+            _ => None,
+        }
+    }
+
+    /// Status of one replica.
+    pub async fn status(&self, replica: usize) -> Option<NodeStatus> {
+        match self.call(replica, &NodeRequest::Status).await? {
+            NodeResponse::Status(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Sends `request` until a final reply arrives or `deadline` passes,
+    /// following NotLeader redirections and rotating on failures.
+    async fn submit(&self, mut request: Request, deadline: Instant) -> Result<Reply, ClientError> {
+        let started = Instant::now();
+        let mut target = self.leader_hint();
+        loop {
+            if Instant::now() >= deadline {
+                return Err(ClientError::Timeout(started.elapsed()));
+            }
+            match self.call(target, &NodeRequest::Call(request.clone())).await {
+                Some(NodeResponse::Reply(reply)) => {
+                    request.epoch = request.epoch.max(reply.view);
+                    match reply.outcome {
+                        Outcome::NotLeader => {
+                            let next = reply.leader as usize;
+                            target = if next == target { (target + 1) % self.peers.len() } else { next };
+                            // A replica in view change names a leader that may be
+                            // the dead one: pause briefly before trying again.
+                            tokio::time::sleep(RETRY_PAUSE).await;
+                        }
+                        Outcome::Busy => tokio::time::sleep(RETRY_PAUSE).await,
+                        _ => {
+                            self.leader_hint.store(target, Ordering::Relaxed);
+                            return Ok(reply);
+                        }
+                    }
+                }
+                _ => {
+                    target = (target + 1) % self.peers.len();
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+            }
+        }
+    }
+
+    /// Opens a session (registered through the log).
+    pub async fn session(self: &Arc<Self>, deadline: Instant) -> Result<Session, ClientError> {
+        let client = self.client_ids.fetch_add(1, Ordering::Relaxed);
+        let request = Request { client, session: 0, seq: client, low_water: 0, epoch: 0, operation: Operation::Register };
+        let reply = self.submit(request, deadline).await?;
+        match reply.outcome {
+            Outcome::Registered(session) => Ok(Session { cluster: self.clone(), client, session, seq: 0, epoch: reply.view }),
+            other => Err(ClientError::Refused(other)),
+        }
+    }
+}
+
+/// One client session: one request at a time, exactly once.
+pub struct Session {
+    cluster: Arc<Cluster>,
+    client: u64,
+    session: SessionId,
+    seq: u64,
+    epoch: ViewNumber,
+}
+
+impl Session {
+    /// The session id.
+    pub fn id(&self) -> SessionId {
+        self.session
+    }
+
+    async fn run(&mut self, operation: Operation, deadline: Instant) -> Result<Vec<u8>, ClientError> {
+        self.seq += 1;
+        let request = Request {
+            client: self.client,
+            session: self.session,
+            seq: self.seq,
+            low_water: self.seq - 1,
+            epoch: self.epoch,
+            operation,
+        };
+        let reply = self.cluster.submit(request, deadline).await?;
+        self.epoch = self.epoch.max(reply.view);
+        match reply.outcome {
+            Outcome::Done(bytes) => Ok(bytes),
+            other => Err(ClientError::Refused(other)),
+        }
+    }
+
+    /// Submits a command; returns the state machine's reply once committed.
+    pub async fn write(&mut self, command: Vec<u8>, deadline: Instant) -> Result<Vec<u8>, ClientError> {
+        self.run(Operation::Write(command), deadline).await
+    }
+
+    /// A linearizable read (lease or read barrier at the leader).
+    pub async fn read(&mut self, query: Vec<u8>, deadline: Instant) -> Result<Vec<u8>, ClientError> {
+        self.run(Operation::Read(query), deadline).await
+    }
+}

@@ -1,0 +1,287 @@
+//! The event loop: feeds `(now, event)` to the core and executes its actions.
+//!
+//! Guarantees:
+//! - Nothing protocol-shaped happens here. Inbound messages, client calls,
+//!   timer expiries and "durable through write `seq`" notifications become
+//!   [`Event`]s; [`Action`]s become peer sends, log submissions and client
+//!   replies. The core decides what may be acknowledged; the driver only
+//!   ever reports `Persisted{seq}` for writes the log writer has fsynced
+//!   ([`crate::writer`]), so "ack only what is on disk" holds end to end.
+//! - Writes reach the disk in `seq` order (one writer, FIFO submissions); all
+//!   writes produced by one wake-up go to the writer as one submission,
+//!   which the writer may merge with others into one fdatasync.
+//! - Time given to the core never goes back: a wall-clock anchor taken at
+//!   start plus a monotonic `Instant` offset (so leader time stamps are
+//!   roughly wall time, yet monotonic within the process).
+//! - Every queue is bounded: events drained per wake-up
+//!   ([`EVENTS_PER_WAKE_MAX`]), client calls waiting
+//!   ([`CLIENT_CALLS_QUEUE_MAX`]), replies awaited ([`WAITERS_MAX`]).
+//! - A log writer failure stops the driver with an error (a replica that
+//!   cannot persist must not keep acknowledging anything).
+//!
+//! Assumes: the core is correct (it asserts its own invariants); one driver
+//! per data directory.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use chorus_replication::{Action, ClientId, Config, Durable, Event, Message, Millis, Outcome, Reply, Replica, ReplicaId, Request, SessionId, StateMachine, Status};
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{error, info};
+
+use crate::api::NodeStatus;
+use crate::disk;
+use crate::log::SegmentLog;
+use crate::transport::Transport;
+use crate::writer::{Durable as LogDurable, LogOp, LogWriter};
+
+/// Events taken from the channels per wake-up before actions are executed.
+pub const EVENTS_PER_WAKE_MAX: usize = 1024;
+/// Client calls queued for the driver.
+pub const CLIENT_CALLS_QUEUE_MAX: usize = 16384;
+/// Client calls awaiting a reply from the core.
+pub const WAITERS_MAX: usize = 65536;
+/// How often abandoned waiters (their caller timed out) are swept.
+pub const WAITER_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// A call into the driver from a client connection.
+pub enum Call {
+    /// A client request; the reply goes to the sender.
+    Request(Request, oneshot::Sender<Reply>),
+    /// A status query.
+    Status(oneshot::Sender<NodeStatus>),
+}
+
+/// Why the driver stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    /// The log writer failed: nothing more can be made durable.
+    #[error("log writer failed: {0}")]
+    Log(String),
+}
+
+type WaiterKey = (ClientId, SessionId, u64);
+
+/// Runs replica `id` until `shutdown` fires or the log fails.
+#[allow(clippy::too_many_arguments)]
+pub async fn run<S: StateMachine + Send + 'static>(
+    config: Config,
+    id: ReplicaId,
+    durable: Durable,
+    log: SegmentLog,
+    machine: S,
+    seed: u64,
+    transport: Arc<Transport<Message>>,
+    mut inbound: mpsc::Receiver<(ReplicaId, Message)>,
+    mut calls: mpsc::Receiver<Call>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), DriverError> {
+    let clock = Clock::new();
+    let mut mirror = durable.clone();
+    let mut next_index = log.last_index() + 1;
+    let mut writer = LogWriter::start(log);
+    let mut durable_rx = writer.durable();
+    let mut replica = Replica::new(config, id, durable, machine, seed, clock.now_ms());
+    let mut exec = Executor {
+        transport,
+        waiters: HashMap::new(),
+        in_flight: VecDeque::new(),
+        writes: 0,
+        syncs: 0,
+    };
+    let mut last_sweep = Instant::now();
+    info!(replica = id, status = ?replica.status(), "replica started");
+    exec.execute(&mut replica, &mut writer, &mut mirror, &mut next_index).await?;
+
+    loop {
+        let wake_at = replica.poll_timeout().map(|at| clock.instant_of(at));
+        let sleep = async {
+            match wake_at {
+                Some(t) => tokio::time::sleep_until(t.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            _ = shutdown.changed() => break,
+            changed = durable_rx.changed() => {
+                if changed.is_err() {
+                    return Err(DriverError::Log("log writer thread exited".into()));
+                }
+                let d: LogDurable = durable_rx.borrow_and_update().clone();
+                if let Some(e) = d.error {
+                    error!(error = %e, "stopping: the log cannot persist");
+                    return Err(DriverError::Log(e.to_string()));
+                }
+                exec.syncs = d.syncs;
+                if let Some(seq) = exec.persisted_through(d.ticket) {
+                    replica.step(clock.now_ms(), Event::Persisted { seq });
+                }
+            }
+            Some((from, message)) = inbound.recv() => {
+                replica.step(clock.now_ms(), Event::Message { from, message });
+                for _ in 1..EVENTS_PER_WAKE_MAX {
+                    let Ok((from, message)) = inbound.try_recv() else { break };
+                    replica.step(clock.now_ms(), Event::Message { from, message });
+                }
+            }
+            Some(call) = calls.recv() => {
+                exec.take_call(&mut replica, &clock, call, &writer);
+                for _ in 1..EVENTS_PER_WAKE_MAX {
+                    let Ok(call) = calls.try_recv() else { break };
+                    exec.take_call(&mut replica, &clock, call, &writer);
+                }
+            }
+            _ = sleep => replica.step(clock.now_ms(), Event::Tick),
+        }
+        exec.execute(&mut replica, &mut writer, &mut mirror, &mut next_index).await?;
+        if last_sweep.elapsed() >= WAITER_SWEEP_INTERVAL {
+            exec.waiters.retain(|_, ws| {
+                ws.retain(|w| !w.is_closed());
+                !ws.is_empty()
+            });
+            last_sweep = Instant::now();
+        }
+    }
+    info!(replica = id, "driver stopping");
+    writer.shutdown();
+    Ok(())
+}
+
+/// The shell's clock: wall-clock anchor + monotonic offset, in ms.
+struct Clock {
+    start: Instant,
+    anchor_ms: Millis,
+}
+
+impl Clock {
+    fn new() -> Clock {
+        let anchor_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as Millis).unwrap_or(0);
+        Clock { start: Instant::now(), anchor_ms }
+    }
+
+    fn now_ms(&self) -> Millis {
+        self.anchor_ms + self.start.elapsed().as_millis() as Millis
+    }
+
+    fn instant_of(&self, at_ms: Millis) -> Instant {
+        self.start + Duration::from_millis(at_ms.saturating_sub(self.anchor_ms))
+    }
+}
+
+struct Executor {
+    transport: Arc<Transport<Message>>,
+    waiters: HashMap<WaiterKey, Vec<oneshot::Sender<Reply>>>,
+    /// (writer ticket, last core seq in it), in order.
+    in_flight: VecDeque<(u64, u64)>,
+    writes: u64,
+    syncs: u64,
+}
+
+impl Executor {
+    fn take_call<S: StateMachine>(&mut self, replica: &mut Replica<S>, clock: &Clock, call: Call, writer: &LogWriter) {
+        match call {
+            Call::Status(tx) => {
+                let _ = tx.send(self.status(replica, writer));
+            }
+            Call::Request(request, tx) => {
+                if self.waiters.len() >= WAITERS_MAX {
+                    let report = replica.status();
+                    let _ = tx.send(Reply {
+                        session: request.session,
+                        seq: request.seq,
+                        view: report.view,
+                        leader: report.leader,
+                        outcome: Outcome::Busy,
+                    });
+                    return;
+                }
+                let key = (request.client, request.session, request.seq);
+                self.waiters.entry(key).or_default().push(tx);
+                replica.step(clock.now_ms(), Event::Request(request));
+            }
+        }
+    }
+
+    fn status<S: StateMachine>(&self, replica: &Replica<S>, _writer: &LogWriter) -> NodeStatus {
+        let r = replica.status();
+        NodeStatus {
+            id: r.id,
+            status: match r.status {
+                Status::Normal => "normal",
+                Status::ViewChange => "view_change",
+                Status::Recovering => "recovering",
+            }
+            .to_string(),
+            view: r.view,
+            leader: r.leader,
+            op: r.op,
+            commit_op: r.commit_op,
+            durable_op: r.durable_op,
+            digest: replica.state().digest(),
+            log_syncs: self.syncs,
+            log_writes: self.writes,
+            messages_dropped: self.transport.stats.dropped.load(std::sync::atomic::Ordering::Relaxed),
+        }
+    }
+
+    /// The highest core seq covered by writer ticket `ticket`.
+    fn persisted_through(&mut self, ticket: u64) -> Option<u64> {
+        let mut seq = None;
+        while let Some(&(t, s)) = self.in_flight.front() {
+            if t > ticket {
+                break;
+            }
+            self.in_flight.pop_front();
+            seq = Some(s);
+        }
+        seq
+    }
+
+    async fn execute<S: StateMachine>(
+        &mut self,
+        replica: &mut Replica<S>,
+        writer: &mut LogWriter,
+        mirror: &mut Durable,
+        next_index: &mut u64,
+    ) -> Result<(), DriverError> {
+        let mut ops: Vec<LogOp> = Vec::new();
+        let mut last_seq = None;
+        for action in replica.poll_actions() {
+            match action {
+                Action::Send { to, message } => self.transport.send(to, &message),
+                Action::Persist { seq, write } => {
+                    if let Some(prev) = last_seq {
+                        assert!(seq > prev, "persist seqs must increase");
+                    }
+                    last_seq = Some(seq);
+                    self.writes += 1;
+                    mirror.apply(&write);
+                    if write.checkpoint.is_some() {
+                        // Snapshot at a fresh segment; older segments then go.
+                        ops.push(LogOp::Roll);
+                        ops.push(LogOp::Append { index: *next_index, payload: disk::encode_snapshot(mirror) });
+                        ops.push(LogOp::TruncatePrefix { first_needed: *next_index });
+                    } else {
+                        ops.push(LogOp::Append { index: *next_index, payload: disk::encode_write(&write) });
+                    }
+                    *next_index += 1;
+                }
+                Action::Reply { client, reply } => {
+                    if let Some(ws) = self.waiters.remove(&(client, reply.session, reply.seq)) {
+                        for w in ws {
+                            let _ = w.send(reply.clone());
+                        }
+                    }
+                }
+                Action::SetTimer { .. } => {} // the loop asks poll_timeout() each turn
+            }
+        }
+        if let Some(seq) = last_seq {
+            let ticket = writer.submit(ops).await.map_err(|e| DriverError::Log(e.to_string()))?;
+            self.in_flight.push_back((ticket, seq));
+        }
+        Ok(())
+    }
+}

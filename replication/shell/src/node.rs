@@ -1,0 +1,133 @@
+//! One replica process: QUIC endpoint, peer transport, client RPC, driver.
+//!
+//! Guarantees:
+//! - One UDP socket per replica serves everything: peers (certificate
+//!   `replica-j`) get the replica transport, clients and admins (any other
+//!   certificate of the cluster) get RPC; unknown certificates never get
+//!   past the TLS handshake (chorus-wire).
+//! - At most [`CONNECTIONS_MAX`] client connections at once; each client call
+//!   waits at most [`CLIENT_REPLY_WAIT`] for the core's reply, then answers
+//!   [`NodeResponse::NoReply`] (the client retries with the same seq).
+//!
+//! Assumes: `data_dir` was initialized with [`crate::disk::init`] for a
+//! brand-new universe; an uninitialized directory is treated as a lost disk
+//! (the core recovers it from the group).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chorus_replication::{Config, Message, ReplicaId, StateMachine};
+use chorus_wire::certs::{self, Role};
+use chorus_wire::{endpoint, rpc, tls};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use tracing::{info, warn};
+
+use crate::api::{NodeRequest, NodeResponse};
+use crate::driver::{self, Call, CLIENT_CALLS_QUEUE_MAX};
+use crate::log::SEGMENT_BYTES_DEFAULT;
+use crate::transport::Transport;
+
+/// Client connections served at once.
+pub const CONNECTIONS_MAX: usize = 1024;
+/// Longest a client call waits for the core's reply.
+pub const CLIENT_REPLY_WAIT: Duration = Duration::from_secs(2);
+
+/// Everything a node needs.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// This replica.
+    pub id: ReplicaId,
+    /// Address of every replica of U, by id.
+    pub peers: Vec<SocketAddr>,
+    /// Directory of the cluster certificates.
+    pub certs_dir: PathBuf,
+    /// Directory of this replica's log.
+    pub data_dir: PathBuf,
+    /// The core's configuration.
+    pub core: Config,
+    /// Seed of the core's random source.
+    pub seed: u64,
+}
+
+/// Runs a node until `shutdown` becomes true.
+pub async fn run<S: StateMachine + Send + 'static>(cfg: NodeConfig, machine: S, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    let n = cfg.peers.len();
+    anyhow::ensure!(n == cfg.core.replica_count as usize, "{} peer addresses for a universe of {}", n, cfg.core.replica_count);
+    let identity = certs::load_identity(&cfg.certs_dir, Role::Replica(cfg.id as usize))?;
+    let listen = cfg.peers[cfg.id as usize];
+    let mut ep = endpoint::server(listen, tls::server_config(&identity)?)?;
+    ep.set_default_client_config(tls::client_config(&identity)?);
+
+    let (log, durable) = {
+        let dir = cfg.data_dir.clone();
+        let (id, count) = (cfg.id, cfg.core.replica_count);
+        tokio::task::spawn_blocking(move || crate::disk::open(&dir, SEGMENT_BYTES_DEFAULT, id, count)).await??
+    };
+    info!(replica = cfg.id, %listen, entries = durable.entries.len(), superblock = ?durable.superblock, "log recovered");
+
+    let (transport, inbound) = Transport::<Message>::start(ep.clone(), cfg.id, &cfg.peers);
+    let (calls_tx, calls_rx) = mpsc::channel(CLIENT_CALLS_QUEUE_MAX);
+    let accept = tokio::spawn(accept_loop(ep.clone(), transport.clone(), calls_tx));
+    let result = driver::run(cfg.core, cfg.id, durable, log, machine, cfg.seed, transport, inbound, calls_rx, shutdown).await;
+    accept.abort();
+    ep.close(0u32.into(), b"replica stopping");
+    result.map_err(Into::into)
+}
+
+async fn accept_loop(ep: quinn::Endpoint, transport: Arc<Transport<Message>>, calls: mpsc::Sender<Call>) {
+    let clients = Arc::new(Semaphore::new(CONNECTIONS_MAX));
+    while let Some(incoming) = ep.accept().await {
+        let transport = transport.clone();
+        let calls = calls.clone();
+        let clients = clients.clone();
+        tokio::spawn(async move {
+            let Ok(conn) = rpc::accept(incoming).await else { return };
+            match certs::peer_role(&conn) {
+                Some(Role::Replica(j)) if j <= u8::MAX as usize => transport.serve_peer(conn, j as u8).await,
+                Some(_) => {
+                    let Ok(_permit) = clients.try_acquire_owned() else {
+                        warn!("too many client connections; refusing one");
+                        conn.close(rpc::CLOSE_INTERNAL, b"too many connections");
+                        return;
+                    };
+                    let peer = conn.remote_address();
+                    let handler = move |req: NodeRequest| {
+                        let calls = calls.clone();
+                        async move { handle(calls, req).await }
+                    };
+                    if let Err(e) = rpc::serve_connection(conn, handler).await {
+                        warn!(%peer, error = %e, "client connection closed with error");
+                    }
+                }
+                None => conn.close(rpc::CLOSE_PROTOCOL_VIOLATION, b"no role"),
+            }
+        });
+    }
+}
+
+async fn handle(calls: mpsc::Sender<Call>, req: NodeRequest) -> NodeResponse {
+    match req {
+        NodeRequest::Call(request) => {
+            let (tx, rx) = oneshot::channel();
+            if calls.send(Call::Request(request, tx)).await.is_err() {
+                return NodeResponse::NoReply;
+            }
+            match tokio::time::timeout(CLIENT_REPLY_WAIT, rx).await {
+                Ok(Ok(reply)) => NodeResponse::Reply(reply),
+                _ => NodeResponse::NoReply,
+            }
+        }
+        NodeRequest::Status => {
+            let (tx, rx) = oneshot::channel();
+            if calls.send(Call::Status(tx)).await.is_err() {
+                return NodeResponse::NoReply;
+            }
+            match tokio::time::timeout(CLIENT_REPLY_WAIT, rx).await {
+                Ok(Ok(status)) => NodeResponse::Status(status),
+                _ => NodeResponse::NoReply,
+            }
+        }
+    }
+}
