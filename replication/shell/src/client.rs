@@ -26,8 +26,15 @@ use tokio::sync::Mutex;
 
 use crate::api::{NodeRequest, NodeResponse, NodeStatus};
 
-/// Longest wait for one RPC attempt.
-pub const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(2500);
+/// Longest wait for one RPC attempt. A dead leader's connection does not
+/// fail before QUIC's idle timeout (seconds), so this bounds how long a
+/// client keeps waiting on it; a live leader commits far faster. A retry
+/// after a spurious timeout is harmless (same session and seq).
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long a replica that failed an attempt is avoided.
+pub const SUSPECT_FOR: Duration = Duration::from_millis(1000);
+/// Pause before asking again when no replica names a usable leader.
+pub const REDIRECT_PAUSE: Duration = Duration::from_millis(20);
 /// Longest wait for a connection attempt.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(1000);
 /// Pause after a `Busy` answer or a failed attempt.
@@ -113,9 +120,17 @@ impl Cluster {
     }
 
     /// Sends `request` until a final reply arrives or `deadline` passes,
-    /// following NotLeader redirections and rotating on failures.
+    /// following NotLeader redirections and rotating on failures. A replica
+    /// that just failed an attempt is avoided for [`SUSPECT_FOR`], even if a
+    /// follower that has not yet noticed names it as the leader.
     async fn submit(&self, mut request: Request, deadline: Instant) -> Result<Reply, ClientError> {
         let started = Instant::now();
+        let n = self.peers.len();
+        let mut failed_at: Vec<Option<Instant>> = vec![None; n];
+        let suspected = |failed_at: &[Option<Instant>], r: usize| failed_at[r].is_some_and(|t| t.elapsed() < SUSPECT_FOR);
+        let next_candidate = |failed_at: &[Option<Instant>], from: usize| {
+            (1..=n).map(|k| (from + k) % n).find(|&r| !suspected(failed_at, r)).unwrap_or((from + 1) % n)
+        };
         let mut target = self.leader_hint();
         loop {
             if Instant::now() >= deadline {
@@ -126,11 +141,15 @@ impl Cluster {
                     request.epoch = request.epoch.max(reply.view);
                     match reply.outcome {
                         Outcome::NotLeader => {
-                            let next = reply.leader as usize;
-                            target = if next == target { (target + 1) % self.peers.len() } else { next };
-                            // A replica in view change names a leader that may be
-                            // the dead one: pause briefly before trying again.
-                            tokio::time::sleep(RETRY_PAUSE).await;
+                            let named = reply.leader as usize;
+                            if named != target && named < n && !suspected(&failed_at, named) {
+                                target = named;
+                            } else {
+                                // In a view change, or naming a replica that just
+                                // failed us: let the view settle, ask another.
+                                target = next_candidate(&failed_at, target);
+                                tokio::time::sleep(REDIRECT_PAUSE).await;
+                            }
                         }
                         Outcome::Busy => tokio::time::sleep(RETRY_PAUSE).await,
                         _ => {
@@ -140,7 +159,11 @@ impl Cluster {
                     }
                 }
                 _ => {
-                    target = (target + 1) % self.peers.len();
+                    let failed = target;
+                    failed_at[failed] = Some(Instant::now());
+                    target = next_candidate(&failed_at, failed);
+                    // Steer other sessions away from the failed replica too.
+                    let _ = self.leader_hint.compare_exchange(failed, target, Ordering::Relaxed, Ordering::Relaxed);
                     tokio::time::sleep(RETRY_PAUSE).await;
                 }
             }
@@ -174,7 +197,7 @@ impl Session {
         self.session
     }
 
-    async fn run(&mut self, operation: Operation, deadline: Instant) -> Result<Vec<u8>, ClientError> {
+    async fn run(&mut self, operation: Operation, deadline: Instant) -> Result<(Vec<u8>, ViewNumber), ClientError> {
         self.seq += 1;
         let request = Request {
             client: self.client,
@@ -187,18 +210,23 @@ impl Session {
         let reply = self.cluster.submit(request, deadline).await?;
         self.epoch = self.epoch.max(reply.view);
         match reply.outcome {
-            Outcome::Done(bytes) => Ok(bytes),
+            Outcome::Done(bytes) => Ok((bytes, reply.view)),
             other => Err(ClientError::Refused(other)),
         }
     }
 
     /// Submits a command; returns the state machine's reply once committed.
     pub async fn write(&mut self, command: Vec<u8>, deadline: Instant) -> Result<Vec<u8>, ClientError> {
+        Ok(self.run(Operation::Write(command), deadline).await?.0)
+    }
+
+    /// Like [`write`](Self::write), also returning the view that committed it.
+    pub async fn write_in_view(&mut self, command: Vec<u8>, deadline: Instant) -> Result<(Vec<u8>, ViewNumber), ClientError> {
         self.run(Operation::Write(command), deadline).await
     }
 
     /// A linearizable read (lease or read barrier at the leader).
     pub async fn read(&mut self, query: Vec<u8>, deadline: Instant) -> Result<Vec<u8>, ClientError> {
-        self.run(Operation::Read(query), deadline).await
+        Ok(self.run(Operation::Read(query), deadline).await?.0)
     }
 }

@@ -29,6 +29,7 @@ use chorus_replication::{Durable, ReplicaId, Write};
 use serde::{Deserialize, Serialize};
 
 use crate::log::{LogError, SegmentLog};
+use crate::writer::Journal;
 
 /// Format version of a record payload.
 pub const RECORD_VERSION: u8 = 1;
@@ -93,6 +94,38 @@ fn encode(record: &DiskRecordRef<'_>) -> Vec<u8> {
     let mut out = vec![RECORD_VERSION];
     bincode::serialize_into(&mut out, record).expect("encode disk record");
     out
+}
+
+/// The journal of the core's writes, run on the log writer thread: keeps a
+/// mirror of the durable state (to write snapshots) and encodes each write.
+pub struct CoreJournal {
+    mirror: Durable,
+}
+
+impl CoreJournal {
+    /// Starts from the state [`open`] recovered.
+    pub fn new(recovered: Durable) -> CoreJournal {
+        CoreJournal { mirror: recovered }
+    }
+}
+
+impl Journal for CoreJournal {
+    type Item = Write;
+
+    fn apply(&mut self, log: &mut SegmentLog, write: Write) -> Result<(), LogError> {
+        self.mirror.apply(&write);
+        let index = log.last_index() + 1;
+        if write.checkpoint.is_some() {
+            // Snapshot at a fresh segment; once it is synced, older segments go.
+            log.roll()?;
+            log.append(index, &encode_snapshot(&self.mirror))?;
+            let first = log.truncate_prefix(index)?;
+            debug_assert_eq!(first, index);
+        } else {
+            log.append(index, &encode_write(&write))?;
+        }
+        Ok(())
+    }
 }
 
 /// Opens the log in `dir` and replays it into the core's [`Durable`].

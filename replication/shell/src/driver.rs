@@ -26,15 +26,15 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use chorus_replication::{Action, ClientId, Config, Durable, Event, Message, Millis, Outcome, Reply, Replica, ReplicaId, Request, SessionId, StateMachine, Status};
+use chorus_replication::{Action, ClientId, Config, Durable, Event, Message, Millis, Outcome, Reply, Replica, ReplicaId, Request, SessionId, StateMachine, Status, Write};
 use tokio::sync::{mpsc, oneshot, watch};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::api::NodeStatus;
-use crate::disk;
+use crate::disk::CoreJournal;
 use crate::log::SegmentLog;
 use crate::transport::Transport;
-use crate::writer::{Durable as LogDurable, LogOp, LogWriter};
+use crate::writer::{Durable as LogDurable, LogWriter};
 
 /// Events taken from the channels per wake-up before actions are executed.
 pub const EVENTS_PER_WAKE_MAX: usize = 1024;
@@ -42,6 +42,8 @@ pub const EVENTS_PER_WAKE_MAX: usize = 1024;
 pub const CLIENT_CALLS_QUEUE_MAX: usize = 16384;
 /// Client calls awaiting a reply from the core.
 pub const WAITERS_MAX: usize = 65536;
+/// A driver turn slower than this is logged (it delays every replica).
+pub const SLOW_TURN: Duration = Duration::from_millis(50);
 /// How often abandoned waiters (their caller timed out) are swept.
 pub const WAITER_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -78,9 +80,7 @@ pub async fn run<S: StateMachine + Send + 'static>(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), DriverError> {
     let clock = Clock::new();
-    let mut mirror = durable.clone();
-    let mut next_index = log.last_index() + 1;
-    let mut writer = LogWriter::start(log);
+    let mut writer = LogWriter::start(log, CoreJournal::new(durable.clone()));
     let mut durable_rx = writer.durable();
     let mut replica = Replica::new(config, id, durable, machine, seed, clock.now_ms());
     let mut exec = Executor {
@@ -91,17 +91,20 @@ pub async fn run<S: StateMachine + Send + 'static>(
         syncs: 0,
     };
     let mut last_sweep = Instant::now();
+    let mut last_view = (replica.status().view, replica.status().status);
     info!(replica = id, status = ?replica.status(), "replica started");
-    exec.execute(&mut replica, &mut writer, &mut mirror, &mut next_index).await?;
+    exec.execute(&mut replica, &mut writer).await?;
 
     loop {
         let wake_at = replica.poll_timeout().map(|at| clock.instant_of(at));
+        let turn_started;
         let sleep = async {
             match wake_at {
                 Some(t) => tokio::time::sleep_until(t.into()).await,
                 None => std::future::pending().await,
             }
         };
+        let what;
         tokio::select! {
             biased;
             _ = shutdown.changed() => break,
@@ -114,12 +117,16 @@ pub async fn run<S: StateMachine + Send + 'static>(
                     error!(error = %e, "stopping: the log cannot persist");
                     return Err(DriverError::Log(e.to_string()));
                 }
+                turn_started = Instant::now();
+                what = "persisted";
                 exec.syncs = d.syncs;
                 if let Some(seq) = exec.persisted_through(d.ticket) {
                     replica.step(clock.now_ms(), Event::Persisted { seq });
                 }
             }
             Some((from, message)) = inbound.recv() => {
+                turn_started = Instant::now();
+                what = "messages";
                 replica.step(clock.now_ms(), Event::Message { from, message });
                 for _ in 1..EVENTS_PER_WAKE_MAX {
                     let Ok((from, message)) = inbound.try_recv() else { break };
@@ -127,15 +134,31 @@ pub async fn run<S: StateMachine + Send + 'static>(
                 }
             }
             Some(call) = calls.recv() => {
-                exec.take_call(&mut replica, &clock, call, &writer);
+                turn_started = Instant::now();
+                what = "calls";
+                exec.take_call(&mut replica, &clock, call);
                 for _ in 1..EVENTS_PER_WAKE_MAX {
                     let Ok(call) = calls.try_recv() else { break };
-                    exec.take_call(&mut replica, &clock, call, &writer);
+                    exec.take_call(&mut replica, &clock, call);
                 }
             }
-            _ = sleep => replica.step(clock.now_ms(), Event::Tick),
+            _ = sleep => {
+                turn_started = Instant::now();
+                what = "tick";
+                replica.step(clock.now_ms(), Event::Tick);
+            }
         }
-        exec.execute(&mut replica, &mut writer, &mut mirror, &mut next_index).await?;
+        let stepped = turn_started.elapsed();
+        let now_view = (replica.status().view, replica.status().status);
+        if now_view != last_view {
+            info!(replica = id, view = now_view.0, status = ?now_view.1, leader = replica.status().leader, "view/status changed");
+            last_view = now_view;
+        }
+        exec.execute(&mut replica, &mut writer).await?;
+        let turn = turn_started.elapsed();
+        if turn >= SLOW_TURN {
+            warn!(replica = id, what, step_ms = stepped.as_millis() as u64, turn_ms = turn.as_millis() as u64, "slow driver turn");
+        }
         if last_sweep.elapsed() >= WAITER_SWEEP_INTERVAL {
             exec.waiters.retain(|_, ws| {
                 ws.retain(|w| !w.is_closed());
@@ -180,10 +203,10 @@ struct Executor {
 }
 
 impl Executor {
-    fn take_call<S: StateMachine>(&mut self, replica: &mut Replica<S>, clock: &Clock, call: Call, writer: &LogWriter) {
+    fn take_call<S: StateMachine>(&mut self, replica: &mut Replica<S>, clock: &Clock, call: Call) {
         match call {
             Call::Status(tx) => {
-                let _ = tx.send(self.status(replica, writer));
+                let _ = tx.send(self.status(replica));
             }
             Call::Request(request, tx) => {
                 if self.waiters.len() >= WAITERS_MAX {
@@ -204,7 +227,7 @@ impl Executor {
         }
     }
 
-    fn status<S: StateMachine>(&self, replica: &Replica<S>, _writer: &LogWriter) -> NodeStatus {
+    fn status<S: StateMachine>(&self, replica: &Replica<S>) -> NodeStatus {
         let r = replica.status();
         NodeStatus {
             id: r.id,
@@ -239,34 +262,19 @@ impl Executor {
         seq
     }
 
-    async fn execute<S: StateMachine>(
-        &mut self,
-        replica: &mut Replica<S>,
-        writer: &mut LogWriter,
-        mirror: &mut Durable,
-        next_index: &mut u64,
-    ) -> Result<(), DriverError> {
-        let mut ops: Vec<LogOp> = Vec::new();
+    async fn execute<S: StateMachine>(&mut self, replica: &mut Replica<S>, writer: &mut LogWriter<CoreJournal>) -> Result<(), DriverError> {
+        let mut writes: Vec<Write> = Vec::new();
         let mut last_seq = None;
         for action in replica.poll_actions() {
             match action {
-                Action::Send { to, message } => self.transport.send(to, &message),
+                Action::Send { to, message } => self.transport.send(to, message),
                 Action::Persist { seq, write } => {
                     if let Some(prev) = last_seq {
                         assert!(seq > prev, "persist seqs must increase");
                     }
                     last_seq = Some(seq);
                     self.writes += 1;
-                    mirror.apply(&write);
-                    if write.checkpoint.is_some() {
-                        // Snapshot at a fresh segment; older segments then go.
-                        ops.push(LogOp::Roll);
-                        ops.push(LogOp::Append { index: *next_index, payload: disk::encode_snapshot(mirror) });
-                        ops.push(LogOp::TruncatePrefix { first_needed: *next_index });
-                    } else {
-                        ops.push(LogOp::Append { index: *next_index, payload: disk::encode_write(&write) });
-                    }
-                    *next_index += 1;
+                    writes.push(write);
                 }
                 Action::Reply { client, reply } => {
                     if let Some(ws) = self.waiters.remove(&(client, reply.session, reply.seq)) {
@@ -279,7 +287,7 @@ impl Executor {
             }
         }
         if let Some(seq) = last_seq {
-            let ticket = writer.submit(ops).await.map_err(|e| DriverError::Log(e.to_string()))?;
+            let ticket = writer.submit(writes).await.map_err(|e| DriverError::Log(e.to_string()))?;
             self.in_flight.push_back((ticket, seq));
         }
         Ok(())

@@ -335,6 +335,11 @@ impl SegmentLog {
         write_superblock(&self.dir, payload)
     }
 
+    /// Bytes appended but not yet written to the file.
+    pub fn buffered_bytes(&self) -> usize {
+        self.pending.len()
+    }
+
     /// Number of segment files.
     pub fn segment_count(&self) -> usize {
         self.segments.len()

@@ -72,7 +72,7 @@ pub struct TransportStats {
 /// Sending half: one bounded queue per peer.
 pub struct Transport<M> {
     me: PeerId,
-    outboxes: Vec<Option<mpsc::Sender<Vec<u8>>>>,
+    outboxes: Vec<Option<mpsc::Sender<M>>>,
     inbound: mpsc::Sender<(PeerId, M)>,
     /// Shared counters.
     pub stats: Arc<TransportStats>,
@@ -99,7 +99,7 @@ where
                     return None;
                 }
                 let (tx, rx) = mpsc::channel(PEER_QUEUE_MESSAGES_MAX);
-                tokio::spawn(peer_sender(endpoint.clone(), j as PeerId, *addr, rx, stats.clone()));
+                tokio::spawn(peer_sender::<M>(endpoint.clone(), j as PeerId, *addr, rx, stats.clone()));
                 Some(tx)
             })
             .collect();
@@ -107,23 +107,14 @@ where
         (Arc::new(transport), inbound_rx)
     }
 
-    /// Queues `message` for peer `to`; drops it if the queue is full.
-    pub fn send(&self, to: PeerId, message: &M) {
+    /// Queues `message` for peer `to`; drops it if the queue is full. The
+    /// peer's task encodes it, off the caller's thread.
+    pub fn send(&self, to: PeerId, message: M) {
         let Some(Some(outbox)) = self.outboxes.get(to as usize) else {
             debug_assert!(false, "send to unknown peer {to}");
             return;
         };
-        let frame = match codec::to_bytes(message).and_then(|b| Ok(frame::encode(&b)?)) {
-            Ok(f) => f,
-            Err(e) => {
-                // The core bounds its messages; one that does not fit is a bug
-                // we report loudly but survive (the protocol tolerates loss).
-                warn!(to, error = %e, "message cannot be framed; dropped");
-                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-                return;
-            }
-        };
-        match outbox.try_send(frame) {
+        match outbox.try_send(message) {
             Ok(()) => {
                 self.stats.queued.fetch_add(1, Ordering::Relaxed);
             }
@@ -180,7 +171,7 @@ where
 }
 
 /// Keeps a connection and a stream to one peer and writes its queue.
-async fn peer_sender(endpoint: quinn::Endpoint, to: PeerId, addr: SocketAddr, mut queue: mpsc::Receiver<Vec<u8>>, stats: Arc<TransportStats>) {
+async fn peer_sender<M: Serialize>(endpoint: quinn::Endpoint, to: PeerId, addr: SocketAddr, mut queue: mpsc::Receiver<M>, stats: Arc<TransportStats>) {
     let server_name = Role::Replica(to as usize).dns_name();
     let mut backoff = RECONNECT_BACKOFF_MIN;
     loop {
@@ -225,7 +216,7 @@ async fn peer_sender(endpoint: quinn::Endpoint, to: PeerId, addr: SocketAddr, mu
             batch.clear();
             tokio::select! {
                 next = queue.recv() => match next {
-                    Some(f) => batch.extend_from_slice(&f),
+                    Some(m) => append_frame(&mut batch, to, &m, &stats),
                     None => {
                         let _ = send.finish();
                         return;
@@ -238,9 +229,12 @@ async fn peer_sender(endpoint: quinn::Endpoint, to: PeerId, addr: SocketAddr, mu
             }
             while batch.len() < WRITE_BATCH_BYTES_MAX {
                 match queue.try_recv() {
-                    Ok(f) => batch.extend_from_slice(&f),
+                    Ok(m) => append_frame(&mut batch, to, &m, &stats),
                     Err(_) => break,
                 }
+            }
+            if batch.is_empty() {
+                continue;
             }
             if let Err(e) = send.write_all(&batch).await {
                 debug!(to, error = %e, "write to peer failed; reconnecting");
@@ -248,5 +242,18 @@ async fn peer_sender(endpoint: quinn::Endpoint, to: PeerId, addr: SocketAddr, mu
             }
         }
         conn.close(chorus_wire::rpc::CLOSE_NORMAL, b"reconnecting");
+    }
+}
+
+/// Encodes `message` as one frame at the end of `batch`; a message that does
+/// not fit a frame is dropped with a warning (the core bounds its messages,
+/// so this is a bug to report, but one the protocol survives).
+fn append_frame<M: Serialize>(batch: &mut Vec<u8>, to: PeerId, message: &M, stats: &TransportStats) {
+    match codec::to_bytes(message).and_then(|b| Ok(frame::encode(&b)?)) {
+        Ok(f) => batch.extend_from_slice(&f),
+        Err(e) => {
+            warn!(to, error = %e, "message cannot be framed; dropped");
+            stats.dropped.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }

@@ -1,6 +1,11 @@
 //! Group commit: one OS thread owns the [`SegmentLog`] and turns every
 //! submission waiting in its queue into one batch, one `fdatasync`.
 //!
+//! What a submitted item means for the log is up to a [`Journal`]: raw
+//! [`LogOp`]s ([`RawOps`]), or the replication core's writes
+//! ([`crate::disk::CoreJournal`]). Encoding happens on the writer thread, so
+//! the driver's thread never serializes what goes to disk.
+//!
 //! Guarantees:
 //! - Submissions are applied in the order they were submitted, and a
 //!   submission's ticket is published in [`Durable`] only after everything up
@@ -30,8 +35,35 @@ use crate::log::{LogError, SegmentLog};
 pub const WRITER_QUEUE_SUBMISSIONS_MAX: usize = 4096;
 /// Largest number of submissions made durable by one fdatasync.
 pub const BATCH_SUBMISSIONS_MAX: usize = 4096;
-/// Largest number of payload bytes made durable by one fdatasync.
+/// Buffered bytes after which a batch stops taking submissions and syncs.
 pub const BATCH_BYTES_MAX: usize = 16 * 1024 * 1024;
+
+/// Turns submitted items into changes of the log (on the writer thread).
+pub trait Journal: Send + 'static {
+    /// What is submitted.
+    type Item: Send + 'static;
+    /// Applies one item to the log (buffered; the writer syncs after the batch).
+    fn apply(&mut self, log: &mut SegmentLog, item: Self::Item) -> Result<(), LogError>;
+}
+
+/// The plain journal: items are [`LogOp`]s.
+pub struct RawOps;
+
+impl Journal for RawOps {
+    type Item = LogOp;
+    fn apply(&mut self, log: &mut SegmentLog, op: LogOp) -> Result<(), LogError> {
+        match op {
+            LogOp::Append { index, payload } => log.append(index, &payload)?,
+            LogOp::TruncateSuffix { last_kept } => log.truncate_suffix(last_kept)?,
+            LogOp::Roll => log.roll()?,
+            LogOp::TruncatePrefix { first_needed } => {
+                log.truncate_prefix(first_needed)?;
+            }
+            LogOp::Superblock(bytes) => log.write_superblock(&bytes)?,
+        }
+        Ok(())
+    }
+}
 
 /// One change to the durable state.
 #[derive(Debug, Clone)]
@@ -47,15 +79,6 @@ pub enum LogOp {
     TruncatePrefix { first_needed: u64 },
     /// Replace the superblock (durable view state).
     Superblock(Vec<u8>),
-}
-
-impl LogOp {
-    fn payload_bytes(&self) -> usize {
-        match self {
-            LogOp::Append { payload, .. } | LogOp::Superblock(payload) => payload.len(),
-            _ => 0,
-        }
-    }
 }
 
 /// The newest durable point of the log.
@@ -74,16 +97,16 @@ pub struct Durable {
 }
 
 /// Handle of the writer thread.
-pub struct LogWriter {
-    queue: mpsc::Sender<(u64, Vec<LogOp>)>,
+pub struct LogWriter<J: Journal = RawOps> {
+    queue: mpsc::Sender<(u64, Vec<J::Item>)>,
     ticket_next: u64,
     durable: watch::Receiver<Durable>,
     thread: Option<JoinHandle<()>>,
 }
 
-impl LogWriter {
+impl<J: Journal> LogWriter<J> {
     /// Starts the writer thread on an opened log.
-    pub fn start(log: SegmentLog) -> LogWriter {
+    pub fn start(log: SegmentLog, journal: J) -> LogWriter<J> {
         let (queue_tx, queue_rx) = mpsc::channel(WRITER_QUEUE_SUBMISSIONS_MAX);
         let initial = Durable {
             ticket: 0,
@@ -95,14 +118,14 @@ impl LogWriter {
         let (durable_tx, durable_rx) = watch::channel(initial);
         let thread = std::thread::Builder::new()
             .name("chorus-log-writer".into())
-            .spawn(move || writer_loop(log, queue_rx, durable_tx))
+            .spawn(move || writer_loop(log, journal, queue_rx, durable_tx))
             .expect("spawn log writer thread");
         LogWriter { queue: queue_tx, ticket_next: 1, durable: durable_rx, thread: Some(thread) }
     }
 
     /// Queues `ops` as one submission; returns its ticket. Waits while the
     /// queue is full. Fails only if the writer has stopped.
-    pub async fn submit(&mut self, ops: Vec<LogOp>) -> Result<u64, WriterStopped> {
+    pub async fn submit(&mut self, ops: Vec<J::Item>) -> Result<u64, WriterStopped> {
         let ticket = self.ticket_next;
         self.queue.send((ticket, ops)).await.map_err(|_| WriterStopped)?;
         self.ticket_next += 1;
@@ -110,7 +133,7 @@ impl LogWriter {
     }
 
     /// Like [`submit`](Self::submit) but never waits: `Err(ops)` back if full.
-    pub fn try_submit(&mut self, ops: Vec<LogOp>) -> Result<u64, Vec<LogOp>> {
+    pub fn try_submit(&mut self, ops: Vec<J::Item>) -> Result<u64, Vec<J::Item>> {
         let ticket = self.ticket_next;
         match self.queue.try_send((ticket, ops)) {
             Ok(()) => {
@@ -146,20 +169,23 @@ impl LogWriter {
 #[error("the log writer has stopped")]
 pub struct WriterStopped;
 
-fn writer_loop(mut log: SegmentLog, mut queue: mpsc::Receiver<(u64, Vec<LogOp>)>, durable: watch::Sender<Durable>) {
+fn writer_loop<J: Journal>(
+    mut log: SegmentLog,
+    mut journal: J,
+    mut queue: mpsc::Receiver<(u64, Vec<J::Item>)>,
+    durable: watch::Sender<Durable>,
+) {
     let mut syncs = 0u64;
     while let Some(first) = queue.blocking_recv() {
         let mut ticket = first.0;
-        let mut result = apply(&mut log, first.1);
+        let mut result = apply(&mut log, &mut journal, first.1);
         let mut submissions = 1usize;
-        let mut bytes = 0usize;
-        while result.is_ok() && submissions < BATCH_SUBMISSIONS_MAX && bytes < BATCH_BYTES_MAX {
-            let Ok((t, ops)) = queue.try_recv() else { break };
+        while result.is_ok() && submissions < BATCH_SUBMISSIONS_MAX && log.buffered_bytes() < BATCH_BYTES_MAX {
+            let Ok((t, items)) = queue.try_recv() else { break };
             assert_eq!(t, ticket + 1, "tickets must be consecutive");
             ticket = t;
-            bytes += ops.iter().map(LogOp::payload_bytes).sum::<usize>();
             submissions += 1;
-            result = apply(&mut log, ops);
+            result = apply(&mut log, &mut journal, items);
         }
         let result = result.and_then(|()| log.sync());
         syncs += 1;
@@ -182,17 +208,9 @@ fn writer_loop(mut log: SegmentLog, mut queue: mpsc::Receiver<(u64, Vec<LogOp>)>
     }
 }
 
-fn apply(log: &mut SegmentLog, ops: Vec<LogOp>) -> Result<(), LogError> {
-    for op in ops {
-        match op {
-            LogOp::Append { index, payload } => log.append(index, &payload)?,
-            LogOp::TruncateSuffix { last_kept } => log.truncate_suffix(last_kept)?,
-            LogOp::Roll => log.roll()?,
-            LogOp::TruncatePrefix { first_needed } => {
-                log.truncate_prefix(first_needed)?;
-            }
-            LogOp::Superblock(bytes) => log.write_superblock(&bytes)?,
-        }
+fn apply<J: Journal>(log: &mut SegmentLog, journal: &mut J, items: Vec<J::Item>) -> Result<(), LogError> {
+    for item in items {
+        journal.apply(log, item)?;
     }
     Ok(())
 }
@@ -205,7 +223,7 @@ mod tests {
     async fn group_commit_batches_and_orders() {
         let dir = tempfile::tempdir().unwrap();
         let (log, _) = SegmentLog::open(dir.path(), 1 << 20).unwrap();
-        let mut writer = LogWriter::start(log);
+        let mut writer = LogWriter::start(log, RawOps);
         let mut durable = writer.durable();
         let n = 2000u64;
         for i in 1..=n {
