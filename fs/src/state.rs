@@ -68,7 +68,7 @@ pub(crate) fn is_dot_or_dotdot(name: &[u8]) -> bool {
 
 pub(crate) fn get_dirent(view: &impl View, parent: Ino, name: &[u8]) -> R<Option<Dirent>> {
     let key = named_key(parent, name);
-    Ok(view.get_record(Table::Dirents, &key).map_err(Fail::Store)?)
+    view.get_record(Table::Dirents, &key).map_err(Fail::Store)
 }
 
 /// True when `ancestor` is `ino` or one of its ancestors (walks ".." links).

@@ -14,6 +14,8 @@ pub(crate) struct Harness {
     pub _dir: tempfile::TempDir,
     pub store: FsStore,
     pub clock_sec: i64,
+    /// Every command applied, in order (to replay elsewhere).
+    pub log: Vec<Command>,
 }
 
 pub(crate) fn user(uid: u32) -> Caller {
@@ -24,14 +26,16 @@ impl Harness {
     pub fn new() -> Harness {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = FsStore::open(&dir.path().join("db"), StoreOptions::default()).expect("open");
-        Harness { _dir: dir, store, clock_sec: 1_000 }
+        Harness { _dir: dir, store, clock_sec: 1_000, log: Vec::new() }
     }
 
     pub fn run_as(&mut self, caller: &Caller, op: Op) -> OpResult {
         self.clock_sec += 1;
         let cmd = Command { now: Timestamp::new(self.clock_sec, 7), caller: caller.clone(), op };
         let index = self.store.applied_index() + 1;
-        self.store.apply(index, &cmd).expect("apply")
+        let result = self.store.apply(index, &cmd).expect("apply");
+        self.log.push(cmd);
+        result
     }
 
     pub fn run(&mut self, op: Op) -> OpResult {

@@ -113,7 +113,7 @@ fn mknod_kinds_and_device_permission() {
     let Ok(Reply::Entry(reg)) = h.run(mk("reg", 0o600)) else { panic!() };
     assert_eq!(reg.kind, FileKind::File);
     assert_eq!(errno_of(h.run(mk("dir", S_IFDIR | 0o755))), EPERM);
-    assert_eq!(h.run(Op::SetAttr { ino: ROOT_INO, attr: SetAttr { mode: Some(0o777), ..Default::default() } }).is_ok(), true);
+    assert!(h.run(Op::SetAttr { ino: ROOT_INO, attr: SetAttr { mode: Some(0o777), ..Default::default() } }).is_ok());
     let op = Op::Mknod { parent: ROOT_INO, name: "c".into(), mode: S_IFCHR | 0o600, umask: 0, rdev: 1 };
     assert_eq!(errno_of(h.run_as(&user(1000), op)), EPERM);
     let op = Op::Mknod { parent: ROOT_INO, name: "sock".into(), mode: S_IFSOCK | 0o600, umask: 0, rdev: 1 };
