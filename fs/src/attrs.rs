@@ -68,6 +68,25 @@ pub(crate) fn fsync(ctx: &mut Ctx, ino: Ino) -> R<Reply> {
     Ok(Reply::Ok)
 }
 
+/// Who may set time stamps (`vfs_utimes` + `setattr_prepare` + `may_setattr`):
+/// both times "now" (ATTR_TOUCH) needs ownership or write permission
+/// (EACCES); any other combination (an explicit time, or only one of them
+/// "now": ATTR_TIMES_SET) needs ownership (EPERM). Times that come with a size
+/// change are the truncate's own mtime/ctime update, checked as a truncate.
+fn check_times(node: &crate::records::Inode, attr: &SetAttr, caller: &crate::ops::Caller) -> R<()> {
+    if attr.size.is_some() || (attr.atime.is_none() && attr.mtime.is_none()) {
+        return Ok(());
+    }
+    if is_owner_or_root(node, caller) {
+        return Ok(());
+    }
+    let touch = attr.atime == Some(SetTime::Now) && attr.mtime == Some(SetTime::Now);
+    if touch {
+        return check_access(node, caller, MAY_WRITE);
+    }
+    errno(libc::EPERM)
+}
+
 pub(crate) fn setattr(ctx: &mut Ctx, ino: Ino, attr: &SetAttr) -> R<Reply> {
     let mut node = ctx.inode(ino)?;
     let caller = ctx.caller;
@@ -104,14 +123,7 @@ pub(crate) fn setattr(ctx: &mut Ctx, ino: Ino, attr: &SetAttr) -> R<Reply> {
     if attr.mode.is_some() && !is_owner_or_root(&node, caller) {
         return errno(libc::EPERM);
     }
-    let explicit_time = matches!(attr.atime, Some(SetTime::At(_))) || matches!(attr.mtime, Some(SetTime::At(_)));
-    let touch_now = matches!(attr.atime, Some(SetTime::Now)) || matches!(attr.mtime, Some(SetTime::Now));
-    if explicit_time && !is_owner_or_root(&node, caller) {
-        return errno(libc::EPERM);
-    }
-    if touch_now && !explicit_time && !is_owner_or_root(&node, caller) {
-        check_access(&node, caller, MAY_WRITE)?;
-    }
+    check_times(&node, attr, caller)?;
 
     let mut any = false;
     if let Some(size) = attr.size {

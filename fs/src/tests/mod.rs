@@ -16,6 +16,8 @@ pub(crate) struct Harness {
     pub clock_sec: i64,
     /// Every command applied, in order (to replay elsewhere).
     pub log: Vec<Command>,
+    /// The reply to each command of `log`.
+    pub replies: Vec<OpResult>,
 }
 
 pub(crate) fn user(uid: u32) -> Caller {
@@ -26,7 +28,7 @@ impl Harness {
     pub fn new() -> Harness {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = FsStore::open(&dir.path().join("db"), StoreOptions::default()).expect("open");
-        Harness { _dir: dir, store, clock_sec: 1_000, log: Vec::new() }
+        Harness { _dir: dir, store, clock_sec: 1_000, log: Vec::new(), replies: Vec::new() }
     }
 
     pub fn run_as(&mut self, caller: &Caller, op: Op) -> OpResult {
@@ -35,6 +37,7 @@ impl Harness {
         let index = self.store.applied_index() + 1;
         let result = self.store.apply(index, &cmd).expect("apply");
         self.log.push(cmd);
+        self.replies.push(result.clone());
         result
     }
 

@@ -433,7 +433,8 @@ proptest! {
         {
             let replica = FsStore::open(dir.path(), StoreOptions::default()).unwrap();
             for (i, cmd) in h.log.iter().enumerate() {
-                replica.apply(i as u64 + 1, cmd).unwrap();
+                let reply = replica.apply(i as u64 + 1, cmd).unwrap();
+                prop_assert_eq!(&reply, &h.replies[i], "reply to command {}", i + 1);
             }
             prop_assert_eq!(replica.digest().unwrap(), digest);
         }

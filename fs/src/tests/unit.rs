@@ -459,6 +459,10 @@ fn utimens_permissions() {
     let a = setattr(&mut h, &bob, f.ino, now_both).unwrap();
     assert_eq!((a.atime, a.mtime, a.ctime), (h.now(), h.now(), h.now()));
     assert_eq!(setattr(&mut h, &bob, f.ino, explicit.clone()), Err(EPERM));
+    let only_atime_now = SetAttr { atime: Some(SetTime::Now), ..Default::default() };
+    assert_eq!(setattr(&mut h, &bob, f.ino, only_atime_now), Err(EPERM), "one UTIME_NOW + UTIME_OMIT is ATTR_TIMES_SET");
+    let truncate_now = SetAttr { size: Some(3), mtime: Some(SetTime::Now), ..Default::default() };
+    assert_eq!(setattr(&mut h, &bob, f.ino, truncate_now).unwrap().size, 3, "a writer may truncate");
     let a = setattr(&mut h, &alice, f.ino, explicit).unwrap();
     assert_eq!((a.mtime, a.ctime), (Timestamp::new(5, 6), h.now()));
     // Truncate by path needs write permission; through a handle it does not.
