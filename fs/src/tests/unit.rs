@@ -422,7 +422,14 @@ fn chmod_chown_rules_and_setid_clearing() {
     let (f, fh) = h.create_as(&alice, ROOT_INO, b"f", 0o755).unwrap();
     assert_eq!((f.uid, f.gid), (1000, 1000));
     assert_eq!(setattr(&mut h, &bob, f.ino, SetAttr { mode: Some(0o777), ..Default::default() }), Err(EPERM));
+    assert_eq!(setattr(&mut h, &bob, f.ino, SetAttr { mode: Some(0o755), ..Default::default() }), Err(EPERM));
     let a = setattr(&mut h, &alice, f.ino, SetAttr { mode: Some(0o6755), ..Default::default() }).unwrap();
+    // The kernel's kill-priv mode change from a (non-owner) writer is accepted...
+    let a2 = setattr(&mut h, &bob, f.ino, SetAttr { mode: Some(0o2755), ..Default::default() }).unwrap();
+    assert_eq!(a2.perm, 0o755, "bob is not in the group: S_ISGID goes too");
+    // ...but it may only take set-ID bits away.
+    assert_eq!(setattr(&mut h, &bob, f.ino, SetAttr { mode: Some(0o6755), ..Default::default() }), Err(EPERM));
+    let a = setattr(&mut h, &alice, f.ino, SetAttr { mode: Some(a.perm), ..Default::default() }).unwrap();
     assert_eq!((a.perm, a.ctime), (0o6755, h.now()));
     // Only root changes the owner; the owner may pick one of their groups.
     assert_eq!(setattr(&mut h, &alice, f.ino, SetAttr { uid: Some(1001), ..Default::default() }), Err(EPERM));
