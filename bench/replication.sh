@@ -39,7 +39,7 @@ for i in 0 1 2; do
   "$BIN/chorus-repl-node" init --id $i --replicas 3 --data "$DIR/data-$i" 2>/dev/null
 done
 for i in 0 1 2; do
-  RUST_LOG=warn "$BIN/chorus-repl-node" run --id $i --peers "$PEERS" --certs "$DIR/certs" --data "$DIR/data-$i" "${NODE_ARGS[@]}" 2>"$DIR/node-$i.log" &
+  RUST_LOG=${NODE_LOG:-warn} "$BIN/chorus-repl-node" run --id $i --peers "$PEERS" --certs "$DIR/certs" --data "$DIR/data-$i" "${NODE_ARGS[@]}" 2>"$DIR/node-$i.log" &
   PIDS+=($!)
 done
 echo "date=$(date -u +%Y-%m-%dT%H:%MZ) cores=$(nproc) kernel=$(uname -r) fs=$(df -T "$DIR" | awk 'NR==2{print $2}') node_args='${NODE_ARGS[*]}'"

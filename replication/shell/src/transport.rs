@@ -49,6 +49,8 @@ pub const PEER_QUEUE_MESSAGES_MAX: usize = 4096;
 pub const INBOUND_MESSAGES_MAX: usize = 8192;
 /// Bytes of frames gathered into one write on a peer stream.
 pub const WRITE_BATCH_BYTES_MAX: usize = 1024 * 1024;
+/// Messages at least this large are traced (view change carries logs).
+pub const LARGE_MESSAGE_BYTES: usize = 1024 * 1024;
 /// Longest wait for one connection attempt.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// First wait after a failed connection attempt.
@@ -65,9 +67,22 @@ pub struct TransportStats {
     pub queued: AtomicU64,
     /// Messages received and delivered to the driver.
     pub received: AtomicU64,
+    /// Messages not sent because a later queued one superseded them.
+    pub superseded: AtomicU64,
     /// Outgoing connections established (first + reconnects).
     pub connects: AtomicU64,
 }
+
+/// Messages taken from a peer queue per write (then superseded ones dropped).
+pub const PEER_BATCH_MESSAGES_MAX: usize = 256;
+
+/// Says which queued messages a later one makes useless: messages with the
+/// same key, queued for the same peer, are collapsed to the last one before
+/// encoding. `None`: never superseded. Why: a replica retransmits its view
+/// change messages (which carry logs, megabytes) every retry interval; if a
+/// slow link or a slow peer lets them pile up, encoding and sending stale
+/// copies only delays the fresh one.
+pub type SupersedeKey<M> = fn(&M) -> Option<u64>;
 
 /// Sending half: one bounded queue per peer.
 pub struct Transport<M> {
@@ -81,13 +96,18 @@ pub struct Transport<M> {
 
 impl<M> Transport<M>
 where
-    M: Serialize + DeserializeOwned + Send + 'static,
+    M: Serialize + DeserializeOwned + Send + Sync + 'static,
 {
     /// Starts one sender task per peer on `endpoint` (which must carry a
     /// client configuration with this replica's certificate) and returns the
     /// transport plus the receiver of inbound messages. `peers[j]` is
     /// replica j's address; `peers[me]` is ours and unused.
-    pub fn start(endpoint: quinn::Endpoint, me: PeerId, peers: &[SocketAddr]) -> (Arc<Transport<M>>, mpsc::Receiver<(PeerId, M)>) {
+    pub fn start(
+        endpoint: quinn::Endpoint,
+        me: PeerId,
+        peers: &[SocketAddr],
+        supersede: SupersedeKey<M>,
+    ) -> (Arc<Transport<M>>, mpsc::Receiver<(PeerId, M)>) {
         assert!((me as usize) < peers.len(), "replica id outside the peer list");
         let stats = Arc::new(TransportStats::default());
         let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_MESSAGES_MAX);
@@ -99,7 +119,7 @@ where
                     return None;
                 }
                 let (tx, rx) = mpsc::channel(PEER_QUEUE_MESSAGES_MAX);
-                tokio::spawn(peer_sender::<M>(endpoint.clone(), j as PeerId, *addr, rx, stats.clone()));
+                tokio::spawn(peer_sender::<M>(endpoint.clone(), j as PeerId, *addr, rx, stats.clone(), supersede));
                 Some(tx)
             })
             .collect();
@@ -171,7 +191,14 @@ where
 }
 
 /// Keeps a connection and a stream to one peer and writes its queue.
-async fn peer_sender<M: Serialize>(endpoint: quinn::Endpoint, to: PeerId, addr: SocketAddr, mut queue: mpsc::Receiver<M>, stats: Arc<TransportStats>) {
+async fn peer_sender<M: Serialize + Send + Sync>(
+    endpoint: quinn::Endpoint,
+    to: PeerId,
+    addr: SocketAddr,
+    mut queue: mpsc::Receiver<M>,
+    stats: Arc<TransportStats>,
+    supersede: SupersedeKey<M>,
+) {
     let server_name = Role::Replica(to as usize).dns_name();
     let mut backoff = RECONNECT_BACKOFF_MIN;
     loop {
@@ -212,11 +239,13 @@ async fn peer_sender<M: Serialize>(endpoint: quinn::Endpoint, to: PeerId, addr: 
         backoff = RECONNECT_BACKOFF_MIN;
         debug!(to, %addr, "connected to peer");
         let mut batch: Vec<u8> = Vec::with_capacity(64 * 1024);
-        loop {
+        let mut messages: Vec<M> = Vec::with_capacity(PEER_BATCH_MESSAGES_MAX);
+        'stream: loop {
             batch.clear();
+            messages.clear();
             tokio::select! {
                 next = queue.recv() => match next {
-                    Some(m) => append_frame(&mut batch, to, &m, &stats),
+                    Some(m) => messages.push(m),
                     None => {
                         let _ = send.finish();
                         return;
@@ -224,13 +253,29 @@ async fn peer_sender<M: Serialize>(endpoint: quinn::Endpoint, to: PeerId, addr: 
                 },
                 reason = conn.closed() => {
                     debug!(to, %reason, "peer connection lost");
-                    break;
+                    break 'stream;
                 }
             }
-            while batch.len() < WRITE_BATCH_BYTES_MAX {
+            while messages.len() < PEER_BATCH_MESSAGES_MAX {
                 match queue.try_recv() {
-                    Ok(m) => append_frame(&mut batch, to, &m, &stats),
+                    Ok(m) => messages.push(m),
                     Err(_) => break,
+                }
+            }
+            let keys: Vec<Option<u64>> = messages.iter().map(supersede).collect();
+            for (i, m) in messages.iter().enumerate() {
+                let superseded = keys[i].is_some() && keys[i + 1..].contains(&keys[i]);
+                if superseded {
+                    stats.superseded.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                append_frame(&mut batch, to, m, &stats);
+                if batch.len() >= WRITE_BATCH_BYTES_MAX {
+                    if let Err(e) = send.write_all(&batch).await {
+                        debug!(to, error = %e, "write to peer failed; reconnecting");
+                        break 'stream;
+                    }
+                    batch.clear();
                 }
             }
             if batch.is_empty() {
@@ -249,8 +294,14 @@ async fn peer_sender<M: Serialize>(endpoint: quinn::Endpoint, to: PeerId, addr: 
 /// not fit a frame is dropped with a warning (the core bounds its messages,
 /// so this is a bug to report, but one the protocol survives).
 fn append_frame<M: Serialize>(batch: &mut Vec<u8>, to: PeerId, message: &M, stats: &TransportStats) {
+    let started = std::time::Instant::now();
     match codec::to_bytes(message).and_then(|b| Ok(frame::encode(&b)?)) {
-        Ok(f) => batch.extend_from_slice(&f),
+        Ok(f) => {
+            if f.len() >= LARGE_MESSAGE_BYTES {
+                debug!(to, bytes = f.len(), encode_ms = started.elapsed().as_millis() as u64, "large message");
+            }
+            batch.extend_from_slice(&f)
+        }
         Err(e) => {
             warn!(to, error = %e, "message cannot be framed; dropped");
             stats.dropped.fetch_add(1, Ordering::Relaxed);

@@ -38,6 +38,9 @@ pub const BATCH_SUBMISSIONS_MAX: usize = 4096;
 /// Buffered bytes after which a batch stops taking submissions and syncs.
 pub const BATCH_BYTES_MAX: usize = 16 * 1024 * 1024;
 
+/// A batch slower than this (apply + sync) is logged.
+pub const SLOW_BATCH: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// Turns submitted items into changes of the log (on the writer thread).
 pub trait Journal: Send + 'static {
     /// What is submitted.
@@ -177,6 +180,7 @@ fn writer_loop<J: Journal>(
 ) {
     let mut syncs = 0u64;
     while let Some(first) = queue.blocking_recv() {
+        let batch_started = std::time::Instant::now();
         let mut ticket = first.0;
         let mut result = apply(&mut log, &mut journal, first.1);
         let mut submissions = 1usize;
@@ -187,8 +191,19 @@ fn writer_loop<J: Journal>(
             submissions += 1;
             result = apply(&mut log, &mut journal, items);
         }
+        let applied = batch_started.elapsed();
+        let buffered_bytes = log.buffered_bytes();
         let result = result.and_then(|()| log.sync());
         syncs += 1;
+        if batch_started.elapsed() >= SLOW_BATCH {
+            tracing::warn!(
+                submissions,
+                buffered_bytes,
+                apply_ms = applied.as_millis() as u64,
+                total_ms = batch_started.elapsed().as_millis() as u64,
+                "slow log batch"
+            );
+        }
         match result {
             Ok(()) => {
                 durable.send_replace(Durable {

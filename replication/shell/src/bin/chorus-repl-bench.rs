@@ -37,6 +37,9 @@ struct Args {
     /// PIDs of the replica processes, by id: enables the failover phase.
     #[arg(long, value_delimiter = ',')]
     pids: Vec<i32>,
+    /// Distinct registers written (bounds the state, hence checkpoint cost).
+    #[arg(long, default_value_t = 4096)]
+    keys: u64,
     /// Only print every replica's status and exit.
     #[arg(long)]
     status: bool,
@@ -60,6 +63,8 @@ struct Shared {
     /// ns since `start` of the first commit in a newer view after the kill.
     first_new_commit_ns: AtomicU64,
     errors: AtomicU64,
+    /// Latencies (µs) of commands started and finished inside the window.
+    latencies_us: std::sync::Mutex<Vec<u32>>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -83,20 +88,21 @@ async fn run(args: Args) -> anyhow::Result<()> {
         killed_view: AtomicU64::new(u64::MAX),
         first_new_commit_ns: AtomicU64::new(u64::MAX),
         errors: AtomicU64::new(0),
+        latencies_us: std::sync::Mutex::new(Vec::with_capacity(1 << 20)),
     });
     let value_bytes = args.command_bytes.saturating_sub(8);
     let mut tasks = Vec::new();
     for s in 0..args.sessions {
         let cluster = cluster.clone();
         let shared = shared.clone();
+        let keys = args.keys.max(1);
         tasks.push(tokio::spawn(async move {
-            let mut latencies_us: Vec<u32> = Vec::with_capacity(1 << 16);
             let mut session = match cluster.session(Instant::now() + Duration::from_secs(30)).await {
                 Ok(s) => s,
                 Err(e) => {
                     eprintln!("session {s}: {e}");
                     shared.errors.fetch_add(1, Ordering::Relaxed);
-                    return latencies_us;
+                    return;
                 }
             };
             let mut key = (s as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
@@ -105,11 +111,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 key = key.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
                 let phase_before = shared.phase.load(Ordering::Relaxed);
                 let t0 = Instant::now();
-                match session.write_in_view(command(key % 65_536, &value), Instant::now() + Duration::from_secs(20)).await {
+                match session.write_in_view(command(key % keys, &value), Instant::now() + Duration::from_secs(20)).await {
                     Ok((_, view)) => {
                         let done = Instant::now();
                         if phase_before == PHASE_MEASURE && shared.phase.load(Ordering::Relaxed) == PHASE_MEASURE {
-                            latencies_us.push((done - t0).as_micros().min(u32::MAX as u128) as u32);
+                            let us = (done - t0).as_micros().min(u32::MAX as u128) as u32;
+                            shared.latencies_us.lock().unwrap().push(us);
                         }
                         let killed_view = shared.killed_view.load(Ordering::Relaxed);
                         if killed_view != u64::MAX && view > killed_view {
@@ -124,30 +131,21 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     }
                 }
             }
-            latencies_us
         }));
     }
 
     tokio::time::sleep(Duration::from_secs(args.warmup_secs)).await;
     let before = stats(&cluster).await;
+    let cpu_before = cpu_ticks(&args.pids);
     shared.phase.store(PHASE_MEASURE, Ordering::Relaxed);
     let t_measure = Instant::now();
     tokio::time::sleep(Duration::from_secs(args.secs)).await;
     shared.phase.store(PHASE_AFTER, Ordering::Relaxed);
     let window = t_measure.elapsed();
+    let cpu_after = cpu_ticks(&args.pids);
     let after = stats(&cluster).await;
 
-    let mut failover = None;
-    if !args.pids.is_empty() {
-        failover = Some(kill_leader(&cluster, &shared, &args.pids).await?);
-    }
-    shared.stop.store(true, Ordering::Relaxed);
-    let mut latencies: Vec<u32> = Vec::new();
-    for t in tasks {
-        if let Ok(Ok(l)) = tokio::time::timeout(Duration::from_secs(30), t).await {
-            latencies.extend(l);
-        }
-    }
+    let mut latencies: Vec<u32> = std::mem::take(&mut *shared.latencies_us.lock().unwrap());
     latencies.sort_unstable();
     let pct = |p: f64| -> f64 {
         if latencies.is_empty() {
@@ -171,6 +169,23 @@ async fn run(args: Args) -> anyhow::Result<()> {
             latencies.len() as f64 / ops_committed.max(1) as f64,
             syncs as f64 / window.as_secs_f64()
         );
+    }
+    if !args.pids.is_empty() {
+        // SAFETY: sysconf has no memory effects.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        let pct = |a: u64, b: u64| (a.saturating_sub(b)) as f64 / hz / window.as_secs_f64() * 100.0;
+        let parts: Vec<String> = cpu_after
+            .iter()
+            .zip(&cpu_before)
+            .enumerate()
+            .map(|(i, (a, b))| if i < args.pids.len() { format!("replica{i}={:.0}%", pct(*a, *b)) } else { format!("bench_client={:.0}%", pct(*a, *b)) })
+            .collect();
+        println!("cpu (of one core) during the window: {}", parts.join(" "));
+    }
+    let failover = if args.pids.is_empty() { None } else { Some(kill_leader(&cluster, &shared, &args.pids).await?) };
+    shared.stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(30), t).await;
     }
     if let Some((client_ms, view_ms)) = failover {
         println!("failover_ms kill_to_first_new_commit={client_ms:.0} kill_to_new_leader_normal={view_ms:.0}");
@@ -196,10 +211,13 @@ async fn stats(cluster: &Arc<Cluster>) -> Option<(u64, u64, u64)> {
 async fn kill_leader(cluster: &Arc<Cluster>, shared: &Arc<Shared>, pids: &[i32]) -> anyhow::Result<(f64, f64)> {
     anyhow::ensure!(pids.len() == cluster.replica_count(), "one PID per replica");
     let mut leader = None;
-    for id in 0..cluster.replica_count() {
-        if let Some(s) = cluster.status(id).await {
-            if s.status == "normal" && s.leader as usize == id {
-                leader = Some((id, s.view));
+    let search_until = Instant::now() + Duration::from_secs(10);
+    while leader.is_none() && Instant::now() < search_until {
+        for id in 0..cluster.replica_count() {
+            if let Some(s) = cluster.status(id).await {
+                if s.status == "normal" && s.leader as usize == id {
+                    leader = Some((id, s.view));
+                }
             }
         }
     }
@@ -232,4 +250,18 @@ async fn kill_leader(cluster: &Arc<Cluster>, shared: &Arc<Shared>, pids: &[i32])
     let first = shared.first_new_commit_ns.load(Ordering::Relaxed);
     let client_ms = if first == u64::MAX { f64::NAN } else { first.saturating_sub(killed_ns) as f64 / 1e6 };
     Ok((client_ms, view_ms))
+}
+
+/// utime + stime (clock ticks) of each PID, then of this process.
+fn cpu_ticks(pids: &[i32]) -> Vec<u64> {
+    let read = |path: String| -> u64 {
+        let Ok(text) = std::fs::read_to_string(path) else { return 0 };
+        // Fields after the command name (which is in parentheses).
+        let rest = text.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+    };
+    let mut v: Vec<u64> = pids.iter().map(|p| read(format!("/proc/{p}/stat"))).collect();
+    v.push(read("/proc/self/stat".to_string()));
+    v
 }

@@ -8,7 +8,6 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use chorus_replication::Config;
 use chorus_replication_shell::log::SEGMENT_BYTES_DEFAULT;
 use chorus_replication_shell::machine::Registers;
 use chorus_replication_shell::node::{self, NodeConfig};
@@ -43,6 +42,9 @@ enum Command {
         /// Uncommitted entries in flight (core default if unset).
         #[arg(long)]
         pipeline: Option<u64>,
+        /// Entries between checkpoints (shell default if unset).
+        #[arg(long)]
+        checkpoint_interval: Option<u64>,
     },
 }
 
@@ -56,13 +58,16 @@ fn main() -> anyhow::Result<()> {
         Command::Init { id, replicas, data } => {
             Ok(chorus_replication_shell::disk::init(&data, SEGMENT_BYTES_DEFAULT, id, replicas)?)
         }
-        Command::Run { id, peers, certs, data, batch, pipeline } => {
-            let mut core = Config::new(peers.len() as u8);
+        Command::Run { id, peers, certs, data, batch, pipeline, checkpoint_interval } => {
+            let mut core = node::core_config(peers.len() as u8);
             if let Some(b) = batch {
                 core.batch_requests_max = b;
             }
             if let Some(p) = pipeline {
                 core.pipeline_depth_max = p;
+            }
+            if let Some(c) = checkpoint_interval {
+                core.checkpoint_interval_ops = c;
             }
             let cfg = NodeConfig { id, peers, certs_dir: certs, data_dir: data, core, seed: std::process::id() as u64 ^ ((id as u64) << 32) };
             let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
