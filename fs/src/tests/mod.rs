@@ -2,6 +2,7 @@
 //! and stamps time like the replication layer would, unit tests of the tricky
 //! cases, a model-based property test and determinism / persistence tests.
 
+mod bench;
 mod model;
 mod persist;
 mod unit;
