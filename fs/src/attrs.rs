@@ -56,7 +56,10 @@ pub(crate) fn release(ctx: &mut Ctx, ino: Ino, fh: u64) -> R<Reply> {
     ctx.handle(ino, fh)?;
     ctx.close_handle(fh);
     let mut node = ctx.inode(ino)?;
-    assert!(node.open_count > 0, "handle {fh} open on inode {ino} with open_count 0");
+    assert!(
+        node.open_count > 0,
+        "handle {fh} open on inode {ino} with open_count 0"
+    );
     node.open_count -= 1;
     ctx.save_or_free(node)?;
     Ok(Reply::Ok)

@@ -28,7 +28,13 @@ pub(crate) struct Ctx<'a> {
 
 impl<'a> Ctx<'a> {
     pub(crate) fn new(tx: Tx<'a>, now: Timestamp, caller: &'a Caller, meta: Meta) -> Self {
-        Ctx { tx, now, caller, meta, sync_requested: false }
+        Ctx {
+            tx,
+            now,
+            caller,
+            meta,
+            sync_requested: false,
+        }
     }
 
     pub(crate) fn inode(&self, ino: Ino) -> R<Inode> {
@@ -38,7 +44,8 @@ impl<'a> Ctx<'a> {
     pub(crate) fn save(&mut self, inode: &Inode) {
         assert!(inode.ino != 0);
         assert!(inode.perm & !0o7777 == 0);
-        self.tx.put_record(Table::Inodes, inode_key(inode.ino), inode);
+        self.tx
+            .put_record(Table::Inodes, inode_key(inode.ino), inode);
     }
 
     /// A new inode numbered from the counter (not yet saved).
@@ -53,8 +60,18 @@ impl<'a> Ctx<'a> {
     pub(crate) fn open_handle(&mut self, inode: &mut Inode, flags: i32) -> u64 {
         let fh = self.meta.next_fh;
         self.meta.next_fh = fh.checked_add(1).expect("file handles exhausted");
-        inode.open_count = inode.open_count.checked_add(1).expect("open count overflow");
-        self.tx.put_record(Table::Handles, u64_key(fh), &Handle { ino: inode.ino, flags });
+        inode.open_count = inode
+            .open_count
+            .checked_add(1)
+            .expect("open count overflow");
+        self.tx.put_record(
+            Table::Handles,
+            u64_key(fh),
+            &Handle {
+                ino: inode.ino,
+                flags,
+            },
+        );
         fh
     }
 
@@ -72,7 +89,13 @@ impl<'a> Ctx<'a> {
     }
 
     /// Adds `name → (ino, kind)` to `dir` with the next cookie; the caller saves `dir`.
-    pub(crate) fn add_entry(&mut self, dir: &mut Inode, name: &[u8], ino: Ino, kind: FileKind) -> R<()> {
+    pub(crate) fn add_entry(
+        &mut self,
+        dir: &mut Inode,
+        name: &[u8],
+        ino: Ino,
+        kind: FileKind,
+    ) -> R<()> {
         assert!(dir.is_dir());
         if dir.entries >= DIR_ENTRIES_MAX {
             return errno(libc::ENOSPC);
@@ -81,25 +104,61 @@ impl<'a> Ctx<'a> {
         assert!(cookie >= crate::records::COOKIE_FIRST);
         dir.next_cookie += 1;
         dir.entries += 1;
-        self.tx.put_record(Table::Dirents, named_key(dir.ino, name), &Dirent { ino, kind, cookie });
-        self.tx.put_record(Table::DirIndex, pair_key(dir.ino, cookie), &DirSlot { name: name.to_vec(), ino, kind });
+        self.tx.put_record(
+            Table::Dirents,
+            named_key(dir.ino, name),
+            &Dirent { ino, kind, cookie },
+        );
+        self.tx.put_record(
+            Table::DirIndex,
+            pair_key(dir.ino, cookie),
+            &DirSlot {
+                name: name.to_vec(),
+                ino,
+                kind,
+            },
+        );
         Ok(())
     }
 
     /// Removes the entry `name` (currently `entry`) from `dir`; the caller saves `dir`.
     pub(crate) fn remove_entry(&mut self, dir: &mut Inode, name: &[u8], entry: &Dirent) {
         assert!(dir.is_dir());
-        assert!(dir.entries > 0, "removing from an empty directory {}", dir.ino);
+        assert!(
+            dir.entries > 0,
+            "removing from an empty directory {}",
+            dir.ino
+        );
         dir.entries -= 1;
         self.tx.delete(Table::Dirents, named_key(dir.ino, name));
-        self.tx.delete(Table::DirIndex, pair_key(dir.ino, entry.cookie));
+        self.tx
+            .delete(Table::DirIndex, pair_key(dir.ino, entry.cookie));
     }
 
     /// Points the existing entry `name` of `dir` at another inode, same cookie.
-    pub(crate) fn repoint_entry(&mut self, dir: Ino, name: &[u8], entry: &Dirent, ino: Ino, kind: FileKind) {
+    pub(crate) fn repoint_entry(
+        &mut self,
+        dir: Ino,
+        name: &[u8],
+        entry: &Dirent,
+        ino: Ino,
+        kind: FileKind,
+    ) {
         let cookie = entry.cookie;
-        self.tx.put_record(Table::Dirents, named_key(dir, name), &Dirent { ino, kind, cookie });
-        self.tx.put_record(Table::DirIndex, pair_key(dir, cookie), &DirSlot { name: name.to_vec(), ino, kind });
+        self.tx.put_record(
+            Table::Dirents,
+            named_key(dir, name),
+            &Dirent { ino, kind, cookie },
+        );
+        self.tx.put_record(
+            Table::DirIndex,
+            pair_key(dir, cookie),
+            &DirSlot {
+                name: name.to_vec(),
+                ino,
+                kind,
+            },
+        );
     }
 
     /// One name of `ino` went away: nlink drops (to 0 for a directory), ctime
@@ -145,7 +204,11 @@ impl<'a> Ctx<'a> {
     /// how many keys it deleted.
     pub(crate) fn delete_keys(&mut self, table: Table, ino: Ino, from_block: u64) -> R<u64> {
         let (prefix_from, to) = prefix_range(ino);
-        let mut from = if from_block == 0 { prefix_from } else { block_key(ino, from_block) };
+        let mut from = if from_block == 0 {
+            prefix_from
+        } else {
+            block_key(ino, from_block)
+        };
         let mut deleted = 0u64;
         loop {
             let keys = self.tx.scan_keys(table, &from, &to, SCAN_CHUNK)?;

@@ -12,13 +12,12 @@
 use crate::ctx::Ctx;
 use crate::error::{errno, Fail, R};
 use crate::keys::{pair_key, split_pair_key, Table};
-use crate::ops::{
-    Caller, DirEntry, FileKind, Ino, Reply, READDIR_ENTRIES_MAX, SYMLINK_MAX_BYTES,
-};
+use crate::ops::{Caller, DirEntry, FileKind, Ino, Reply, READDIR_ENTRIES_MAX, SYMLINK_MAX_BYTES};
 use crate::perm::{check_access, is_root, may_create, may_delete, MAY_WRITE};
 use crate::records::{decode, DirSlot, Inode, COOKIE_FIRST};
 use crate::state::{
-    check_name, dir_for_lookup, get_dirent, get_inode, is_ancestor, is_dot_or_dotdot, load_inode, LINK_MAX,
+    check_name, dir_for_lookup, get_dirent, get_inode, is_ancestor, is_dot_or_dotdot, load_inode,
+    LINK_MAX,
 };
 use crate::view::View;
 
@@ -98,10 +97,20 @@ pub(crate) fn create(
     // skips may_open for FMODE_CREATED) and is empty, so O_TRUNC is moot.
     let fh = ctx.open_handle(&mut node, flags);
     insert_new(ctx, dir, name, &node)?;
-    Ok(Reply::Created { attr: node.attr(), fh })
+    Ok(Reply::Created {
+        attr: node.attr(),
+        fh,
+    })
 }
 
-pub(crate) fn mknod(ctx: &mut Ctx, parent: Ino, name: &[u8], mode: u32, umask: u32, rdev: u32) -> R<Reply> {
+pub(crate) fn mknod(
+    ctx: &mut Ctx,
+    parent: Ino,
+    name: &[u8],
+    mode: u32,
+    umask: u32,
+    rdev: u32,
+) -> R<Reply> {
     // may_mknod runs before the lookup in Linux.
     let kind = match mode & libc::S_IFMT {
         0 | libc::S_IFREG => FileKind::File,
@@ -212,7 +221,12 @@ pub(crate) fn rmdir(ctx: &mut Ctx, parent: Ino, name: &[u8]) -> R<Reply> {
         return errno(libc::ENOTEMPTY);
     }
     ctx.remove_entry(&mut dir, name, &entry);
-    assert!(dir.nlink > 2, "directory {} with a subdirectory has nlink {}", dir.ino, dir.nlink);
+    assert!(
+        dir.nlink > 2,
+        "directory {} with a subdirectory has nlink {}",
+        dir.ino,
+        dir.nlink
+    );
     dir.nlink -= 1;
     dir.modified(ctx.now);
     ctx.save(&dir);
@@ -261,7 +275,11 @@ pub(crate) fn rename(
     }
     if let Some(d) = &dst {
         if dst_is_dir && is_ancestor(&ctx.tx, d.ino, parent)? {
-            return errno(if exchange { libc::EINVAL } else { libc::ENOTEMPTY });
+            return errno(if exchange {
+                libc::EINVAL
+            } else {
+                libc::ENOTEMPTY
+            });
         }
         if d.ino == src.ino {
             // Same inode (the same entry, or two hard links): Linux does nothing.
@@ -289,7 +307,11 @@ pub(crate) fn rename(
             check_access(&src_node, ctx.caller, MAY_WRITE)?;
         }
         if exchange && dst_is_dir {
-            check_access(dst_node.as_ref().expect("exchange has a target"), ctx.caller, MAY_WRITE)?;
+            check_access(
+                dst_node.as_ref().expect("exchange has a target"),
+                ctx.caller,
+                MAY_WRITE,
+            )?;
         }
     }
     if !exchange {
@@ -383,7 +405,13 @@ pub(crate) fn lookup(view: &impl View, caller: &Caller, parent: Ino, name: &[u8]
     Ok(Reply::Entry(load_inode(view, ino)?.attr()))
 }
 
-pub(crate) fn readdir(view: &impl View, ino: Ino, cookie: u64, max_entries: u32, plus: bool) -> R<Reply> {
+pub(crate) fn readdir(
+    view: &impl View,
+    ino: Ino,
+    cookie: u64,
+    max_entries: u32,
+    plus: bool,
+) -> R<Reply> {
     let dir = load_inode(view, ino)?;
     if !dir.is_dir() {
         return errno(libc::ENOTDIR);
@@ -392,8 +420,18 @@ pub(crate) fn readdir(view: &impl View, ino: Ino, cookie: u64, max_entries: u32,
     let mut entries = Vec::with_capacity(limit.min(64));
     for (dot_cookie, dot_name, dot_ino) in [(1u64, &b"."[..], ino), (2, &b".."[..], dir.parent)] {
         if cookie < dot_cookie && entries.len() < limit && dir.nlink > 0 {
-            let attr = if plus { Some(load_inode(view, dot_ino)?.attr()) } else { None };
-            entries.push(DirEntry { ino: dot_ino, cookie: dot_cookie, kind: FileKind::Dir, name: dot_name.to_vec(), attr });
+            let attr = if plus {
+                Some(load_inode(view, dot_ino)?.attr())
+            } else {
+                None
+            };
+            entries.push(DirEntry {
+                ino: dot_ino,
+                cookie: dot_cookie,
+                kind: FileKind::Dir,
+                name: dot_name.to_vec(),
+                attr,
+            });
         }
     }
     let first = cookie.saturating_add(1).max(COOKIE_FIRST);
@@ -405,13 +443,23 @@ pub(crate) fn readdir(view: &impl View, ino: Ino, cookie: u64, max_entries: u32,
             let (_, entry_cookie) = split_pair_key(Table::DirIndex, &key).map_err(Fail::Store)?;
             let slot: DirSlot = decode(Table::DirIndex, &key, &value).map_err(Fail::Store)?;
             let attr = if plus {
-                let node = get_inode(view, slot.ino)?
-                    .unwrap_or_else(|| panic!("entry {:?} of {ino} points at missing inode {}", slot.name, slot.ino));
+                let node = get_inode(view, slot.ino)?.unwrap_or_else(|| {
+                    panic!(
+                        "entry {:?} of {ino} points at missing inode {}",
+                        slot.name, slot.ino
+                    )
+                });
                 Some(node.attr())
             } else {
                 None
             };
-            entries.push(DirEntry { ino: slot.ino, cookie: entry_cookie, kind: slot.kind, name: slot.name, attr });
+            entries.push(DirEntry {
+                ino: slot.ino,
+                cookie: entry_cookie,
+                kind: slot.kind,
+                name: slot.name,
+                attr,
+            });
         }
     }
     Ok(Reply::Dir(entries))

@@ -21,7 +21,11 @@ pub(crate) fn is_root(caller: &Caller) -> bool {
 
 /// `generic_permission`: EACCES unless `caller` may do everything in `mask`.
 pub(crate) fn check_access(inode: &Inode, caller: &Caller, mask: u32) -> R<()> {
-    assert_eq!(mask & !(MAY_EXEC | MAY_WRITE | MAY_READ), 0, "unknown permission bits");
+    assert_eq!(
+        mask & !(MAY_EXEC | MAY_WRITE | MAY_READ),
+        0,
+        "unknown permission bits"
+    );
     if is_root(caller) {
         // Root may do anything except execute a non-directory nobody may execute.
         if mask & MAY_EXEC != 0 && !inode.is_dir() && inode.perm & 0o111 == 0 {

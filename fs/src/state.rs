@@ -7,11 +7,11 @@
 
 use crate::error::{errno, Fail, R};
 use crate::keys::{inode_key, named_key, Table};
+use crate::ops::NAME_MAX_BYTES;
 use crate::ops::{Caller, Ino};
 use crate::perm::{check_access, MAY_EXEC};
 use crate::records::{Dirent, Inode};
 use crate::view::View;
-use crate::ops::NAME_MAX_BYTES;
 
 /// Hard links of one inode, and subdirectories of one directory, as ext4's
 /// EXT4_LINK_MAX.
@@ -84,7 +84,10 @@ pub(crate) fn is_ancestor(view: &impl View, ancestor: Ino, ino: Ino) -> R<bool> 
         let Some(inode) = get_inode(view, current)? else {
             panic!("directory {current} on a parent chain is missing");
         };
-        assert!(inode.is_dir(), "parent chain reaches non-directory {current}");
+        assert!(
+            inode.is_dir(),
+            "parent chain reaches non-directory {current}"
+        );
         current = inode.parent;
     }
     panic!("parent chain from {ino} longer than {DEPTH_MAX}: cycle in the directory tree");

@@ -26,7 +26,10 @@ use sha2::{Digest, Sha256};
 use crate::ctx::Ctx;
 use crate::error::{Fail, StoreError};
 use crate::keys::{inode_key, Table, META_KEY};
-use crate::ops::{Caller, Command, FileKind, Op, OpResult, Query, Reply, StatFs, Timestamp, NAME_MAX_BYTES, ROOT_INO};
+use crate::ops::{
+    Caller, Command, FileKind, Op, OpResult, Query, Reply, StatFs, Timestamp, NAME_MAX_BYTES,
+    ROOT_INO,
+};
 use crate::records::{decode, Inode, Meta, FORMAT_VERSION};
 use crate::view::{cf, Db, SnapView, Tx, View};
 use crate::{attrs, data, namespace, xattr};
@@ -90,7 +93,10 @@ impl FsStore {
             Some(bytes) => {
                 let meta: Meta = decode(Table::Meta, META_KEY, &bytes)?;
                 if meta.format_version != FORMAT_VERSION {
-                    return Err(StoreError::FormatVersion { found: meta.format_version, expected: FORMAT_VERSION });
+                    return Err(StoreError::FormatVersion {
+                        found: meta.format_version,
+                        expected: FORMAT_VERSION,
+                    });
                 }
                 meta
             }
@@ -109,7 +115,13 @@ impl FsStore {
 
     /// Writes the state of an empty file system: the root directory.
     fn initialize(db: &Db) -> Result<Meta, StoreError> {
-        let meta = Meta { format_version: FORMAT_VERSION, applied_index: 0, next_ino: ROOT_INO + 1, next_fh: 1, inodes_live: 1 };
+        let meta = Meta {
+            format_version: FORMAT_VERSION,
+            applied_index: 0,
+            next_ino: ROOT_INO + 1,
+            next_fh: 1,
+            inodes_live: 1,
+        };
         let mut root = Inode::new(ROOT_INO, FileKind::Dir, 0o755, 0, 0, Timestamp::new(0, 0));
         root.parent = ROOT_INO;
         let mut tx = Tx::new(db);
@@ -125,14 +137,22 @@ impl FsStore {
     /// `applied_index() + 1`). POSIX failures are `Ok(Err(errno))`; the
     /// applied index advances either way.
     pub fn apply(&self, index: u64, cmd: &Command) -> Result<OpResult, StoreError> {
-        let mut applier = self.applier.lock().expect("applier lock poisoned by an earlier panic");
+        let mut applier = self
+            .applier
+            .lock()
+            .expect("applier lock poisoned by an earlier panic");
         assert_eq!(
             index,
             applier.meta.applied_index + 1,
             "apply out of order: index {index} after {}",
             applier.meta.applied_index
         );
-        let mut ctx = Ctx::new(Tx::new(&self.db), cmd.now, &cmd.caller, applier.meta.clone());
+        let mut ctx = Ctx::new(
+            Tx::new(&self.db),
+            cmd.now,
+            &cmd.caller,
+            applier.meta.clone(),
+        );
         let outcome = execute(&mut ctx, &cmd.op);
         let result = match outcome {
             Ok(reply) => Ok(reply),
@@ -161,12 +181,17 @@ impl FsStore {
         let view = SnapView::new(&self.db);
         let outcome = match q {
             Query::Lookup { parent, name } => namespace::lookup(&view, caller, *parent, name),
-            Query::GetAttr { ino } => crate::state::load_inode(&view, *ino).map(|n| Reply::Attr(n.attr())),
+            Query::GetAttr { ino } => {
+                crate::state::load_inode(&view, *ino).map(|n| Reply::Attr(n.attr()))
+            }
             Query::Read { ino, offset, size } => data::read(&view, *ino, *offset, *size),
             Query::ReadLink { ino } => readlink(&view, *ino),
-            Query::ReadDir { ino, cookie, max_entries, plus } => {
-                namespace::readdir(&view, *ino, *cookie, *max_entries, *plus)
-            }
+            Query::ReadDir {
+                ino,
+                cookie,
+                max_entries,
+                plus,
+            } => namespace::readdir(&view, *ino, *cookie, *max_entries, *plus),
             Query::GetXattr { ino, name } => xattr::getxattr(&view, caller, *ino, name),
             Query::ListXattr { ino } => xattr::listxattr(&view, caller, *ino),
             Query::StatFs => self.statfs(&view),
@@ -214,7 +239,10 @@ impl FsStore {
             return Err(StoreError::CheckpointDirExists(dir.display().to_string()));
         }
         // Holding the applier lock: no command lands while the files are linked.
-        let applier = self.applier.lock().expect("applier lock poisoned by an earlier panic");
+        let applier = self
+            .applier
+            .lock()
+            .expect("applier lock poisoned by an earlier panic");
         Checkpoint::new(&self.db)?.create_checkpoint(dir)?;
         Ok(applier.meta.applied_index)
     }
@@ -253,7 +281,11 @@ fn host_space(dir: &Path) -> (u64, u64, u64) {
     }
     let unit = st.f_frsize.max(1) as u64;
     let scale = |n: u64| n.saturating_mul(unit) / 4096;
-    (scale(st.f_blocks as u64), scale(st.f_bfree as u64), scale(st.f_bavail as u64))
+    (
+        scale(st.f_blocks as u64),
+        scale(st.f_bfree as u64),
+        scale(st.f_bavail as u64),
+    )
 }
 
 fn readlink(view: &impl View, ino: u64) -> Result<Reply, Fail> {
@@ -267,24 +299,69 @@ fn readlink(view: &impl View, ino: u64) -> Result<Reply, Fail> {
 /// Runs one operation against the command's context.
 fn execute(ctx: &mut Ctx, op: &Op) -> Result<Reply, Fail> {
     match op {
-        Op::Create { parent, name, mode, umask, flags, excl } => {
-            namespace::create(ctx, *parent, name, *mode, *umask, *flags, *excl)
-        }
-        Op::Mknod { parent, name, mode, umask, rdev } => namespace::mknod(ctx, *parent, name, *mode, *umask, *rdev),
-        Op::Mkdir { parent, name, mode, umask } => namespace::mkdir(ctx, *parent, name, *mode, *umask),
-        Op::Symlink { parent, name, target } => namespace::symlink(ctx, *parent, name, target),
-        Op::Link { ino, newparent, newname } => namespace::link(ctx, *ino, *newparent, newname),
+        Op::Create {
+            parent,
+            name,
+            mode,
+            umask,
+            flags,
+            excl,
+        } => namespace::create(ctx, *parent, name, *mode, *umask, *flags, *excl),
+        Op::Mknod {
+            parent,
+            name,
+            mode,
+            umask,
+            rdev,
+        } => namespace::mknod(ctx, *parent, name, *mode, *umask, *rdev),
+        Op::Mkdir {
+            parent,
+            name,
+            mode,
+            umask,
+        } => namespace::mkdir(ctx, *parent, name, *mode, *umask),
+        Op::Symlink {
+            parent,
+            name,
+            target,
+        } => namespace::symlink(ctx, *parent, name, target),
+        Op::Link {
+            ino,
+            newparent,
+            newname,
+        } => namespace::link(ctx, *ino, *newparent, newname),
         Op::Unlink { parent, name } => namespace::unlink(ctx, *parent, name),
         Op::Rmdir { parent, name } => namespace::rmdir(ctx, *parent, name),
-        Op::Rename { parent, name, newparent, newname, flags } => {
-            namespace::rename(ctx, *parent, name, *newparent, newname, *flags)
-        }
+        Op::Rename {
+            parent,
+            name,
+            newparent,
+            newname,
+            flags,
+        } => namespace::rename(ctx, *parent, name, *newparent, newname, *flags),
         Op::SetAttr { ino, attr } => attrs::setattr(ctx, *ino, attr),
         Op::Open { ino, flags } => attrs::open(ctx, *ino, *flags),
         Op::Release { ino, fh } => attrs::release(ctx, *ino, *fh),
-        Op::Write { ino, fh, offset, data, flags } => data::write(ctx, *ino, *fh, *offset, data, *flags),
-        Op::Fallocate { ino, fh, offset, length, mode } => data::fallocate(ctx, *ino, *fh, *offset, *length, *mode),
-        Op::SetXattr { ino, name, value, flags } => xattr::setxattr(ctx, *ino, name, value, *flags),
+        Op::Write {
+            ino,
+            fh,
+            offset,
+            data,
+            flags,
+        } => data::write(ctx, *ino, *fh, *offset, data, *flags),
+        Op::Fallocate {
+            ino,
+            fh,
+            offset,
+            length,
+            mode,
+        } => data::fallocate(ctx, *ino, *fh, *offset, *length, *mode),
+        Op::SetXattr {
+            ino,
+            name,
+            value,
+            flags,
+        } => xattr::setxattr(ctx, *ino, name, value, *flags),
         Op::RemoveXattr { ino, name } => xattr::removexattr(ctx, *ino, name),
         Op::Fsync { ino, datasync: _ } => attrs::fsync(ctx, *ino),
     }

@@ -11,7 +11,12 @@ fn bench_store() {
     let mut h = Harness::new();
     let (f, fh) = h.create(ROOT_INO, "f");
     let mut x: u64 = 12345;
-    let mut rnd = || { x ^= x << 13; x ^= x >> 7; x ^= x << 17; x };
+    let mut rnd = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
     for (size, n) in [(4096usize, 2000), (131072, 500), (1 << 20, 100)] {
         let data = vec![7u8; size];
         let t = Instant::now();
@@ -40,7 +45,14 @@ fn bench_store() {
     println!("lookup {:?}/op", t.elapsed() / 2000);
     let t = Instant::now();
     for s in [4 << 20, 8 << 20, 100, 8 << 20] {
-        h.run(Op::SetAttr { ino: f.ino, attr: SetAttr { size: Some(s), ..Default::default() } }).unwrap();
+        h.run(Op::SetAttr {
+            ino: f.ino,
+            attr: SetAttr {
+                size: Some(s),
+                ..Default::default()
+            },
+        })
+        .unwrap();
     }
     println!("truncates {:?}/op", t.elapsed() / 4);
 }

@@ -8,16 +8,83 @@ use crate::{FsStore, StoreOptions};
 fn script() -> Vec<Command> {
     let at = |sec: i64| Timestamp::new(sec, 0);
     let root = Caller::root();
-    let cmd = |sec: i64, op: Op| Command { now: at(sec), caller: root.clone(), op };
+    let cmd = |sec: i64, op: Op| Command {
+        now: at(sec),
+        caller: root.clone(),
+        op,
+    };
     vec![
-        cmd(1, Op::Mkdir { parent: ROOT_INO, name: b"d".to_vec(), mode: 0o755, umask: 0o022 }),
-        cmd(2, Op::Create { parent: 2, name: b"f".to_vec(), mode: 0o644, umask: 0, flags: libc::O_RDWR, excl: true }),
-        cmd(3, Op::Write { ino: 3, fh: 1, offset: 70_000, data: b"payload".to_vec(), flags: 0 }),
-        cmd(4, Op::SetXattr { ino: 3, name: b"user.k".to_vec(), value: b"v".to_vec(), flags: 0 }),
-        cmd(5, Op::Symlink { parent: ROOT_INO, name: b"s".to_vec(), target: b"d/f".to_vec() }),
-        cmd(6, Op::Rename { parent: 2, name: b"f".to_vec(), newparent: ROOT_INO, newname: b"g".to_vec(), flags: 0 }),
-        cmd(7, Op::Unlink { parent: ROOT_INO, name: b"missing".to_vec() }),
-        cmd(8, Op::Fsync { ino: 3, datasync: false }),
+        cmd(
+            1,
+            Op::Mkdir {
+                parent: ROOT_INO,
+                name: b"d".to_vec(),
+                mode: 0o755,
+                umask: 0o022,
+            },
+        ),
+        cmd(
+            2,
+            Op::Create {
+                parent: 2,
+                name: b"f".to_vec(),
+                mode: 0o644,
+                umask: 0,
+                flags: libc::O_RDWR,
+                excl: true,
+            },
+        ),
+        cmd(
+            3,
+            Op::Write {
+                ino: 3,
+                fh: 1,
+                offset: 70_000,
+                data: b"payload".to_vec(),
+                flags: 0,
+            },
+        ),
+        cmd(
+            4,
+            Op::SetXattr {
+                ino: 3,
+                name: b"user.k".to_vec(),
+                value: b"v".to_vec(),
+                flags: 0,
+            },
+        ),
+        cmd(
+            5,
+            Op::Symlink {
+                parent: ROOT_INO,
+                name: b"s".to_vec(),
+                target: b"d/f".to_vec(),
+            },
+        ),
+        cmd(
+            6,
+            Op::Rename {
+                parent: 2,
+                name: b"f".to_vec(),
+                newparent: ROOT_INO,
+                newname: b"g".to_vec(),
+                flags: 0,
+            },
+        ),
+        cmd(
+            7,
+            Op::Unlink {
+                parent: ROOT_INO,
+                name: b"missing".to_vec(),
+            },
+        ),
+        cmd(
+            8,
+            Op::Fsync {
+                ino: 3,
+                datasync: false,
+            },
+        ),
     ]
 }
 
@@ -37,7 +104,17 @@ fn same_log_same_digest_different_log_different_digest() {
     assert!(ra[..6].iter().all(|r| r.is_ok()), "{ra:?}");
     assert_eq!(a.store.digest().unwrap(), b.store.digest().unwrap());
     let mut other = script();
-    other[2] = Command { now: Timestamp::new(3, 0), caller: Caller::root(), op: Op::Write { ino: 3, fh: 1, offset: 70_000, data: b"PAYLOAD".to_vec(), flags: 0 } };
+    other[2] = Command {
+        now: Timestamp::new(3, 0),
+        caller: Caller::root(),
+        op: Op::Write {
+            ino: 3,
+            fh: 1,
+            offset: 70_000,
+            data: b"PAYLOAD".to_vec(),
+            flags: 0,
+        },
+    };
     run_script(&c.store, &other);
     assert_ne!(a.store.digest().unwrap(), c.store.digest().unwrap());
     // Even a different time stamp alone shows.
@@ -54,7 +131,13 @@ fn reopen_keeps_state_and_checkpoint_reopens_with_same_digest() {
     let path = dir.path().join("db");
     let digest;
     {
-        let store = FsStore::open(&path, StoreOptions { sync_every_write: false }).unwrap();
+        let store = FsStore::open(
+            &path,
+            StoreOptions {
+                sync_every_write: false,
+            },
+        )
+        .unwrap();
         run_script(&store, &script());
         store.sync().unwrap();
         digest = store.digest().unwrap();
@@ -62,21 +145,54 @@ fn reopen_keeps_state_and_checkpoint_reopens_with_same_digest() {
     let store = FsStore::open(&path, StoreOptions::default()).unwrap();
     assert_eq!(store.applied_index(), script().len() as u64);
     assert_eq!(store.digest().unwrap(), digest);
-    let got = store.query(&Caller::root(), &Query::Read { ino: 3, offset: 70_000, size: 100 }).unwrap();
+    let got = store
+        .query(
+            &Caller::root(),
+            &Query::Read {
+                ino: 3,
+                offset: 70_000,
+                size: 100,
+            },
+        )
+        .unwrap();
     assert_eq!(got, Ok(Reply::Data(b"payload".to_vec())));
     // Counters persisted: the next inode is 5 (1 root, 2 d, 3 f, 4 s).
-    let next = Command { now: Timestamp::new(9, 0), caller: Caller::root(), op: Op::Mkdir { parent: ROOT_INO, name: b"e".to_vec(), mode: 0o755, umask: 0 } };
-    let Ok(Reply::Entry(e)) = store.apply(store.applied_index() + 1, &next).unwrap() else { panic!() };
+    let next = Command {
+        now: Timestamp::new(9, 0),
+        caller: Caller::root(),
+        op: Op::Mkdir {
+            parent: ROOT_INO,
+            name: b"e".to_vec(),
+            mode: 0o755,
+            umask: 0,
+        },
+    };
+    let Ok(Reply::Entry(e)) = store.apply(store.applied_index() + 1, &next).unwrap() else {
+        panic!()
+    };
     assert_eq!(e.ino, 5);
 
     let cp = dir.path().join("cp");
     let index = store.checkpoint(&cp).unwrap();
     assert_eq!(index, store.applied_index());
-    assert!(store.checkpoint(&cp).is_err(), "existing directory is refused");
+    assert!(
+        store.checkpoint(&cp).is_err(),
+        "existing directory is refused"
+    );
     let live_digest = store.digest().unwrap();
     // The live store moves on; the checkpoint does not.
-    let more = Command { now: Timestamp::new(10, 0), caller: Caller::root(), op: Op::Rmdir { parent: ROOT_INO, name: b"e".to_vec() } };
-    store.apply(store.applied_index() + 1, &more).unwrap().unwrap();
+    let more = Command {
+        now: Timestamp::new(10, 0),
+        caller: Caller::root(),
+        op: Op::Rmdir {
+            parent: ROOT_INO,
+            name: b"e".to_vec(),
+        },
+    };
+    store
+        .apply(store.applied_index() + 1, &more)
+        .unwrap()
+        .unwrap();
     let copy = FsStore::open(&cp, StoreOptions::default()).unwrap();
     assert_eq!(copy.applied_index(), index);
     assert_eq!(copy.digest().unwrap(), live_digest);
@@ -89,20 +205,58 @@ fn reopen_keeps_state_and_checkpoint_reopens_with_same_digest() {
 fn queries_run_concurrently_with_apply() {
     let h = Harness::new();
     let store = &h.store;
-    let mk = Command { now: Timestamp::new(1, 0), caller: Caller::root(), op: Op::Create { parent: ROOT_INO, name: b"f".to_vec(), mode: 0o644, umask: 0, flags: libc::O_RDWR, excl: true } };
+    let mk = Command {
+        now: Timestamp::new(1, 0),
+        caller: Caller::root(),
+        op: Op::Create {
+            parent: ROOT_INO,
+            name: b"f".to_vec(),
+            mode: 0o644,
+            umask: 0,
+            flags: libc::O_RDWR,
+            excl: true,
+        },
+    };
     store.apply(1, &mk).unwrap().unwrap();
     std::thread::scope(|s| {
         s.spawn(|| {
             for i in 0..200u64 {
-                let w = Command { now: Timestamp::new(2 + i as i64, 0), caller: Caller::root(), op: Op::Write { ino: 2, fh: 1, offset: i * 10, data: vec![b'a'; 10], flags: 0 } };
+                let w = Command {
+                    now: Timestamp::new(2 + i as i64, 0),
+                    caller: Caller::root(),
+                    op: Op::Write {
+                        ino: 2,
+                        fh: 1,
+                        offset: i * 10,
+                        data: vec![b'a'; 10],
+                        flags: 0,
+                    },
+                };
                 store.apply(store.applied_index() + 1, &w).unwrap().unwrap();
             }
         });
         for _ in 0..2 {
             s.spawn(|| {
                 for _ in 0..200 {
-                    let Ok(Reply::Attr(a)) = store.query(&Caller::root(), &Query::GetAttr { ino: 2 }).unwrap() else { panic!() };
-                    let Ok(Reply::Data(d)) = store.query(&Caller::root(), &Query::Read { ino: 2, offset: 0, size: 4096 }).unwrap() else { panic!() };
+                    let Ok(Reply::Attr(a)) = store
+                        .query(&Caller::root(), &Query::GetAttr { ino: 2 })
+                        .unwrap()
+                    else {
+                        panic!()
+                    };
+                    let Ok(Reply::Data(d)) = store
+                        .query(
+                            &Caller::root(),
+                            &Query::Read {
+                                ino: 2,
+                                offset: 0,
+                                size: 4096,
+                            },
+                        )
+                        .unwrap()
+                    else {
+                        panic!()
+                    };
                     assert!(d.len() as u64 >= a.size.min(4096) || d.len() == 4096);
                     assert!(d.iter().all(|&b| b == b'a'));
                 }
