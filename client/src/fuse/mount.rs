@@ -3,10 +3,11 @@
 //! errors, runs fuser's multi-threaded session in the background, and makes
 //! sure an unmount never hangs the caller forever.
 //!
-//! Assumes: Linux, running as root (fuser's pure-Rust mount calls mount(2)
-//! directly; there is no fusermount3 on these machines, hence no
-//! AutoUnmount). A daemon killed without unmounting leaves a dead mount
-//! ("Transport endpoint is not connected"): [`force_unmount`] clears it.
+//! Assumes: Linux, running as root. We call mount(2) ourselves, as libfuse
+//! does, and give fuser only the /dev/fuse descriptor (`Session::from_fd`):
+//! there is no fusermount3 on these machines, hence no AutoUnmount. A daemon
+//! killed without unmounting leaves a dead mount ("Transport endpoint is not
+//! connected"): [`force_unmount`] clears it.
 //!
 //! Unmount protocol ([`MountHandle::unmount`]): umount(2); if busy, lazy
 //! detach (MNT_DETACH) so the name is free at once; then wait (bounded) for
@@ -17,12 +18,13 @@
 
 use std::ffi::CString;
 use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fuser::{BackgroundSession, Config, MountOption, Notifier, SessionACL};
+use fuser::{BackgroundSession, Config, Notifier, SessionACL};
 use thiserror::Error;
 use tracing::warn;
 
@@ -323,26 +325,34 @@ pub fn mount(backend: Arc<dyn Backend>, mountpoint: &Path, opts: MountOptions) -
             why: "mounting needs root (there is no fusermount3 helper on this machine)".into(),
         });
     }
+    // We mount ourselves and hand fuser only the /dev/fuse descriptor:
+    // mount(2)'s errno arrives intact (fuser folds it into text), and fuser
+    // holds no mount of its own that it would try to unmount a second time
+    // at exit (a noisy warning, and a hazard if something else is mounted
+    // there by then).
+    let dev = open_dev_fuse(&canon)?;
+    sys_mount(&dev, &canon, &opts).map_err(|e| mount_errno(e, &canon))?;
     let mut config = Config::default();
-    config.mount_options = vec![
-        MountOption::FSName(opts.fsname.clone()),
-        // fuser's own mount path drops MountOption::Subtype (it always uses
-        // fstype "fuse"); the kernel takes the subtype as a mount parameter,
-        // which makes /proc/mounts say "fuse.chorusfs".
-        MountOption::CUSTOM("subtype=chorusfs".into()),
-        // The kernel does the rwx checks with the attributes we return.
-        MountOption::DefaultPermissions,
-        MountOption::NoAtime,
-        MountOption::RW,
-    ];
     config.acl = if opts.allow_other { SessionACL::All } else { SessionACL::Owner };
     config.n_threads = Some(opts.threads);
     config.clone_fd = opts.threads > 1;
-
     let fs = ChorusFuse::new(backend, opts.attr_ttl);
-    let session = fuser::Session::new(fs, &canon, &config).map_err(|e| classify(e, &canon))?;
+    // from_fd reads the kernel's INIT (sent at mount) and answers it.
+    let session = match fuser::Session::from_fd(fs, OwnedFd::from(dev), config.acl, config) {
+        Ok(s) => s,
+        Err(e) => {
+            force_unmount(&canon);
+            return Err(MountError::Failed { path: canon, source: e });
+        }
+    };
     let notifier = session.notifier();
-    let session = session.spawn().map_err(|e| MountError::Failed { path: canon.clone(), source: e })?;
+    let session = match session.spawn() {
+        Ok(s) => s,
+        Err(e) => {
+            force_unmount(&canon);
+            return Err(MountError::Failed { path: canon, source: e });
+        }
+    };
     let conn_id = mounted_at(&canon).and_then(|m| match m.dev_major {
         // fusectl names a connection by its device number; FUSE mounts use
         // anonymous devices (major 0), whose number is the minor.
@@ -352,24 +362,60 @@ pub fn mount(backend: Arc<dyn Backend>, mountpoint: &Path, opts: MountOptions) -
     Ok(MountHandle { session: Some(session), notifier, mountpoint: canon, conn_id })
 }
 
-/// Maps fuser's mount errors (io::Error, often with the errno only in the
-/// text) onto MountError.
-fn classify(e: io::Error, path: &Path) -> MountError {
-    let text = e.to_string();
+fn open_dev_fuse(path: &Path) -> Result<std::fs::File, MountError> {
+    // std opens with O_CLOEXEC: the descriptor does not leak into children.
+    std::fs::OpenOptions::new().read(true).write(true).open(DEV_FUSE).map_err(|e| match e.raw_os_error() {
+        Some(libc::ENOENT) | Some(libc::ENXIO) | Some(libc::ENODEV) => MountError::NoDevFuse,
+        Some(libc::EACCES) | Some(libc::EPERM) => {
+            MountError::PermissionDenied { path: path.to_path_buf(), why: format!("cannot open {DEV_FUSE}: {e}") }
+        }
+        _ => MountError::Failed { path: path.to_path_buf(), source: e },
+    })
+}
+
+/// mount(2) of a FUSE file system served through `dev`, as libfuse does it:
+/// type "fuse.chorusfs" (shown in /proc/mounts), source = fsname, nosuid and
+/// nodev (another client could otherwise plant a setuid binary or a device
+/// node here), noatime (an atime update would be a replicated write per
+/// read), default_permissions (the kernel does the rwx checks with our
+/// attributes), allow_other if asked.
+fn sys_mount(dev: &std::fs::File, mountpoint: &Path, opts: &MountOptions) -> io::Result<()> {
+    // SAFETY: getuid/getgid have no preconditions.
+    let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    let mut data = format!(
+        "fd={},rootmode={:o},user_id={uid},group_id={gid},default_permissions",
+        dev.as_raw_fd(),
+        libc::S_IFDIR
+    );
+    if opts.allow_other {
+        data.push_str(",allow_other");
+    }
+    let bad = |_| io::Error::from_raw_os_error(libc::EINVAL);
+    let source = CString::new(opts.fsname.as_str()).map_err(bad)?;
+    let target = CString::new(mountpoint.as_os_str().as_bytes()).map_err(bad)?;
+    let fstype = CString::new("fuse.chorusfs").map_err(bad)?;
+    let data = CString::new(data).map_err(bad)?;
+    let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOATIME;
+    // SAFETY: all pointers are valid NUL-terminated strings that outlive the call.
+    let rc = unsafe { libc::mount(source.as_ptr(), target.as_ptr(), fstype.as_ptr(), flags, data.as_ptr().cast()) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Maps mount(2)'s errno onto MountError.
+fn mount_errno(e: io::Error, path: &Path) -> MountError {
     let path = path.to_path_buf();
-    if e.raw_os_error() == Some(libc::EBUSY) || text.contains("EBUSY") {
-        return MountError::Busy { path, why: "the kernel reports it busy" };
+    match e.raw_os_error() {
+        Some(libc::EBUSY) => MountError::Busy { path, why: "the kernel reports it busy" },
+        Some(libc::ENODEV) => MountError::NoDevFuse,
+        Some(libc::ENOENT) => MountError::MissingMountPoint(path),
+        Some(libc::ENOTDIR) => MountError::NotADirectory(path),
+        Some(libc::EPERM) | Some(libc::EACCES) => MountError::PermissionDenied { path, why: e.to_string() },
+        _ => MountError::Failed { path, source: e },
     }
-    if e.kind() == io::ErrorKind::NotFound && !Path::new(DEV_FUSE).exists() {
-        return MountError::NoDevFuse;
-    }
-    if e.kind() == io::ErrorKind::NotFound {
-        return MountError::MissingMountPoint(path);
-    }
-    if e.kind() == io::ErrorKind::PermissionDenied || text.contains("EACCES") || text.contains("EPERM") {
-        return MountError::PermissionDenied { path, why: text };
-    }
-    MountError::Failed { path, source: e }
 }
 
 #[cfg(test)]
