@@ -140,6 +140,14 @@ pub(crate) fn setattr(ctx: &mut Ctx, ino: Ino, attr: &SetAttr) -> R<Reply> {
             return errno(libc::EPERM);
         }
     }
+    for t in [attr.atime, attr.mtime].into_iter().flatten() {
+        if matches!(t, SetTime::At(ts) if ts.nsec >= 1_000_000_000) {
+            return errno(libc::EINVAL);
+        }
+    }
+    if attr.ctime.is_some_and(|ts| ts.nsec >= 1_000_000_000) {
+        return errno(libc::EINVAL);
+    }
     check_times(&node, attr, caller)?;
 
     let mut any = false;

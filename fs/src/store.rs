@@ -369,6 +369,13 @@ fn execute(ctx: &mut Ctx, op: &Op) -> Result<Reply, Fail> {
 
 #[cfg(test)]
 impl FsStore {
+    /// Overwrites one raw record (tests only: corruption).
+    pub(crate) fn put_raw(&self, table: Table, key: &[u8], value: &[u8]) {
+        self.db
+            .put_cf(cf(&self.db, table), key, value)
+            .expect("put");
+    }
+
     /// Number of keys in `table` (tests only).
     pub(crate) fn count_keys(&self, table: Table) -> usize {
         let view = SnapView::new(&self.db);

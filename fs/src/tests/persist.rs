@@ -265,3 +265,56 @@ fn queries_run_concurrently_with_apply() {
     });
     assert_eq!(store.applied_index(), 201);
 }
+
+#[test]
+fn corrupt_records_and_foreign_formats_are_store_errors() {
+    use crate::keys::{inode_key, Table, META_KEY};
+    use crate::StoreError;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    {
+        let store = FsStore::open(&path, StoreOptions::default()).unwrap();
+        store.put_raw(Table::Inodes, &inode_key(ROOT_INO), b"\x01garbage");
+        let err = store
+            .query(&Caller::root(), &Query::GetAttr { ino: ROOT_INO })
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StoreError::Corrupt {
+                    table: "inodes",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("0000000000000001"), "{err}");
+        let mkdir = Command {
+            now: Timestamp::new(1, 0),
+            caller: Caller::root(),
+            op: Op::Mkdir {
+                parent: ROOT_INO,
+                name: b"d".to_vec(),
+                mode: 0o755,
+                umask: 0,
+            },
+        };
+        assert!(store.apply(1, &mkdir).is_err());
+        assert_eq!(store.applied_index(), 0, "a store error applies nothing");
+        let meta = crate::records::Meta {
+            format_version: 99,
+            applied_index: 0,
+            next_ino: 2,
+            next_fh: 1,
+            inodes_live: 1,
+        };
+        store.put_raw(Table::Meta, META_KEY, &crate::records::encode(&meta));
+    }
+    let err = FsStore::open(&path, StoreOptions::default())
+        .err()
+        .expect("refused");
+    assert!(
+        matches!(err, StoreError::FormatVersion { found: 99, .. }),
+        "{err}"
+    );
+}

@@ -1492,3 +1492,105 @@ fn apply_out_of_order_panics() {
     };
     let _ = h.store.apply(2, &cmd);
 }
+
+#[test]
+fn open_directory_survives_rmdir_until_release() {
+    let mut h = Harness::new();
+    let d = h.mkdir(ROOT_INO, "d");
+    let Ok(Reply::Opened { fh, .. }) = h.run(Op::Open {
+        ino: d.ino,
+        flags: O_RDONLY | O_DIRECTORY,
+    }) else {
+        panic!()
+    };
+    assert_eq!(
+        h.run(Op::Rmdir {
+            parent: ROOT_INO,
+            name: b"d".to_vec()
+        }),
+        Ok(Reply::Ok)
+    );
+    assert_eq!(h.getattr(d.ino).unwrap().nlink, 0);
+    assert!(
+        h.readdir(d.ino, 0, 10).is_empty(),
+        "a removed directory lists nothing"
+    );
+    let create = Op::Create {
+        parent: d.ino,
+        name: b"x".to_vec(),
+        mode: 0o644,
+        umask: 0,
+        flags: O_RDWR,
+        excl: true,
+    };
+    assert_eq!(
+        errno_of(h.run(create)),
+        ENOENT,
+        "no new entries in a removed directory"
+    );
+    h.release(d.ino, fh);
+    assert_eq!(h.getattr(d.ino), Err(ENOENT));
+}
+
+#[test]
+fn io_on_non_files_and_bad_times() {
+    let mut h = Harness::new();
+    let Ok(Reply::Entry(s)) = h.run(Op::Symlink {
+        parent: ROOT_INO,
+        name: b"s".to_vec(),
+        target: b"t".to_vec(),
+    }) else {
+        panic!()
+    };
+    assert_eq!(h.read(ROOT_INO, 0, 10), Err(EISDIR));
+    assert_eq!(h.read(s.ino, 0, 10), Err(EINVAL));
+    assert_eq!(
+        errno_of(h.run(Op::Open {
+            ino: s.ino,
+            flags: O_RDONLY
+        })),
+        ELOOP
+    );
+    let set = Op::SetXattr {
+        ino: s.ino,
+        name: b"user.a".to_vec(),
+        value: vec![],
+        flags: 0,
+    };
+    assert_eq!(
+        errno_of(h.run(set)),
+        EPERM,
+        "user.* xattrs only on files and directories"
+    );
+    let get = Query::GetXattr {
+        ino: s.ino,
+        name: b"user.a".to_vec(),
+    };
+    assert_eq!(errno_of(h.query(get)), ENODATA);
+    let (f, _) = h.create(ROOT_INO, "f");
+    let bad = SetAttr {
+        mtime: Some(SetTime::At(Timestamp::new(1, 1_000_000_000))),
+        ..Default::default()
+    };
+    assert_eq!(
+        errno_of(h.run(Op::SetAttr {
+            ino: f.ino,
+            attr: bad
+        })),
+        EINVAL
+    );
+    assert_eq!(
+        errno_of(h.run(Op::Fsync {
+            ino: 4242,
+            datasync: true
+        })),
+        ENOENT
+    );
+    assert_eq!(
+        h.run(Op::Fsync {
+            ino: f.ino,
+            datasync: true
+        }),
+        Ok(Reply::Ok)
+    );
+}
