@@ -43,5 +43,5 @@ for i in 0 1 2; do
   PIDS+=($!)
 done
 echo "date=$(date -u +%Y-%m-%dT%H:%MZ) cores=$(nproc) kernel=$(uname -r) fs=$(df -T "$DIR" | awk 'NR==2{print $2}') node_args='${NODE_ARGS[*]}'"
-"$BIN/chorus-repl-bench" --certs "$DIR/certs" --peers "$PEERS" --sessions "$SESSIONS" --secs "$SECONDS_MEASURE" \
+"$BIN/chorus-repl-bench" --certs "$DIR/certs" --peers "$PEERS" --sessions "$SESSIONS" --secs "$SECONDS_MEASURE" ${BENCH_ARGS:-} \
   --pids "$(IFS=,; echo "${PIDS[*]}")"

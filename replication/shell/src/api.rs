@@ -16,7 +16,15 @@ pub enum NodeRequest {
     Call(Request),
     /// The node's protocol status.
     Status,
+    /// Several client requests in one RPC (from many sessions of one client
+    /// process): amortizes the per-RPC cost, which dominates on a small
+    /// machine. At most [`BATCH_REQUESTS_MAX`]; the answer is
+    /// [`NodeResponse::Batch`] in the same order.
+    Batch(Vec<Request>),
 }
+
+/// Requests in one [`NodeRequest::Batch`]; the node answers `None` beyond.
+pub const BATCH_REQUESTS_MAX: usize = 1024;
 
 /// A node's answer.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -27,6 +35,9 @@ pub enum NodeResponse {
     NoReply,
     /// Answer to [`NodeRequest::Status`].
     Status(NodeStatus),
+    /// Answers to [`NodeRequest::Batch`], in order; `None` where no reply
+    /// came within the node's wait bound (retry that request).
+    Batch(Vec<Option<Reply>>),
 }
 
 /// A node's protocol status (a serializable subset of the core's report).

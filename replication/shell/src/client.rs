@@ -22,7 +22,7 @@ use chorus_replication::{Operation, Outcome, Reply, Request, SessionId, ViewNumb
 use chorus_wire::certs::{self, Role};
 use chorus_wire::rpc::RpcClient;
 use chorus_wire::{endpoint, tls};
-use tokio::sync::Mutex;
+use tokio::sync::{mpsc, oneshot, Mutex, Semaphore};
 
 use crate::api::{NodeRequest, NodeResponse, NodeStatus};
 
@@ -54,30 +54,85 @@ pub enum ClientError {
     Setup(String),
 }
 
+/// Requests gathered into one batch RPC.
+pub const BATCH_REQUESTS_MAX: usize = 256;
+/// Batch RPCs in flight per replica.
+pub const BATCHES_IN_FLIGHT_MAX: usize = 16;
+/// Requests waiting for a batch slot per replica.
+pub const BATCH_QUEUE_MAX: usize = 8192;
+
+type Pending = (Request, oneshot::Sender<Option<Reply>>);
+
 /// Connections to every replica of a cluster, shared by sessions.
 pub struct Cluster {
     endpoint: quinn::Endpoint,
     peers: Vec<SocketAddr>,
     conns: Vec<Mutex<Option<RpcClient>>>,
+    /// Per replica: the queue of its batcher task (when batching).
+    batchers: Vec<Option<mpsc::Sender<Pending>>>,
     leader_hint: AtomicUsize,
     client_ids: AtomicU64,
 }
 
 impl Cluster {
-    /// A cluster client using the `client` certificate from `certs_dir`.
+    /// A cluster client using the `client` certificate from `certs_dir`;
+    /// every request is its own RPC.
     pub fn new(certs_dir: &Path, peers: Vec<SocketAddr>) -> Result<Arc<Cluster>, ClientError> {
+        Cluster::build(certs_dir, peers, false)
+    }
+
+    /// Like [`new`](Self::new), but requests of all sessions that wait at
+    /// the same time travel together in batch RPCs (at most
+    /// [`BATCH_REQUESTS_MAX`] each, [`BATCHES_IN_FLIGHT_MAX`] in flight per
+    /// replica). Exactly-once is unaffected: each request keeps its own
+    /// session and seq, and the node answers each one separately.
+    pub fn batching(certs_dir: &Path, peers: Vec<SocketAddr>) -> Result<Arc<Cluster>, ClientError> {
+        Cluster::build(certs_dir, peers, true)
+    }
+
+    fn build(certs_dir: &Path, peers: Vec<SocketAddr>, batching: bool) -> Result<Arc<Cluster>, ClientError> {
         let id = certs::load_identity(certs_dir, Role::Client).map_err(|e| ClientError::Setup(e.to_string()))?;
         let cfg = tls::client_config(&id).map_err(|e| ClientError::Setup(e.to_string()))?;
         let endpoint = endpoint::client(cfg, endpoint::client_bind_for(peers[0])).map_err(|e| ClientError::Setup(e.to_string()))?;
         let conns = peers.iter().map(|_| Mutex::new(None)).collect();
         let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1);
-        Ok(Arc::new(Cluster {
+        let mut receivers = Vec::new();
+        let batchers = peers
+            .iter()
+            .map(|_| {
+                if !batching {
+                    return None;
+                }
+                let (tx, rx) = mpsc::channel(BATCH_QUEUE_MAX);
+                receivers.push(rx);
+                Some(tx)
+            })
+            .collect();
+        let cluster = Arc::new(Cluster {
             endpoint,
             peers,
             conns,
+            batchers,
             leader_hint: AtomicUsize::new(0),
             client_ids: AtomicU64::new(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1),
-        }))
+        });
+        for (replica, rx) in receivers.into_iter().enumerate() {
+            // The task holds a weak reference: it ends when the cluster is dropped.
+            tokio::spawn(batcher(Arc::downgrade(&cluster), replica, rx));
+        }
+        Ok(cluster)
+    }
+
+    /// One attempt of one client request at `replica` (batched or not).
+    async fn request(&self, replica: usize, request: &Request) -> Option<NodeResponse> {
+        let Some(Some(queue)) = self.batchers.get(replica) else {
+            return self.call(replica, &NodeRequest::Call(request.clone())).await;
+        };
+        let (tx, rx) = oneshot::channel();
+        queue.send((request.clone(), tx)).await.ok()?;
+        // The batcher bounds the RPC by ATTEMPT_TIMEOUT; this bounds the queue wait too.
+        let reply = tokio::time::timeout(ATTEMPT_TIMEOUT * 2, rx).await.ok()?.ok()??;
+        Some(NodeResponse::Reply(reply))
     }
 
     /// Number of replicas.
@@ -136,7 +191,7 @@ impl Cluster {
             if Instant::now() >= deadline {
                 return Err(ClientError::Timeout(started.elapsed()));
             }
-            match self.call(target, &NodeRequest::Call(request.clone())).await {
+            match self.request(target, &request).await {
                 Some(NodeResponse::Reply(reply)) => {
                     request.epoch = request.epoch.max(reply.view);
                     match reply.outcome {
@@ -228,5 +283,34 @@ impl Session {
     /// A linearizable read (lease or read barrier at the leader).
     pub async fn read(&mut self, query: Vec<u8>, deadline: Instant) -> Result<Vec<u8>, ClientError> {
         Ok(self.run(Operation::Read(query), deadline).await?.0)
+    }
+}
+
+/// Gathers the requests waiting for `replica` into batch RPCs.
+async fn batcher(cluster: std::sync::Weak<Cluster>, replica: usize, mut queue: mpsc::Receiver<Pending>) {
+    let slots = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT_MAX));
+    loop {
+        let Ok(permit) = slots.clone().acquire_owned().await else { return };
+        let Some(first) = queue.recv().await else { return };
+        let mut batch = vec![first];
+        while batch.len() < BATCH_REQUESTS_MAX {
+            match queue.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        let Some(cluster) = cluster.upgrade() else { return };
+        tokio::spawn(async move {
+            let _permit = permit;
+            let (requests, waiters): (Vec<Request>, Vec<oneshot::Sender<Option<Reply>>>) = batch.into_iter().unzip();
+            let replies = match cluster.call(replica, &NodeRequest::Batch(requests)).await {
+                Some(NodeResponse::Batch(replies)) => replies,
+                _ => Vec::new(),
+            };
+            let mut replies = replies.into_iter();
+            for waiter in waiters {
+                let _ = waiter.send(replies.next().flatten());
+            }
+        });
     }
 }

@@ -24,7 +24,7 @@ use chorus_wire::{endpoint, rpc, tls};
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tracing::{info, warn};
 
-use crate::api::{NodeRequest, NodeResponse};
+use crate::api::{NodeRequest, NodeResponse, BATCH_REQUESTS_MAX};
 use crate::driver::{self, Call, CLIENT_CALLS_QUEUE_MAX};
 use crate::log::SEGMENT_BYTES_DEFAULT;
 use crate::transport::Transport;
@@ -33,6 +33,10 @@ use crate::transport::Transport;
 pub const CONNECTIONS_MAX: usize = 1024;
 /// Longest a client call waits for the core's reply.
 pub const CLIENT_REPLY_WAIT: Duration = Duration::from_secs(2);
+/// Longest a batch waits for the core's replies; shorter than the client's
+/// attempt timeout, so the client gets the replies that did come and retries
+/// only the rest.
+pub const BATCH_REPLY_WAIT: Duration = Duration::from_millis(400);
 
 /// Checkpoint interval the shell runs the core with (the core's default is
 /// 4096). Why smaller: the core's view-change messages (DoViewChange,
@@ -149,6 +153,24 @@ async fn handle(calls: mpsc::Sender<Call>, req: NodeRequest) -> NodeResponse {
                 Ok(Ok(reply)) => NodeResponse::Reply(reply),
                 _ => NodeResponse::NoReply,
             }
+        }
+        NodeRequest::Batch(requests) => {
+            let deadline = tokio::time::Instant::now() + BATCH_REPLY_WAIT;
+            let count = requests.len();
+            let mut waiting = Vec::with_capacity(count.min(BATCH_REQUESTS_MAX));
+            for request in requests.into_iter().take(BATCH_REQUESTS_MAX) {
+                let (tx, rx) = oneshot::channel();
+                if calls.send(Call::Request(request, tx)).await.is_err() {
+                    break;
+                }
+                waiting.push(rx);
+            }
+            let mut replies = Vec::with_capacity(count);
+            for rx in waiting {
+                replies.push(tokio::time::timeout_at(deadline, rx).await.ok().and_then(Result::ok));
+            }
+            replies.resize(count, None);
+            NodeResponse::Batch(replies)
         }
         NodeRequest::Status => {
             let (tx, rx) = oneshot::channel();

@@ -40,6 +40,10 @@ struct Args {
     /// Distinct registers written (bounds the state, hence checkpoint cost).
     #[arg(long, default_value_t = 4096)]
     keys: u64,
+    /// Send each request as its own RPC instead of batching the requests
+    /// of concurrent sessions into shared RPCs.
+    #[arg(long)]
+    no_client_batching: bool,
     /// Only print every replica's status and exit.
     #[arg(long)]
     status: bool,
@@ -74,7 +78,11 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let cluster = Cluster::new(&args.certs, args.peers.clone())?;
+    let cluster = if args.no_client_batching {
+        Cluster::new(&args.certs, args.peers.clone())?
+    } else {
+        Cluster::batching(&args.certs, args.peers.clone())?
+    };
     if args.status {
         for id in 0..cluster.replica_count() {
             println!("replica {id}: {:?}", cluster.status(id).await);
@@ -154,7 +162,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
         latencies[((latencies.len() as f64 - 1.0) * p).round() as usize] as f64 / 1000.0
     };
     let ops = latencies.len() as f64 / window.as_secs_f64();
-    println!("sessions={} command_bytes={} window_s={:.1}", args.sessions, args.command_bytes, window.as_secs_f64());
+    println!(
+        "sessions={} command_bytes={} client_batching={} window_s={:.1}",
+        args.sessions,
+        args.command_bytes,
+        !args.no_client_batching,
+        window.as_secs_f64()
+    );
     println!("committed_ops_per_s={:.0}", ops);
     println!("latency_ms p50={:.2} p90={:.2} p99={:.2} p999={:.2} max={:.2}", pct(0.5), pct(0.9), pct(0.99), pct(0.999), pct(1.0));
     if let (Some(b), Some(a)) = (before, after) {
