@@ -46,6 +46,8 @@ pub struct StoreOptions {
 const MEMTABLES_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// Open table files kept by one store.
 const OPEN_FILES_MAX: i32 = 256;
+/// Block values at least this long live in blob files.
+const BLOB_VALUE_BYTES_MIN: u64 = 4096;
 /// Inode numbers we claim to have in statfs.
 const FILES_MAX: u64 = 1 << 32;
 
@@ -75,13 +77,26 @@ fn db_options() -> Options {
     opts
 }
 
+/// Per-table options. File data goes to blob files (values of at least
+/// BLOB_VALUE_BYTES_MIN): compactions then move small references instead of
+/// rewriting 64 KiB blocks again and again.
+fn table_options(table: Table) -> Options {
+    let mut opts = Options::default();
+    if table == Table::Blocks {
+        opts.set_enable_blob_files(true);
+        opts.set_min_blob_size(BLOB_VALUE_BYTES_MIN);
+        opts.set_enable_blob_gc(true);
+    }
+    opts
+}
+
 impl FsStore {
     /// Opens or creates the store in `dir`; a new store gets the root
     /// directory (ino 1, mode 0o755, uid/gid 0, nlink 2, all times 0).
     pub fn open(dir: &Path, opts: StoreOptions) -> Result<FsStore, StoreError> {
         let descriptors: Vec<ColumnFamilyDescriptor> = Table::ALL
             .iter()
-            .map(|t| ColumnFamilyDescriptor::new(t.name(), Options::default()))
+            .map(|t| ColumnFamilyDescriptor::new(t.name(), table_options(*t)))
             .collect();
         let db = Db::open_cf_descriptors(&db_options(), dir, descriptors)?;
         for table in Table::ALL {

@@ -17,11 +17,11 @@ fn bench_store() {
         x ^= x << 17;
         x
     };
-    for (size, n) in [(4096usize, 2000), (131072, 500), (1 << 20, 100)] {
+    for (size, n) in [(4096usize, 2000), (65536, 1000), (131072, 500), (1 << 20, 100)] {
         let data = vec![7u8; size];
         let t = Instant::now();
         for _ in 0..n {
-            let off = rnd() % (8 << 20);
+            let off = rnd() % (8 << 20) / size as u64 * size as u64;
             h.write(f.ino, fh, off, &data).unwrap();
         }
         let w = t.elapsed() / n;
