@@ -1,13 +1,27 @@
 //! chorus-fs: the deterministic file-system state machine and its RocksDB store.
 //! Knows nothing of networks, views or retries.
 //!
+//! The API is [`FsStore`]: `open` a directory, `apply(index, &Command)` each
+//! committed command in log order, answer `query(&Caller, &Query)` from any
+//! thread, `sync`, `digest` (replica comparison), `checkpoint` (recovery and
+//! state transfer; a checkpoint directory opens as a store).
+//!
 //! Layout: `ops` (the contract: commands, queries, replies), `store` (the
-//! [`FsStore`] API: open, apply, query, sync, digest, checkpoint), and the
-//! operations by concern: `namespace` (names), `data` (file contents),
-//! `attrs` (attributes, open/release), `xattr`; under them `perm`
-//! (permission rules), `state` (reading inodes and entries), `ctx` (one
-//! command's pending writes), `view` (snapshot and overlay reads), `records`
-//! and `keys` (the on-disk layout).
+//! [`FsStore`] API), and the operations by concern: `namespace` (names),
+//! `data` (file contents), `attrs` (attributes, open/release), `xattr`; under
+//! them `perm` (permission rules), `state` (reading inodes and entries), `ctx`
+//! (one command's pending writes and shared mutations), `view` (snapshot and
+//! overlay reads), `records` and `keys` (the on-disk layout: one column family
+//! per table, big-endian keys).
+//!
+//! Notes for callers:
+//! - Open handles live in the replicated state: an unlinked file keeps its
+//!   data until its last `Op::Release`. Whoever expires a session must apply
+//!   a Release for each handle the session held.
+//! - Writes, truncates and fallocates by non-root callers clear set-ID bits in
+//!   the state machine itself (Linux `file_remove_privs`), so a FUSE client may
+//!   enable HANDLE_KILLPRIV(_V2); without it the kernel sends the same change
+//!   as a setattr from the writer, which the store also accepts.
 pub mod ops;
 
 mod attrs;
