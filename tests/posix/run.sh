@@ -13,8 +13,8 @@ here=$(cd "$(dirname "$0")" && pwd)
 what=${1:-all}
 BIN=${CHORUS_BIN:?set CHORUS_BIN to the chorus binary}
 FSX_OPS=${FSX_OPS:-50000}
-FSX_SEEDS=${FSX_SEEDS:-"11 22 33"}
-FSX_SEEDS_AFTER=${FSX_SEEDS_AFTER:-"44"}
+FSX_SEEDS=${FSX_SEEDS:-"11 22"}
+FSX_SEEDS_AFTER=${FSX_SEEDS_AFTER:-"33"}
 PORT=${CHORUS_POSIX_PORT:-17870}
 work=$(mktemp -d /var/tmp/chorus-posix.XXXXXX)
 chmod 755 "$work"
