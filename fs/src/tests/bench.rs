@@ -17,7 +17,12 @@ fn bench_store() {
         x ^= x << 17;
         x
     };
-    for (size, n) in [(4096usize, 2000), (65536, 1000), (131072, 500), (1 << 20, 100)] {
+    for (size, n) in [
+        (4096usize, 2000),
+        (65536, 1000),
+        (131072, 500),
+        (1 << 20, 100),
+    ] {
         let data = vec![7u8; size];
         let t = Instant::now();
         for _ in 0..n {

@@ -13,7 +13,7 @@ use super::Harness;
 use crate::ops::*;
 use crate::{FsStore, StoreOptions};
 
-type Path = Vec<u8>; // one byte per component: names are single letters
+pub(super) type Path = Vec<u8>; // one byte per component: names are single letters
 
 #[derive(Clone, Debug, PartialEq)]
 enum Node {
@@ -25,14 +25,14 @@ enum Node {
 
 /// What the store's tree is compared by.
 #[derive(Clone, Debug, PartialEq)]
-enum Seen {
+pub(super) enum Seen {
     Dir,
     File { data: Vec<u8>, nlink: u32 },
     Symlink(Vec<u8>),
 }
 
 #[derive(Clone, Debug)]
-enum MOp {
+pub(super) enum MOp {
     Mkdir(Path, u8),
     Create(Path, u8),
     Symlink(Path, u8),
@@ -59,7 +59,7 @@ fn arb_file() -> impl Strategy<Value = Path> {
     prop::collection::vec(arb_name(), 1..4)
 }
 
-fn arb_op() -> impl Strategy<Value = MOp> {
+pub(super) fn arb_op() -> impl Strategy<Value = MOp> {
     use libc::{
         FALLOC_FL_KEEP_SIZE as KEEP, FALLOC_FL_PUNCH_HOLE as PUNCH, FALLOC_FL_ZERO_RANGE as ZERO,
     };
@@ -87,7 +87,7 @@ struct Model {
     next_id: u32,
 }
 
-fn join(p: &Path, n: u8) -> Path {
+pub(super) fn join(p: &Path, n: u8) -> Path {
     let mut q = p.clone();
     q.push(n);
     q
@@ -317,7 +317,7 @@ impl Model {
     }
 }
 
-fn name(n: u8) -> String {
+pub(super) fn name(n: u8) -> String {
     String::from_utf8(vec![n]).unwrap()
 }
 
@@ -340,7 +340,7 @@ fn resolve_dir(h: &Harness, path: &Path) -> Result<Ino, i32> {
     Ok(ino)
 }
 
-fn unit(r: OpResult) -> Result<(), i32> {
+pub(super) fn unit(r: OpResult) -> Result<(), i32> {
     r.map(|_| ()).map_err(|e| e.0)
 }
 
@@ -456,7 +456,7 @@ fn apply_store(h: &mut Harness, op: &MOp) -> Result<(), i32> {
 }
 
 /// The store's tree, read back through readdir, getattr, read and readlink.
-fn store_tree(h: &Harness) -> BTreeMap<Path, Seen> {
+pub(super) fn store_tree(h: &Harness) -> BTreeMap<Path, Seen> {
     let mut tree = BTreeMap::new();
     let mut stack = vec![(vec![], ROOT_INO)];
     while let Some((path, ino)) = stack.pop() {
