@@ -13,7 +13,9 @@ use crate::ctx::Ctx;
 use crate::error::{errno, Fail, R};
 use crate::keys::{pair_key, split_pair_key, Table};
 use crate::ops::{Caller, DirEntry, FileKind, Ino, Reply, READDIR_ENTRIES_MAX, SYMLINK_MAX_BYTES};
-use crate::perm::{check_access, is_root, may_create, may_delete, MAY_WRITE};
+use crate::perm::{
+    check_access, is_owner_or_root, is_root, may_create, may_delete, MAY_READ, MAY_WRITE,
+};
 use crate::records::{decode, DirSlot, Inode, COOKIE_FIRST};
 use crate::state::{
     check_name, dir_for_lookup, get_dirent, get_inode, is_ancestor, is_dot_or_dotdot, load_inode,
@@ -163,10 +165,36 @@ pub(crate) fn symlink(ctx: &mut Ctx, parent: Ino, name: &[u8], target: &[u8]) ->
     Ok(Reply::Entry(node.attr()))
 }
 
+/// `may_linkat` with fs.protected_hardlinks = 1 (the default of Debian and
+/// most distributions): only the owner, root, or a caller who may read and
+/// write a plain (not set-ID) regular file may hard-link it (EPERM).
+fn may_linkat(node: &Inode, caller: &Caller) -> R<()> {
+    if is_owner_or_root(node, caller) {
+        return Ok(());
+    }
+    let setgid_exec = libc::S_ISGID | libc::S_IXGRP;
+    let safe = node.kind == FileKind::File
+        && node.perm & libc::S_ISUID == 0
+        && node.perm & setgid_exec != setgid_exec
+        && check_access(node, caller, MAY_READ | MAY_WRITE).is_ok();
+    if safe {
+        Ok(())
+    } else {
+        errno(libc::EPERM)
+    }
+}
+
 pub(crate) fn link(ctx: &mut Ctx, ino: Ino, newparent: Ino, newname: &[u8]) -> R<Reply> {
-    load_inode(&ctx.tx, ino)?;
-    let mut dir = prepare_new_entry(ctx, newparent, newname)?;
+    // Linux order: the new name (search, EEXIST), may_linkat, may_create,
+    // then the file system's own rules.
     let mut node = ctx.inode(ino)?;
+    let mut dir = dir_for_lookup(&ctx.tx, ctx.caller, newparent)?;
+    check_name(newname)?;
+    if is_dot_or_dotdot(newname) || get_dirent(&ctx.tx, newparent, newname)?.is_some() {
+        return errno(libc::EEXIST);
+    }
+    may_linkat(&node, ctx.caller)?;
+    may_create(&dir, ctx.caller)?;
     if node.is_dir() {
         return errno(libc::EPERM);
     }

@@ -1594,3 +1594,19 @@ fn io_on_non_files_and_bad_times() {
         Ok(Reply::Ok)
     );
 }
+
+#[test]
+fn protected_hardlinks() {
+    let mut h = Harness::new();
+    let (alice, bob) = (user(1000), user(1001));
+    setattr(&mut h, &Caller::root(), ROOT_INO, SetAttr { mode: Some(0o777), ..Default::default() }).unwrap();
+    let (f, _) = h.create_as(&alice, ROOT_INO, b"f", 0o644).unwrap();
+    let link = |name: &str| Op::Link { ino: f.ino, newparent: ROOT_INO, newname: name.into() };
+    assert_eq!(errno_of(h.run_as(&bob, link("b1"))), EPERM, "bob may not write f");
+    assert_eq!(errno_of(h.run_as(&bob, link("f"))), EEXIST, "EEXIST comes first");
+    setattr(&mut h, &alice, f.ino, SetAttr { mode: Some(0o666), ..Default::default() }).unwrap();
+    assert!(h.run_as(&bob, link("b2")).is_ok(), "read+write access to a plain file suffices");
+    setattr(&mut h, &alice, f.ino, SetAttr { mode: Some(0o4666), ..Default::default() }).unwrap();
+    assert_eq!(errno_of(h.run_as(&bob, link("b3"))), EPERM, "never a setuid file");
+    assert!(h.run_as(&alice, link("a1")).is_ok(), "the owner may");
+}
