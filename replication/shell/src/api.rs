@@ -61,6 +61,8 @@ pub struct NodeStatus {
     pub digest: u64,
     /// fdatasync batches so far (group commit).
     pub log_syncs: u64,
+    /// Time spent in fdatasync so far, µs.
+    pub log_sync_us_total: u64,
     /// Writes (Persist actions) so far.
     pub log_writes: u64,
     /// Peer messages dropped on full queues.

@@ -89,6 +89,7 @@ pub async fn run<S: StateMachine + Send + 'static>(
         in_flight: VecDeque::new(),
         writes: 0,
         syncs: 0,
+        sync_us_total: 0,
     };
     let mut last_sweep = Instant::now();
     let mut last_view = (replica.status().view, replica.status().status);
@@ -120,6 +121,7 @@ pub async fn run<S: StateMachine + Send + 'static>(
                 turn_started = Instant::now();
                 what = "persisted";
                 exec.syncs = d.syncs;
+                exec.sync_us_total = d.sync_us_total;
                 if let Some(seq) = exec.persisted_through(d.ticket) {
                     replica.step(clock.now_ms(), Event::Persisted { seq });
                 }
@@ -200,6 +202,7 @@ struct Executor {
     in_flight: VecDeque<(u64, u64)>,
     writes: u64,
     syncs: u64,
+    sync_us_total: u64,
 }
 
 impl Executor {
@@ -244,6 +247,7 @@ impl Executor {
             durable_op: r.durable_op,
             digest: replica.state().digest(),
             log_syncs: self.syncs,
+            log_sync_us_total: self.sync_us_total,
             log_writes: self.writes,
             messages_dropped: self.transport.stats.dropped.load(std::sync::atomic::Ordering::Relaxed),
         }

@@ -95,6 +95,8 @@ pub struct Durable {
     pub first_index: u64,
     /// Number of fdatasync batches so far (to measure group commit).
     pub syncs: u64,
+    /// Time spent in sync calls so far, in µs.
+    pub sync_us_total: u64,
     /// Set once the writer failed; it then stops.
     pub error: Option<Arc<String>>,
 }
@@ -116,6 +118,7 @@ impl<J: Journal> LogWriter<J> {
             last_index: log.last_index(),
             first_index: log.first_index(),
             syncs: 0,
+            sync_us_total: 0,
             error: None,
         };
         let (durable_tx, durable_rx) = watch::channel(initial);
@@ -179,6 +182,7 @@ fn writer_loop<J: Journal>(
     durable: watch::Sender<Durable>,
 ) {
     let mut syncs = 0u64;
+    let mut sync_us_total = 0u64;
     while let Some(first) = queue.blocking_recv() {
         let batch_started = std::time::Instant::now();
         let mut ticket = first.0;
@@ -193,8 +197,10 @@ fn writer_loop<J: Journal>(
         }
         let applied = batch_started.elapsed();
         let buffered_bytes = log.buffered_bytes();
+        let sync_started = std::time::Instant::now();
         let result = result.and_then(|()| log.sync());
         syncs += 1;
+        sync_us_total += sync_started.elapsed().as_micros() as u64;
         if batch_started.elapsed() >= SLOW_BATCH {
             tracing::warn!(
                 submissions,
@@ -211,6 +217,7 @@ fn writer_loop<J: Journal>(
                     last_index: log.last_index(),
                     first_index: log.first_index(),
                     syncs,
+                    sync_us_total,
                     error: None,
                 });
             }

@@ -175,13 +175,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let writes = a.1.saturating_sub(b.1);
         let syncs = a.2.saturating_sub(b.2);
         let ops_committed = a.0.saturating_sub(b.0);
+        let sync_ms = a.3.saturating_sub(b.3) as f64 / 1000.0;
         println!(
-            "leader: log_entries={} fdatasyncs={} entries_per_fsync={:.1} commands_per_entry={:.1} fsyncs_per_s={:.0}",
+            "leader: log_writes={} fdatasyncs={} writes_per_fsync={:.1} commands_per_entry={:.1} fsyncs_per_s={:.0} fsync_ms_avg={:.2} fsync_busy={:.0}%",
             writes,
             syncs,
             writes as f64 / syncs.max(1) as f64,
             latencies.len() as f64 / ops_committed.max(1) as f64,
-            syncs as f64 / window.as_secs_f64()
+            syncs as f64 / window.as_secs_f64(),
+            sync_ms / syncs.max(1) as f64,
+            sync_ms / 10.0 / window.as_secs_f64()
         );
     }
     if !args.pids.is_empty() {
@@ -208,12 +211,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// (commit_op, log_writes, log_syncs) of the current leader.
-async fn stats(cluster: &Arc<Cluster>) -> Option<(u64, u64, u64)> {
+/// (commit_op, log_writes, log_syncs, log_sync_us_total) of the current leader.
+async fn stats(cluster: &Arc<Cluster>) -> Option<(u64, u64, u64, u64)> {
     for id in 0..cluster.replica_count() {
         if let Some(s) = cluster.status(id).await {
             if s.status == "normal" && s.leader as usize == id {
-                return Some((s.commit_op, s.log_writes, s.log_syncs));
+                return Some((s.commit_op, s.log_writes, s.log_syncs, s.log_sync_us_total));
             }
         }
     }
