@@ -202,6 +202,9 @@ async fn peer_sender<M: Serialize + Send + Sync>(
     let server_name = Role::Replica(to as usize).dns_name();
     let mut backoff = RECONNECT_BACKOFF_MIN;
     loop {
+        if queue.is_closed() {
+            return; // the transport was dropped: release the endpoint
+        }
         let connecting = match endpoint.connect(addr, &server_name) {
             Ok(c) => c,
             Err(e) => {
