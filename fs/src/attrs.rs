@@ -71,18 +71,6 @@ pub(crate) fn fsync(ctx: &mut Ctx, ino: Ino) -> R<Reply> {
     Ok(Reply::Ok)
 }
 
-/// True when `mode` is `perm` with only S_ISUID and/or S_ISGID taken away:
-/// the mode change the kernel sends (ATTR_FORCE, from the writer's
-/// credentials) to drop set-ID bits on write or truncate when the FUSE
-/// connection lacks HANDLE_KILLPRIV. A real chmod by a non-owner never gets
-/// here (the kernel's setattr_prepare refuses it first with
-/// default_permissions), so allowing this loses no protection.
-fn is_kill_priv(perm: u32, mode: u32) -> bool {
-    let setid = libc::S_ISUID | libc::S_ISGID;
-    let new = mode & 0o7777;
-    new != perm && new & !setid == perm & !setid && new & setid & !perm == 0
-}
-
 /// Who may set time stamps (`vfs_utimes` + `setattr_prepare` + `may_setattr`):
 /// both times "now" (ATTR_TOUCH) needs ownership or write permission
 /// (EACCES); any other combination (an explicit time, or only one of them
@@ -135,10 +123,8 @@ pub(crate) fn setattr(ctx: &mut Ctx, ino: Ino, attr: &SetAttr) -> R<Reply> {
             return errno(libc::EPERM);
         }
     }
-    if let Some(mode) = attr.mode {
-        if !is_owner_or_root(&node, caller) && !is_kill_priv(node.perm, mode) {
-            return errno(libc::EPERM);
-        }
+    if attr.mode.is_some() && !is_owner_or_root(&node, caller) {
+        return errno(libc::EPERM);
     }
     for t in [attr.atime, attr.mtime].into_iter().flatten() {
         if matches!(t, SetTime::At(ts) if ts.nsec >= 1_000_000_000) {

@@ -152,12 +152,12 @@ impl Real {
     }
 }
 
-/// Walks `path` following symlinks the way the kernel does for a parent path:
-/// every symlink dangles, so meeting one is ENOENT.
-fn resolve_follow(h: &Harness, path: &Path) -> Result<Ino, i32> {
+/// Walks `path` as `caller`, following symlinks the way the kernel does for a
+/// parent path: every symlink dangles, so meeting one is ENOENT.
+fn resolve_follow(h: &Harness, caller: &Caller, path: &Path) -> Result<Ino, i32> {
     let mut ino = ROOT_INO;
     for &c in path {
-        let attr = h.lookup(ino, &name(c))?;
+        let attr = h.lookup_as(caller, ino, &name(c))?;
         if attr.kind == FileKind::Symlink {
             return Err(libc::ENOENT);
         }
@@ -168,8 +168,8 @@ fn resolve_follow(h: &Harness, path: &Path) -> Result<Ino, i32> {
 
 /// The parent of a rename source must be a directory before the target path
 /// is looked at (the kernel walks the whole source parent first).
-fn resolve_follow_dir(h: &Harness, path: &Path) -> Result<Ino, i32> {
-    let ino = resolve_follow(h, path)?;
+fn resolve_follow_dir(h: &Harness, caller: &Caller, path: &Path) -> Result<Ino, i32> {
+    let ino = resolve_follow(h, caller, path)?;
     if h.getattr(ino)?.kind != FileKind::Dir {
         return Err(libc::ENOTDIR);
     }
@@ -177,122 +177,149 @@ fn resolve_follow_dir(h: &Harness, path: &Path) -> Result<Ino, i32> {
 }
 
 /// `path`'s last component looked up without following it.
-fn resolve_nofollow(h: &Harness, path: &Path) -> Result<Ino, i32> {
+fn resolve_nofollow(h: &Harness, caller: &Caller, path: &Path) -> Result<Ino, i32> {
     let (last, parent) = path.split_last().expect("non-empty path");
-    let parent = resolve_follow(h, &parent.to_vec())?;
-    Ok(h.lookup(parent, &name(*last))?.ino)
+    let parent = resolve_follow(h, caller, &parent.to_vec())?;
+    Ok(h.lookup_as(caller, parent, &name(*last))?.ino)
 }
 
-fn apply_store(h: &mut Harness, op: &MOp) -> Result<(), i32> {
+fn apply_store(h: &mut Harness, caller: &Caller, op: &MOp) -> Result<(), i32> {
+    let umask = UMASK;
     match op {
         MOp::Mkdir(p, n) => {
-            let parent = resolve_follow(h, p)?;
-            unit(h.run(Op::Mkdir {
-                parent,
-                name: vec![*n],
-                mode: 0o755,
-                umask: 0,
-            }))
+            let parent = resolve_follow(h, caller, p)?;
+            unit(h.run_as(
+                caller,
+                Op::Mkdir {
+                    parent,
+                    name: vec![*n],
+                    mode: 0o755,
+                    umask,
+                },
+            ))
         }
         MOp::Create(p, n) => {
-            let parent = resolve_follow(h, p)?;
+            let parent = resolve_follow(h, caller, p)?;
             let op = Op::Create {
                 parent,
                 name: vec![*n],
                 mode: 0o644,
-                umask: 0,
+                umask,
                 flags: libc::O_RDWR,
                 excl: true,
             };
-            match h.run(op) {
+            match h.run_as(caller, op) {
                 Ok(Reply::Created { attr, fh }) => {
-                    h.release(attr.ino, fh);
+                    assert_eq!(
+                        h.run_as(caller, Op::Release { ino: attr.ino, fh }),
+                        Ok(Reply::Ok)
+                    );
                     Ok(())
                 }
                 other => unit(other),
             }
         }
         MOp::Symlink(p, n) => {
-            let parent = resolve_follow(h, p)?;
-            unit(h.run(Op::Symlink {
-                parent,
-                name: vec![*n],
-                target: DANGLING.to_vec(),
-            }))
+            let parent = resolve_follow(h, caller, p)?;
+            unit(h.run_as(
+                caller,
+                Op::Symlink {
+                    parent,
+                    name: vec![*n],
+                    target: DANGLING.to_vec(),
+                },
+            ))
         }
         MOp::Link(s, p, n) => {
-            let ino = resolve_nofollow(h, s)?;
-            let newparent = resolve_follow(h, p)?;
-            unit(h.run(Op::Link {
-                ino,
-                newparent,
-                newname: vec![*n],
-            }))
+            let ino = resolve_nofollow(h, caller, s)?;
+            let newparent = resolve_follow(h, caller, p)?;
+            unit(h.run_as(
+                caller,
+                Op::Link {
+                    ino,
+                    newparent,
+                    newname: vec![*n],
+                },
+            ))
         }
         MOp::Unlink(p, n) => {
-            let parent = resolve_follow(h, p)?;
-            unit(h.run(Op::Unlink {
-                parent,
-                name: vec![*n],
-            }))
+            let parent = resolve_follow(h, caller, p)?;
+            unit(h.run_as(
+                caller,
+                Op::Unlink {
+                    parent,
+                    name: vec![*n],
+                },
+            ))
         }
         MOp::Rmdir(p, n) => {
-            let parent = resolve_follow(h, p)?;
-            unit(h.run(Op::Rmdir {
-                parent,
-                name: vec![*n],
-            }))
+            let parent = resolve_follow(h, caller, p)?;
+            unit(h.run_as(
+                caller,
+                Op::Rmdir {
+                    parent,
+                    name: vec![*n],
+                },
+            ))
         }
         MOp::Rename(p, n, q, m, flags) => {
-            let parent = resolve_follow_dir(h, p)?;
-            let newparent = resolve_follow(h, q)?;
-            unit(h.run(Op::Rename {
+            let parent = resolve_follow_dir(h, caller, p)?;
+            let newparent = resolve_follow(h, caller, q)?;
+            let op = Op::Rename {
                 parent,
                 name: vec![*n],
                 newparent,
                 newname: vec![*m],
                 flags: *flags,
-            }))
+            };
+            unit(h.run_as(caller, op))
         }
         MOp::Write(p, ..) | MOp::Truncate(p, _) | MOp::Fallocate(p, ..) => {
-            let ino = resolve_nofollow(h, p)?;
-            let fh = match h.run(Op::Open {
-                ino,
-                flags: libc::O_RDWR,
-            }) {
+            let ino = resolve_nofollow(h, caller, p)?;
+            let fh = match h.run_as(
+                caller,
+                Op::Open {
+                    ino,
+                    flags: libc::O_RDWR,
+                },
+            ) {
                 Ok(Reply::Opened { fh, .. }) => fh,
                 other => return unit(other),
             };
-            let result = match op {
-                MOp::Write(_, offset, data) => unit(h.run(Op::Write {
+            let op = match op {
+                MOp::Write(_, offset, data) => Op::Write {
                     ino,
                     fh,
                     offset: *offset,
                     data: data.clone(),
                     flags: 0,
-                })),
-                MOp::Truncate(_, size) => {
-                    let attr = SetAttr {
+                },
+                MOp::Truncate(_, size) => Op::SetAttr {
+                    ino,
+                    attr: SetAttr {
                         size: Some(*size),
                         fh: Some(fh),
                         ..Default::default()
-                    };
-                    unit(h.run(Op::SetAttr { ino, attr }))
-                }
-                MOp::Fallocate(_, offset, length, mode) => unit(h.run(Op::Fallocate {
+                    },
+                },
+                MOp::Fallocate(_, offset, length, mode) => Op::Fallocate {
                     ino,
                     fh,
                     offset: *offset,
                     length: *length,
                     mode: *mode,
-                })),
+                },
                 _ => unreachable!(),
             };
-            h.release(ino, fh);
+            let result = unit(h.run_as(caller, op));
+            assert_eq!(h.run_as(caller, Op::Release { ino, fh }), Ok(Reply::Ok));
             result
         }
     }
 }
+
+/// The umask both sides apply (the test process's umask is set to it).
+const UMASK: u32 = 0o022;
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 48, max_shrink_iters: 2000, ..ProptestConfig::default() })]
@@ -305,9 +332,240 @@ proptest! {
         std::fs::create_dir(&real.root).unwrap();
         for (i, op) in ops.iter().enumerate() {
             let expected = real.apply(op);
-            let got = apply_store(&mut h, op);
+            let got = apply_store(&mut h, &Caller::root(), op);
             prop_assert_eq!(got, expected, "op #{} {:?}", i, op);
         }
         prop_assert_eq!(store_tree(&h), real.tree());
+    }
+}
+
+/// Operations of the permission test: any [`MOp`] by one of three users,
+/// plus chmod, chown and utimens.
+#[derive(Clone, Debug)]
+enum POp {
+    As(u8, MOp),
+    Chmod(u8, Path, u32),
+    Chown(u8, Path, Option<u32>, Option<u32>),
+    /// `true`: both times UTIME_NOW; `false`: explicit times.
+    Utimens(u8, Path, bool),
+}
+
+/// root; alice (1000); bob (1001, also in alice's group 1000).
+fn who(n: u8) -> Caller {
+    match n {
+        0 => Caller::root(),
+        1 => Caller {
+            uid: 1000,
+            gid: 1000,
+            pid: 1,
+            groups: vec![],
+        },
+        _ => Caller {
+            uid: 1001,
+            gid: 1001,
+            pid: 1,
+            groups: vec![1000],
+        },
+    }
+}
+
+fn arb_pop() -> impl Strategy<Value = POp> {
+    let who = 0u8..3;
+    let modes = prop::sample::select(vec![
+        0o755, 0o700, 0o1777, 0o2775, 0o4755, 0o644, 0o000, 0o777, 0o6777, 0o2644,
+    ]);
+    let ids = prop::sample::select(vec![None, Some(0), Some(1000), Some(1001)]);
+    let path = prop::collection::vec(prop::sample::select(b"abc".to_vec()), 0..3);
+    prop_oneof![
+        6 => (who.clone(), arb_op()).prop_map(|(w, op)| POp::As(w, op)),
+        2 => (who.clone(), path.clone(), modes).prop_map(|(w, p, m)| POp::Chmod(w, p, m)),
+        2 => (who.clone(), path.clone(), ids.clone(), ids)
+            .prop_filter("chown(-1, -1) is out of scope", |(_, _, u, g)| u.is_some() || g.is_some())
+            .prop_map(|(w, p, u, g)| POp::Chown(w, p, u, g)),
+        1 => (who, path, any::<bool>()).prop_map(|(w, p, now)| POp::Utimens(w, p, now)),
+    ]
+}
+
+/// Runs the calling thread's file-system accesses as `caller` until dropped
+/// (setfsuid/setfsgid/setgroups are per thread at the system-call level, and
+/// a non-zero fsuid drops the file capabilities, exactly like a real user).
+struct AsUser;
+
+impl AsUser {
+    fn new(caller: &Caller) -> AsUser {
+        // SAFETY: plain system calls on this thread's credentials.
+        unsafe {
+            let rc = libc::syscall(
+                libc::SYS_setgroups,
+                caller.groups.len(),
+                caller.groups.as_ptr(),
+            );
+            assert_eq!(rc, 0, "setgroups");
+            libc::syscall(libc::SYS_setfsgid, caller.gid);
+            libc::syscall(libc::SYS_setfsuid, caller.uid);
+            assert_eq!(
+                libc::syscall(libc::SYS_setfsuid, -1i32 as u32),
+                caller.uid as i64
+            );
+        }
+        AsUser
+    }
+}
+
+impl Drop for AsUser {
+    fn drop(&mut self) {
+        let root_groups = [0u32];
+        // SAFETY: as above; back to root.
+        unsafe {
+            libc::syscall(libc::SYS_setfsuid, 0);
+            libc::syscall(libc::SYS_setfsgid, 0);
+            libc::syscall(libc::SYS_setgroups, 1, root_groups.as_ptr());
+        }
+    }
+}
+
+impl Real {
+    fn apply_perm(&self, op: &POp) -> Result<(), i32> {
+        let caller = match op {
+            POp::As(w, _) | POp::Chmod(w, ..) | POp::Chown(w, ..) | POp::Utimens(w, ..) => who(*w),
+        };
+        let _as = AsUser::new(&caller);
+        // SAFETY: valid NUL-terminated paths and time arrays.
+        unsafe {
+            match op {
+                POp::As(_, op) => self.apply(op),
+                POp::Chmod(_, p, mode) => check(libc::chmod(self.cpath(p).as_ptr(), *mode)),
+                POp::Chown(_, p, uid, gid) => {
+                    let uid = uid.unwrap_or(u32::MAX);
+                    let gid = gid.unwrap_or(u32::MAX);
+                    check(libc::chown(self.cpath(p).as_ptr(), uid, gid))
+                }
+                POp::Utimens(_, p, now) => {
+                    let t = if *now {
+                        libc::timespec {
+                            tv_sec: 0,
+                            tv_nsec: libc::UTIME_NOW,
+                        }
+                    } else {
+                        libc::timespec {
+                            tv_sec: 12345,
+                            tv_nsec: 6789,
+                        }
+                    };
+                    let times = [t, t];
+                    check(libc::utimensat(
+                        libc::AT_FDCWD,
+                        self.cpath(p).as_ptr(),
+                        times.as_ptr(),
+                        0,
+                    ))
+                }
+            }
+        }
+    }
+
+    /// Kind, permission bits, owner and group of every path.
+    fn owners(&self) -> BTreeMap<Path, (u32, u32, u32)> {
+        self.tree()
+            .into_keys()
+            .map(|path| {
+                let cpath = self.cpath(&path);
+                let fs_path = std::path::Path::new(std::ffi::OsStr::from_bytes(cpath.as_bytes()));
+                let meta = std::fs::symlink_metadata(fs_path).unwrap();
+                (path, (meta.mode(), meta.uid(), meta.gid()))
+            })
+            .collect()
+    }
+}
+
+fn apply_store_perm(h: &mut Harness, op: &POp) -> Result<(), i32> {
+    match op {
+        POp::As(w, op) => apply_store(h, &who(*w), op),
+        POp::Chmod(w, p, mode) => {
+            let ino = resolve_follow(h, &who(*w), p)?;
+            let attr = SetAttr {
+                mode: Some(*mode),
+                ..Default::default()
+            };
+            unit(h.run_as(&who(*w), Op::SetAttr { ino, attr }))
+        }
+        POp::Chown(w, p, uid, gid) => {
+            let ino = resolve_follow(h, &who(*w), p)?;
+            let attr = SetAttr {
+                uid: *uid,
+                gid: *gid,
+                ..Default::default()
+            };
+            unit(h.run_as(&who(*w), Op::SetAttr { ino, attr }))
+        }
+        POp::Utimens(w, p, now) => {
+            let ino = resolve_follow(h, &who(*w), p)?;
+            let t = if *now {
+                SetTime::Now
+            } else {
+                SetTime::At(Timestamp::new(12345, 6789))
+            };
+            let attr = SetAttr {
+                atime: Some(t),
+                mtime: Some(t),
+                ..Default::default()
+            };
+            unit(h.run_as(&who(*w), Op::SetAttr { ino, attr }))
+        }
+    }
+}
+
+fn store_owners(h: &Harness) -> BTreeMap<Path, (u32, u32, u32)> {
+    store_tree(h)
+        .into_keys()
+        .map(|path| {
+            let ino = resolve_nofollow_or_root(h, &path);
+            let a = h.getattr(ino).unwrap();
+            (path, (a.kind.mode_bits() | a.perm, a.uid, a.gid))
+        })
+        .collect()
+}
+
+fn resolve_nofollow_or_root(h: &Harness, path: &Path) -> Ino {
+    let mut ino = ROOT_INO;
+    for &c in path {
+        ino = h.lookup(ino, &name(c)).unwrap().ino;
+    }
+    ino
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, max_shrink_iters: 2000, ..ProptestConfig::default() })]
+
+    /// Permission rules against the kernel: three users, chmod/chown/utimens
+    /// and every namespace and data operation; errnos, contents, modes and
+    /// owners must agree. Needs root (to act as the users); skipped otherwise.
+    #[test]
+    fn permissions_match_linux(ops in prop::collection::vec(arb_pop(), 1..60)) {
+        // SAFETY: geteuid and umask have no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Ok(());
+        }
+        unsafe { libc::umask(UMASK as libc::mode_t) };
+        let mut h = Harness::new();
+        let dir = tempfile::tempdir().unwrap();
+        let real = Real { root: dir.path().join("root") };
+        std::fs::create_dir(&real.root).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&real.root, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        let open_root = SetAttr { mode: Some(0o1777), ..Default::default() };
+        let opened = h.run(Op::SetAttr { ino: ROOT_INO, attr: open_root }).is_ok();
+        prop_assert!(opened);
+        for (i, op) in ops.iter().enumerate() {
+            let expected = real.apply_perm(op);
+            let got = apply_store_perm(&mut h, op);
+            if std::env::var_os("CHORUS_TRACE").is_some() {
+                eprintln!("{op:?} -> {got:?}");
+            }
+            prop_assert_eq!(got, expected, "op #{} {:?}", i, op);
+        }
+        prop_assert_eq!(store_tree(&h), real.tree());
+        prop_assert_eq!(store_owners(&h), real.owners());
     }
 }

@@ -951,31 +951,13 @@ fn chmod_chown_rules_and_setid_clearing() {
         },
     )
     .unwrap();
-    // The kernel's kill-priv mode change from a (non-owner) writer is accepted...
-    let a2 = setattr(
-        &mut h,
-        &bob,
-        f.ino,
-        SetAttr {
-            mode: Some(0o2755),
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    assert_eq!(a2.perm, 0o755, "bob is not in the group: S_ISGID goes too");
-    // ...but it may only take set-ID bits away.
-    assert_eq!(
-        setattr(
-            &mut h,
-            &bob,
-            f.ino,
-            SetAttr {
-                mode: Some(0o6755),
-                ..Default::default()
-            }
-        ),
-        Err(EPERM)
-    );
+    // Not even a change that only drops set-ID bits (the kernel's kill-priv
+    // setattr without HANDLE_KILLPRIV): Linux refuses a non-owner's chmod.
+    let kill_only = SetAttr {
+        mode: Some(0o2755),
+        ..Default::default()
+    };
+    assert_eq!(setattr(&mut h, &bob, f.ino, kill_only), Err(EPERM));
     let a = setattr(
         &mut h,
         &alice,
@@ -1599,14 +1581,60 @@ fn io_on_non_files_and_bad_times() {
 fn protected_hardlinks() {
     let mut h = Harness::new();
     let (alice, bob) = (user(1000), user(1001));
-    setattr(&mut h, &Caller::root(), ROOT_INO, SetAttr { mode: Some(0o777), ..Default::default() }).unwrap();
+    setattr(
+        &mut h,
+        &Caller::root(),
+        ROOT_INO,
+        SetAttr {
+            mode: Some(0o777),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let (f, _) = h.create_as(&alice, ROOT_INO, b"f", 0o644).unwrap();
-    let link = |name: &str| Op::Link { ino: f.ino, newparent: ROOT_INO, newname: name.into() };
-    assert_eq!(errno_of(h.run_as(&bob, link("b1"))), EPERM, "bob may not write f");
-    assert_eq!(errno_of(h.run_as(&bob, link("f"))), EEXIST, "EEXIST comes first");
-    setattr(&mut h, &alice, f.ino, SetAttr { mode: Some(0o666), ..Default::default() }).unwrap();
-    assert!(h.run_as(&bob, link("b2")).is_ok(), "read+write access to a plain file suffices");
-    setattr(&mut h, &alice, f.ino, SetAttr { mode: Some(0o4666), ..Default::default() }).unwrap();
-    assert_eq!(errno_of(h.run_as(&bob, link("b3"))), EPERM, "never a setuid file");
+    let link = |name: &str| Op::Link {
+        ino: f.ino,
+        newparent: ROOT_INO,
+        newname: name.into(),
+    };
+    assert_eq!(
+        errno_of(h.run_as(&bob, link("b1"))),
+        EPERM,
+        "bob may not write f"
+    );
+    assert_eq!(
+        errno_of(h.run_as(&bob, link("f"))),
+        EEXIST,
+        "EEXIST comes first"
+    );
+    setattr(
+        &mut h,
+        &alice,
+        f.ino,
+        SetAttr {
+            mode: Some(0o666),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(
+        h.run_as(&bob, link("b2")).is_ok(),
+        "read+write access to a plain file suffices"
+    );
+    setattr(
+        &mut h,
+        &alice,
+        f.ino,
+        SetAttr {
+            mode: Some(0o4666),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        errno_of(h.run_as(&bob, link("b3"))),
+        EPERM,
+        "never a setuid file"
+    );
     assert!(h.run_as(&alice, link("a1")).is_ok(), "the owner may");
 }
