@@ -33,7 +33,7 @@ use tracing::{error, info, warn};
 use crate::api::NodeStatus;
 use crate::disk::CoreJournal;
 use crate::log::SegmentLog;
-use crate::transport::Transport;
+use crate::transport::{Outgoing, Transport};
 use crate::writer::{Durable as LogDurable, LogWriter};
 
 /// Events taken from the channels per wake-up before actions are executed.
@@ -151,10 +151,10 @@ pub async fn run<S: StateMachine + Send + 'static>(
             }
         }
         let stepped = turn_started.elapsed();
-        let now_view = (replica.status().view, replica.status().status);
-        if now_view != last_view {
-            info!(replica = id, view = now_view.0, status = ?now_view.1, leader = replica.status().leader, "view/status changed");
-            last_view = now_view;
+        let report = replica.status();
+        if (report.view, report.status) != last_view {
+            info!(replica = id, view = report.view, status = ?report.status, leader = report.leader, "view/status changed");
+            last_view = (report.view, report.status);
         }
         exec.execute(&mut replica, &mut writer).await?;
         let turn = turn_started.elapsed();
@@ -269,9 +269,22 @@ impl Executor {
     async fn execute<S: StateMachine>(&mut self, replica: &mut Replica<S>, writer: &mut LogWriter<CoreJournal>) -> Result<(), DriverError> {
         let mut writes: Vec<Write> = Vec::new();
         let mut last_seq = None;
+        // The core sends the same Prepare to each member as separate actions:
+        // share one copy so it is encoded once.
+        let mut last_prepare: Option<Arc<Outgoing<Message>>> = None;
         for action in replica.poll_actions() {
             match action {
-                Action::Send { to, message } => self.transport.send(to, message),
+                Action::Send { to, message } => {
+                    if let Some(shared) = &last_prepare {
+                        if same_prepare(shared.message(), &message) {
+                            self.transport.send_shared(to, shared.clone());
+                            continue;
+                        }
+                    }
+                    let out = Outgoing::new(message);
+                    last_prepare = matches!(out.message(), Message::Prepare { .. }).then(|| out.clone());
+                    self.transport.send_shared(to, out);
+                }
                 Action::Persist { seq, write } => {
                     if let Some(prev) = last_seq {
                         assert!(seq > prev, "persist seqs must increase");
@@ -295,5 +308,41 @@ impl Executor {
             self.in_flight.push_back((ticket, seq));
         }
         Ok(())
+    }
+}
+
+/// Whether two Prepares are the same message: same view, commit point,
+/// send time and entry range. Entries with equal (op, view) are equal (the
+/// core's log-matching rule), so comparing the range is enough.
+fn same_prepare(a: &Message, b: &Message) -> bool {
+    match (a, b) {
+        (
+            Message::Prepare { view: va, commit: ca, sent_at_ms: sa, entries: ea },
+            Message::Prepare { view: vb, commit: cb, sent_at_ms: sb, entries: eb },
+        ) => {
+            let ends = |e: &[chorus_replication::Entry]| e.first().zip(e.last()).map(|(f, l)| (f.op, f.view, l.op, l.view));
+            va == vb && ca == cb && sa == sb && ea.len() == eb.len() && ends(ea) == ends(eb)
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chorus_replication::Entry;
+
+    fn prepare(view: u64, commit: u64, ops: std::ops::RangeInclusive<u64>) -> Message {
+        let entries = ops.map(|op| Entry { op, view, timestamp_ms: op, requests: vec![] }).collect();
+        Message::Prepare { view, commit, sent_at_ms: 7, entries }
+    }
+
+    #[test]
+    fn same_prepare_matches_only_the_same_message() {
+        assert!(same_prepare(&prepare(3, 10, 11..=12), &prepare(3, 10, 11..=12)));
+        assert!(!same_prepare(&prepare(3, 10, 11..=12), &prepare(3, 11, 11..=12)));
+        assert!(!same_prepare(&prepare(3, 10, 11..=12), &prepare(3, 10, 11..=13)));
+        assert!(!same_prepare(&prepare(3, 10, 11..=12), &prepare(4, 10, 11..=12)));
+        assert!(!same_prepare(&prepare(3, 10, 11..=12), &Message::StartViewChange { view: 3 }));
     }
 }

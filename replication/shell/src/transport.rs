@@ -84,10 +84,29 @@ pub const PEER_BATCH_MESSAGES_MAX: usize = 256;
 /// copies only delays the fresh one.
 pub type SupersedeKey<M> = fn(&M) -> Option<u64>;
 
+/// A message on its way to one or more peers, with its frame encoded at
+/// most once.
+pub struct Outgoing<M> {
+    message: M,
+    frame: std::sync::OnceLock<Option<Vec<u8>>>,
+}
+
+impl<M> Outgoing<M> {
+    /// Wraps a message for [`Transport::send_shared`].
+    pub fn new(message: M) -> Arc<Outgoing<M>> {
+        Arc::new(Outgoing { message, frame: std::sync::OnceLock::new() })
+    }
+
+    /// The message.
+    pub fn message(&self) -> &M {
+        &self.message
+    }
+}
+
 /// Sending half: one bounded queue per peer.
 pub struct Transport<M> {
     me: PeerId,
-    outboxes: Vec<Option<mpsc::Sender<M>>>,
+    outboxes: Vec<Option<mpsc::Sender<Arc<Outgoing<M>>>>>,
     inbound: mpsc::Sender<(PeerId, M)>,
     /// Shared counters.
     pub stats: Arc<TransportStats>,
@@ -130,6 +149,12 @@ where
     /// Queues `message` for peer `to`; drops it if the queue is full. The
     /// peer's task encodes it, off the caller's thread.
     pub fn send(&self, to: PeerId, message: M) {
+        self.send_shared(to, Outgoing::new(message));
+    }
+
+    /// Like [`send`](Self::send) for a message going to several peers: it
+    /// is encoded once, by whichever peer task gets to it first.
+    pub fn send_shared(&self, to: PeerId, message: Arc<Outgoing<M>>) {
         let Some(Some(outbox)) = self.outboxes.get(to as usize) else {
             debug_assert!(false, "send to unknown peer {to}");
             return;
@@ -195,7 +220,7 @@ async fn peer_sender<M: Serialize + Send + Sync>(
     endpoint: quinn::Endpoint,
     to: PeerId,
     addr: SocketAddr,
-    mut queue: mpsc::Receiver<M>,
+    mut queue: mpsc::Receiver<Arc<Outgoing<M>>>,
     stats: Arc<TransportStats>,
     supersede: SupersedeKey<M>,
 ) {
@@ -242,7 +267,7 @@ async fn peer_sender<M: Serialize + Send + Sync>(
         backoff = RECONNECT_BACKOFF_MIN;
         debug!(to, %addr, "connected to peer");
         let mut batch: Vec<u8> = Vec::with_capacity(64 * 1024);
-        let mut messages: Vec<M> = Vec::with_capacity(PEER_BATCH_MESSAGES_MAX);
+        let mut messages: Vec<Arc<Outgoing<M>>> = Vec::with_capacity(PEER_BATCH_MESSAGES_MAX);
         'stream: loop {
             batch.clear();
             messages.clear();
@@ -265,7 +290,7 @@ async fn peer_sender<M: Serialize + Send + Sync>(
                     Err(_) => break,
                 }
             }
-            let keys: Vec<Option<u64>> = messages.iter().map(supersede).collect();
+            let keys: Vec<Option<u64>> = messages.iter().map(|m| supersede(&m.message)).collect();
             for (i, m) in messages.iter().enumerate() {
                 let superseded = keys[i].is_some() && keys[i + 1..].contains(&keys[i]);
                 if superseded {
@@ -293,20 +318,29 @@ async fn peer_sender<M: Serialize + Send + Sync>(
     }
 }
 
-/// Encodes `message` as one frame at the end of `batch`; a message that does
-/// not fit a frame is dropped with a warning (the core bounds its messages,
-/// so this is a bug to report, but one the protocol survives).
-fn append_frame<M: Serialize>(batch: &mut Vec<u8>, to: PeerId, message: &M, stats: &TransportStats) {
-    let started = std::time::Instant::now();
-    match codec::to_bytes(message).and_then(|b| Ok(frame::encode(&b)?)) {
-        Ok(f) => {
-            if f.len() >= LARGE_MESSAGE_BYTES {
-                debug!(to, bytes = f.len(), encode_ms = started.elapsed().as_millis() as u64, "large message");
+/// Appends the frame of `out` to `batch`, encoding it if no other peer task
+/// did yet; a message that does not fit a frame is dropped with a warning
+/// (the core bounds its messages, so this is a bug to report, but one the
+/// protocol survives).
+fn append_frame<M: Serialize>(batch: &mut Vec<u8>, to: PeerId, out: &Outgoing<M>, stats: &TransportStats) {
+    let frame = out.frame.get_or_init(|| {
+        let started = std::time::Instant::now();
+        match codec::to_bytes(&out.message).and_then(|b| Ok(frame::encode(&b)?)) {
+            Ok(f) => {
+                if f.len() >= LARGE_MESSAGE_BYTES {
+                    debug!(to, bytes = f.len(), encode_ms = started.elapsed().as_millis() as u64, "large message");
+                }
+                Some(f)
             }
-            batch.extend_from_slice(&f)
+            Err(e) => {
+                warn!(to, error = %e, "message cannot be framed; dropped");
+                None
+            }
         }
-        Err(e) => {
-            warn!(to, error = %e, "message cannot be framed; dropped");
+    });
+    match frame {
+        Some(f) => batch.extend_from_slice(f),
+        None => {
             stats.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
