@@ -2,7 +2,8 @@
 //!
 //! Guarantees: Linux's `xattr_permission` rules (user.* only on regular files
 //! and directories and with read/write permission, trusted.* for root only,
-//! security.* open), the XATTR_CREATE / XATTR_REPLACE flags, and the size
+//! security.* readable by all and writable by root, as with commoncap and no
+//! other security module), the XATTR_CREATE / XATTR_REPLACE flags, and the size
 //! limits (ERANGE for bad names, E2BIG for large values). Namespaces other
 //! than user, trusted and security are EOPNOTSUPP (system.* ACLs are not
 //! supported). Per inode at most XATTRS_PER_INODE_MAX attributes and
@@ -44,6 +45,8 @@ fn namespace(name: &[u8]) -> R<Namespace> {
 /// `xattr_permission` for a read (`write == false`) or a write.
 fn xattr_permission(node: &Inode, name: &[u8], write: bool, caller: &Caller) -> R<()> {
     match namespace(name)? {
+        // commoncap's cap_inode_setxattr: writing security.* needs CAP_SYS_ADMIN.
+        Namespace::Security if write && !is_root(caller) => errno(libc::EPERM),
         Namespace::Security => Ok(()),
         Namespace::Trusted => {
             if is_root(caller) {

@@ -386,13 +386,65 @@ fn arb_pop() -> impl Strategy<Value = POp> {
     ]
 }
 
-/// Runs the calling thread's file-system accesses as `caller` until dropped
-/// (setfsuid/setfsgid/setgroups are per thread at the system-call level, and
-/// a non-zero fsuid drops the file capabilities, exactly like a real user).
-struct AsUser;
+/// Runs the calling thread's file-system accesses as `caller` until dropped:
+/// setfsuid/setfsgid/setgroups are per thread at the system-call level, a
+/// non-zero fsuid drops the file capabilities, and CAP_SYS_ADMIN (which
+/// guards trusted.* and security.* xattrs) is dropped from the thread's
+/// effective set by capset, so the thread acts like a real user.
+struct AsUser {
+    saved_caps: Option<[CapData; 2]>,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct CapHeader {
+    version: u32,
+    pid: i32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+const CAP_VERSION_3: u32 = 0x2008_0522;
+const CAP_SYS_ADMIN: u32 = 21;
+
+fn caps_get() -> [CapData; 2] {
+    let mut header = CapHeader {
+        version: CAP_VERSION_3,
+        pid: 0,
+    };
+    let mut data = [CapData::default(); 2];
+    // SAFETY: header and a two-element data array, as capget(2) wants for version 3.
+    let rc = unsafe { libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) };
+    assert_eq!(rc, 0, "capget");
+    data
+}
+
+fn caps_set(data: &[CapData; 2]) {
+    let mut header = CapHeader {
+        version: CAP_VERSION_3,
+        pid: 0,
+    };
+    // SAFETY: as above; only this thread's capabilities change.
+    let rc = unsafe { libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) };
+    assert_eq!(rc, 0, "capset");
+}
 
 impl AsUser {
     fn new(caller: &Caller) -> AsUser {
+        let mut saved_caps = None;
+        if caller.uid != 0 {
+            let caps = caps_get();
+            let mut reduced = caps;
+            reduced[0].effective &= !(1 << CAP_SYS_ADMIN);
+            caps_set(&reduced);
+            saved_caps = Some(caps);
+        }
         // SAFETY: plain system calls on this thread's credentials.
         unsafe {
             let rc = libc::syscall(
@@ -408,7 +460,7 @@ impl AsUser {
                 caller.uid as i64
             );
         }
-        AsUser
+        AsUser { saved_caps }
     }
 }
 
@@ -420,6 +472,9 @@ impl Drop for AsUser {
             libc::syscall(libc::SYS_setfsuid, 0);
             libc::syscall(libc::SYS_setfsgid, 0);
             libc::syscall(libc::SYS_setgroups, 1, root_groups.as_ptr());
+        }
+        if let Some(caps) = &self.saved_caps {
+            caps_set(caps);
         }
     }
 }
@@ -566,6 +621,204 @@ proptest! {
             prop_assert_eq!(got, expected, "op #{} {:?}", i, op);
         }
         prop_assert_eq!(store_tree(&h), real.tree());
+        prop_assert_eq!(store_owners(&h), real.owners());
+    }
+}
+
+/// Extended-attribute operations by one of the users.
+#[derive(Clone, Debug)]
+enum XOp {
+    Set(u8, Path, &'static str, i32),
+    Remove(u8, Path, &'static str),
+    Get(u8, Path, &'static str),
+}
+
+const XATTR_NAMES: [&str; 4] = ["user.a", "user.b", "trusted.t", "security.s"];
+
+fn arb_xop() -> impl Strategy<Value = XOp> {
+    let path = prop::collection::vec(prop::sample::select(b"abc".to_vec()), 0..3);
+    let xname = prop::sample::select(XATTR_NAMES.to_vec());
+    let flags = prop::sample::select(vec![0, libc::XATTR_CREATE, libc::XATTR_REPLACE]);
+    prop_oneof![
+        3 => (0u8..3, path.clone(), xname.clone(), flags).prop_map(|(w, p, n, f)| XOp::Set(w, p, n, f)),
+        1 => (0u8..3, path.clone(), xname.clone()).prop_map(|(w, p, n)| XOp::Remove(w, p, n)),
+        1 => (0u8..3, path, xname).prop_map(|(w, p, n)| XOp::Get(w, p, n)),
+    ]
+}
+
+impl Real {
+    fn apply_xattr(&self, op: &XOp) -> Result<(), i32> {
+        let caller = match op {
+            XOp::Set(w, ..) | XOp::Remove(w, ..) | XOp::Get(w, ..) => who(*w),
+        };
+        let _as = AsUser::new(&caller);
+        let value = b"v";
+        let mut buf = vec![0u8; 256];
+        // SAFETY: valid paths, names and buffers.
+        unsafe {
+            match op {
+                XOp::Set(_, p, n, flags) => {
+                    let n = CString::new(*n).unwrap();
+                    let rc = libc::lsetxattr(
+                        self.cpath(p).as_ptr(),
+                        n.as_ptr(),
+                        value.as_ptr().cast(),
+                        1,
+                        *flags,
+                    );
+                    check(rc)
+                }
+                XOp::Remove(_, p, n) => {
+                    let n = CString::new(*n).unwrap();
+                    check(libc::lremovexattr(self.cpath(p).as_ptr(), n.as_ptr()))
+                }
+                XOp::Get(_, p, n) => {
+                    let n = CString::new(*n).unwrap();
+                    let rc = libc::lgetxattr(
+                        self.cpath(p).as_ptr(),
+                        n.as_ptr(),
+                        buf.as_mut_ptr().cast(),
+                        buf.len(),
+                    );
+                    check(rc as libc::c_int)
+                }
+            }
+        }
+    }
+
+    /// (name, value) pairs of every path, read as root.
+    fn xattrs(&self) -> BTreeMap<Path, Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut all = BTreeMap::new();
+        for path in self.tree().into_keys() {
+            let p = self.cpath(&path);
+            let mut list = vec![0u8; 4096];
+            // SAFETY: valid path and buffers.
+            let n = unsafe { libc::llistxattr(p.as_ptr(), list.as_mut_ptr().cast(), list.len()) };
+            assert!(n >= 0, "llistxattr: {}", last_errno());
+            let mut pairs = Vec::new();
+            for name in list[..n as usize]
+                .split(|&b| b == 0)
+                .filter(|n| !n.is_empty())
+            {
+                let cname = CString::new(name).unwrap();
+                let mut value = vec![0u8; 256];
+                // SAFETY: as above.
+                let len = unsafe {
+                    libc::lgetxattr(
+                        p.as_ptr(),
+                        cname.as_ptr(),
+                        value.as_mut_ptr().cast(),
+                        value.len(),
+                    )
+                };
+                assert!(len >= 0);
+                value.truncate(len as usize);
+                pairs.push((name.to_vec(), value));
+            }
+            pairs.sort();
+            all.insert(path, pairs);
+        }
+        all
+    }
+}
+
+fn apply_store_xattr(h: &mut Harness, op: &XOp) -> Result<(), i32> {
+    match op {
+        XOp::Set(w, p, n, flags) => {
+            let ino = resolve_path_nofollow(h, &who(*w), p)?;
+            let op = Op::SetXattr {
+                ino,
+                name: n.as_bytes().to_vec(),
+                value: b"v".to_vec(),
+                flags: *flags,
+            };
+            unit(h.run_as(&who(*w), op))
+        }
+        XOp::Remove(w, p, n) => {
+            let ino = resolve_path_nofollow(h, &who(*w), p)?;
+            unit(h.run_as(
+                &who(*w),
+                Op::RemoveXattr {
+                    ino,
+                    name: n.as_bytes().to_vec(),
+                },
+            ))
+        }
+        XOp::Get(w, p, n) => {
+            let ino = resolve_path_nofollow(h, &who(*w), p)?;
+            unit(h.query_as(
+                &who(*w),
+                Query::GetXattr {
+                    ino,
+                    name: n.as_bytes().to_vec(),
+                },
+            ))
+        }
+    }
+}
+
+/// Like `resolve_nofollow`, also for the root path.
+fn resolve_path_nofollow(h: &Harness, caller: &Caller, path: &Path) -> Result<Ino, i32> {
+    if path.is_empty() {
+        return Ok(ROOT_INO);
+    }
+    resolve_nofollow(h, caller, path)
+}
+
+fn store_xattrs(h: &Harness) -> BTreeMap<Path, Vec<(Vec<u8>, Vec<u8>)>> {
+    let mut all = BTreeMap::new();
+    for path in store_tree(h).into_keys() {
+        let ino = resolve_nofollow_or_root(h, &path);
+        let Ok(Reply::Data(list)) = h.query(Query::ListXattr { ino }) else {
+            panic!("listxattr")
+        };
+        let mut pairs = Vec::new();
+        for name in list.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+            let Ok(Reply::Data(value)) = h.query(Query::GetXattr {
+                ino,
+                name: name.to_vec(),
+            }) else {
+                panic!("getxattr")
+            };
+            pairs.push((name.to_vec(), value));
+        }
+        pairs.sort();
+        all.insert(path, pairs);
+    }
+    all
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, max_shrink_iters: 2000, ..ProptestConfig::default() })]
+
+    /// Extended attributes against the kernel, mixed with permission changes.
+    #[test]
+    fn xattrs_match_linux(
+        ops in prop::collection::vec(prop_oneof![2 => arb_pop().prop_map(Ok), 3 => arb_xop().prop_map(Err)], 1..50)
+    ) {
+        // SAFETY: geteuid and umask have no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Ok(());
+        }
+        unsafe { libc::umask(UMASK as libc::mode_t) };
+        let mut h = Harness::new();
+        let dir = tempfile::tempdir().unwrap();
+        let real = Real { root: dir.path().join("root") };
+        std::fs::create_dir(&real.root).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&real.root, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        let open_root = SetAttr { mode: Some(0o1777), ..Default::default() };
+        let opened = h.run(Op::SetAttr { ino: ROOT_INO, attr: open_root }).is_ok();
+        prop_assert!(opened);
+        for (i, op) in ops.iter().enumerate() {
+            let (expected, got) = match op {
+                Ok(pop) => (real.apply_perm(pop), apply_store_perm(&mut h, pop)),
+                Err(xop) => (real.apply_xattr(xop), apply_store_xattr(&mut h, xop)),
+            };
+            prop_assert_eq!(got, expected, "op #{} {:?}", i, op);
+        }
+        prop_assert_eq!(store_xattrs(&h), real.xattrs());
         prop_assert_eq!(store_owners(&h), real.owners());
     }
 }
