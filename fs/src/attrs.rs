@@ -11,7 +11,8 @@ use crate::data::truncate;
 use crate::error::{errno, R};
 use crate::ops::{Attr, FileKind, Ino, Reply, SetAttr, SetTime, FILE_SIZE_MAX_BYTES};
 use crate::perm::{
-    check_access, is_owner_or_root, is_root, kill_suid_sgid, perm_after_write, MAY_READ, MAY_WRITE,
+    check_access, is_owner_or_root, is_root, perm_after_chown, perm_after_write, MAY_READ,
+    MAY_WRITE,
 };
 
 /// `may_open`: the access mode (and O_TRUNC) checked against the inode.
@@ -39,7 +40,7 @@ pub(crate) fn open_existing(ctx: &mut Ctx, ino: Ino, flags: i32) -> R<(Attr, u64
     let mut node = ctx.inode(ino)?;
     if flags & libc::O_TRUNC != 0 && node.kind == FileKind::File {
         truncate(ctx, &mut node, 0)?;
-        node.perm = perm_after_write(node.perm, ctx.caller);
+        node.perm = perm_after_write(node.perm, node.gid, ctx.caller);
         node.modified(ctx.now);
     }
     let fh = ctx.open_handle(&mut node, flags);
@@ -139,16 +140,16 @@ pub(crate) fn setattr(ctx: &mut Ctx, ino: Ino, attr: &SetAttr) -> R<Reply> {
     let mut any = false;
     if let Some(size) = attr.size {
         truncate(ctx, &mut node, size)?;
-        node.perm = perm_after_write(node.perm, caller);
+        node.perm = perm_after_write(node.perm, node.gid, caller);
         node.mtime = ctx.now;
         any = true;
     }
     if attr.uid.is_some() || attr.gid.is_some() {
+        if node.kind != FileKind::Dir {
+            node.perm = perm_after_chown(node.perm, node.gid, caller);
+        }
         node.uid = attr.uid.unwrap_or(node.uid);
         node.gid = attr.gid.unwrap_or(node.gid);
-        if node.kind != FileKind::Dir {
-            node.perm = kill_suid_sgid(node.perm);
-        }
         any = true;
     }
     if let Some(mode) = attr.mode {

@@ -140,7 +140,7 @@ pub(crate) fn write(
     let count = (data.len() as u64).min(FILE_SIZE_MAX_BYTES - offset) as usize;
     write_bytes(ctx, &mut node, offset, &data[..count])?;
     node.size = node.size.max(offset + count as u64);
-    node.perm = perm_after_write(node.perm, ctx.caller);
+    node.perm = perm_after_write(node.perm, node.gid, ctx.caller);
     node.modified(ctx.now);
     ctx.save(&node);
     Ok(Reply::Written {
@@ -247,7 +247,7 @@ pub(crate) fn fallocate(
         }
         node.changed(ctx.now);
     }
-    node.perm = perm_after_write(node.perm, ctx.caller);
+    node.perm = perm_after_write(node.perm, node.gid, ctx.caller);
     ctx.save(&node);
     Ok(Reply::Ok)
 }

@@ -90,20 +90,33 @@ pub(crate) fn may_create(dir: &Inode, caller: &Caller) -> R<()> {
     check_access(dir, caller, MAY_WRITE | MAY_EXEC)
 }
 
-/// Mode bits a write, truncate or fallocate by `caller` leaves on a file
-/// (`file_remove_privs`): non-root writers drop S_ISUID, and S_ISGID when group
-/// execute is set (without group execute S_ISGID means mandatory locking).
-pub(crate) fn perm_after_write(perm: u32, caller: &Caller) -> u32 {
+/// `setattr_should_drop_sgid`: S_ISGID goes when group execute is set, or
+/// when `caller` is neither in the file's group `gid` nor root.
+fn should_drop_sgid(perm: u32, gid: u32, caller: &Caller) -> bool {
+    perm & libc::S_ISGID != 0
+        && (perm & libc::S_IXGRP != 0 || !(is_root(caller) || caller.in_group(gid)))
+}
+
+/// Mode bits a write, truncate or fallocate by `caller` leaves on a regular
+/// file of group `gid` (`file_remove_privs`): nothing changes for root;
+/// others drop S_ISUID, and S_ISGID by `should_drop_sgid`.
+pub(crate) fn perm_after_write(perm: u32, gid: u32, caller: &Caller) -> u32 {
     if is_root(caller) {
         return perm;
     }
-    kill_suid_sgid(perm)
+    let mut perm = perm & !libc::S_ISUID;
+    if should_drop_sgid(perm, gid, caller) {
+        perm &= !libc::S_ISGID;
+    }
+    perm
 }
 
-/// ATTR_KILL_SUID | ATTR_KILL_SGID as `notify_change` applies them.
-pub(crate) fn kill_suid_sgid(perm: u32) -> u32 {
+/// Mode bits a chown of a non-directory (group `gid` before the change)
+/// leaves (`chown_common` + `notify_change`): S_ISUID always goes, even for
+/// root; S_ISGID by `should_drop_sgid`.
+pub(crate) fn perm_after_chown(perm: u32, gid: u32, caller: &Caller) -> u32 {
     let mut perm = perm & !libc::S_ISUID;
-    if perm & (libc::S_ISGID | libc::S_IXGRP) == (libc::S_ISGID | libc::S_IXGRP) {
+    if should_drop_sgid(perm, gid, caller) {
         perm &= !libc::S_ISGID;
     }
     perm

@@ -168,11 +168,11 @@ fn resolve_follow(h: &Harness, caller: &Caller, path: &Path) -> Result<Ino, i32>
 
 /// The parent of a rename source must be a directory before the target path
 /// is looked at (the kernel walks the whole source parent first).
+/// The walk ends with a search-permission check on that parent (the kernel's
+/// `may_lookup` runs before the last component is even looked at).
 fn resolve_follow_dir(h: &Harness, caller: &Caller, path: &Path) -> Result<Ino, i32> {
     let ino = resolve_follow(h, caller, path)?;
-    if h.getattr(ino)?.kind != FileKind::Dir {
-        return Err(libc::ENOTDIR);
-    }
+    h.lookup_as(caller, ino, ".")?;
     Ok(ino)
 }
 
@@ -633,6 +633,9 @@ enum XOp {
     Get(u8, Path, &'static str),
 }
 
+/// Every path's (name, value) pairs, sorted.
+type XattrTree = BTreeMap<Path, Vec<(Vec<u8>, Vec<u8>)>>;
+
 const XATTR_NAMES: [&str; 4] = ["user.a", "user.b", "trusted.t", "security.s"];
 
 fn arb_xop() -> impl Strategy<Value = XOp> {
@@ -687,7 +690,7 @@ impl Real {
     }
 
     /// (name, value) pairs of every path, read as root.
-    fn xattrs(&self) -> BTreeMap<Path, Vec<(Vec<u8>, Vec<u8>)>> {
+    fn xattrs(&self) -> XattrTree {
         let mut all = BTreeMap::new();
         for path in self.tree().into_keys() {
             let p = self.cpath(&path);
@@ -765,7 +768,7 @@ fn resolve_path_nofollow(h: &Harness, caller: &Caller, path: &Path) -> Result<In
     resolve_nofollow(h, caller, path)
 }
 
-fn store_xattrs(h: &Harness) -> BTreeMap<Path, Vec<(Vec<u8>, Vec<u8>)>> {
+fn store_xattrs(h: &Harness) -> XattrTree {
     let mut all = BTreeMap::new();
     for path in store_tree(h).into_keys() {
         let ino = resolve_nofollow_or_root(h, &path);
