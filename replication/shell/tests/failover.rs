@@ -1,6 +1,8 @@
 //! Three replica processes on loopback: commit, kill -9 the leader, a new
 //! view forms within a bound, everything acknowledged survives, new commands
 //! commit, and the restarted replica catches up to the same state digest.
+//! Then every replica is killed -9 and restarted from its disk: nothing
+//! acknowledged is lost and nothing is applied twice.
 //!
 //! Bounded: every wait has a deadline; the test only kills the processes it
 //! started, by their PIDs (Child handles), also on panic (Drop).
@@ -169,4 +171,24 @@ async fn kill_leader_new_view_keeps_committed_commands() {
     nodes.start(old_leader);
     let digest_all = converged(&cluster, &all, Instant::now() + Duration::from_secs(15)).await;
     assert_eq!(digest, digest_all, "the restarted replica reaches the same state");
+
+    // Total crash: kill -9 every replica, restart them all from their disks.
+    for id in 0..n {
+        nodes.kill(id);
+    }
+    for id in 0..n {
+        nodes.start(id);
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for i in 0..COMMANDS_BEFORE {
+        let got = session.read(i.to_le_bytes().to_vec(), deadline).await.expect("read after total restart");
+        assert_eq!(got, value(i), "register {i} after a total crash");
+    }
+    session.write(command(3_000, b"after restart"), deadline).await.expect("commit after total restart");
+    let summary = Summary::decode(&session.read(Vec::new(), deadline).await.unwrap()).unwrap();
+    assert_eq!(summary.applied_commands, COMMANDS_BEFORE + 1 + 20 + 1, "nothing lost, nothing applied twice");
+    assert_eq!(converged(&cluster, &all, deadline).await, {
+        let s = cluster.status(0).await.unwrap();
+        s.digest
+    });
 }
