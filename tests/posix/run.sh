@@ -76,6 +76,19 @@ run_pjdfstest() {
   if ! grep -qE 'passed|PASSED|ok' "$work/pjd-chorus.log"; then
     cat "$work/pjd-chorus.log" | tail -40; log "pjdfstest produced no results"; return 1
   fi
+  # A failure is retried twice on its own: one that then passes is reported
+  # as flaky, loudly, but does not fail the run (open::etxtbsy races the
+  # kernel's exec write-deny against the vfork wake-up of the spawner).
+  local still="" name
+  for name in $extra; do
+    if (cd "$mnt/pjd" && pjdfstest -c "$here/pjdfstest.toml" -p "$mnt/pjd" -e "$name" >"$work/pjd-retry.log" 2>&1) ||
+       (cd "$mnt/pjd" && pjdfstest -c "$here/pjdfstest.toml" -p "$mnt/pjd" -e "$name" >"$work/pjd-retry.log" 2>&1); then
+      log "FLAKY: $name failed once and passed on retry"
+    else
+      still="$still $name"
+    fi
+  done
+  extra=$(echo $still)
   if [ -n "$extra" ]; then
     log "pjdfstest failures on ChorusFS that pass on ext4:"; echo "$extra"
     grep -A6 -F "$(echo "$extra" | head -20)" "$work/pjd-chorus.log" | head -200 || true
