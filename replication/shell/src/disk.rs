@@ -28,6 +28,7 @@ use std::path::Path;
 use chorus_replication::{Durable, ReplicaId, Write};
 use serde::{Deserialize, Serialize};
 
+use crate::fastenc::{FastDurable, FastWrite};
 use crate::log::{LogError, SegmentLog};
 use crate::writer::Journal;
 
@@ -68,13 +69,15 @@ pub enum DiskError {
     },
 }
 
+/// Serializes exactly like `DiskRecord` (see [`crate::fastenc`]).
 #[derive(Serialize)]
 enum DiskRecordRef<'a> {
-    Write(&'a Write),
-    Snapshot(&'a Durable),
+    Write(FastWrite<'a>),
+    Snapshot(FastDurable<'a>),
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
 enum DiskRecord {
     Write(Write),
     Snapshot(Durable),
@@ -82,12 +85,12 @@ enum DiskRecord {
 
 /// Encodes a plain write.
 pub fn encode_write(write: &Write) -> Vec<u8> {
-    encode(&DiskRecordRef::Write(write))
+    encode(&DiskRecordRef::Write(FastWrite(write)))
 }
 
 /// Encodes a snapshot of the whole durable state.
 pub fn encode_snapshot(state: &Durable) -> Vec<u8> {
-    encode(&DiskRecordRef::Snapshot(state))
+    encode(&DiskRecordRef::Snapshot(FastDurable(state)))
 }
 
 fn encode(record: &DiskRecordRef<'_>) -> Vec<u8> {
@@ -229,6 +232,9 @@ mod tests {
         drop(log);
         let (_, state) = open(dir.path(), 1 << 20, 0, 3).unwrap();
         assert_eq!(state, expected);
+        // The fast encoding is the plain serde encoding, byte for byte.
+        let plain = bincode::serialize(&DiskRecord::Snapshot(expected.clone())).unwrap();
+        assert_eq!(encode_snapshot(&expected)[1..], plain[..]);
         assert_eq!(state.entries.iter().map(|e| e.op).collect::<Vec<_>>(), vec![3, 4]);
     }
 }

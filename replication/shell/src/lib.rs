@@ -13,6 +13,7 @@
 //! | [`disk`]      | the core's writes as atomic records; replay on start       |
 //! | [`transport`] | replica-to-replica messages over QUIC with mutual TLS      |
 //! | [`driver`]    | the event loop: events in, actions out                     |
+//! | [`fastenc`]   | byte-identical fast serialization of hot core types        |
 //! | [`node`]      | one replica: endpoint, transport, client RPC, driver       |
 //! | [`api`]       | client/operator RPC types                                  |
 //! | [`client`]    | sessions, leader discovery, retries (tests, benchmark)     |
@@ -23,6 +24,7 @@ pub mod api;
 pub mod client;
 pub mod disk;
 pub mod driver;
+pub mod fastenc;
 pub mod log;
 pub mod machine;
 pub mod node;

@@ -102,7 +102,7 @@ pub async fn run<S: StateMachine + Send + 'static>(cfg: NodeConfig, machine: S, 
     };
     info!(replica = cfg.id, %listen, entries = durable.entries.len(), superblock = ?durable.superblock, "log recovered");
 
-    let (transport, inbound) = Transport::<Message>::start(ep.clone(), cfg.id, &cfg.peers, supersede_key);
+    let (transport, inbound) = Transport::<Message>::start(ep.clone(), cfg.id, &cfg.peers, supersede_key, crate::fastenc::encode_message);
     let (calls_tx, calls_rx) = mpsc::channel(CLIENT_CALLS_QUEUE_MAX);
     let accept = tokio::spawn(accept_loop(ep.clone(), transport.clone(), calls_tx));
     let result = driver::run(cfg.core, cfg.id, durable, log, machine, cfg.seed, transport, inbound, calls_rx, shutdown).await;

@@ -84,6 +84,10 @@ pub const PEER_BATCH_MESSAGES_MAX: usize = 256;
 /// copies only delays the fresh one.
 pub type SupersedeKey<M> = fn(&M) -> Option<u64>;
 
+/// Encodes a message into a frame payload (e.g. `chorus_wire::codec::to_bytes`,
+/// or a faster byte-identical encoder, see [`crate::fastenc`]).
+pub type Encoder<M> = fn(&M) -> Result<Vec<u8>, chorus_wire::WireError>;
+
 /// A message on its way to one or more peers, with its frame encoded at
 /// most once.
 pub struct Outgoing<M> {
@@ -126,6 +130,7 @@ where
         me: PeerId,
         peers: &[SocketAddr],
         supersede: SupersedeKey<M>,
+        encode: Encoder<M>,
     ) -> (Arc<Transport<M>>, mpsc::Receiver<(PeerId, M)>) {
         assert!((me as usize) < peers.len(), "replica id outside the peer list");
         let stats = Arc::new(TransportStats::default());
@@ -138,7 +143,7 @@ where
                     return None;
                 }
                 let (tx, rx) = mpsc::channel(PEER_QUEUE_MESSAGES_MAX);
-                tokio::spawn(peer_sender::<M>(endpoint.clone(), j as PeerId, *addr, rx, stats.clone(), supersede));
+                tokio::spawn(peer_sender::<M>(endpoint.clone(), j as PeerId, *addr, rx, stats.clone(), supersede, encode));
                 Some(tx)
             })
             .collect();
@@ -223,6 +228,7 @@ async fn peer_sender<M: Serialize + Send + Sync>(
     mut queue: mpsc::Receiver<Arc<Outgoing<M>>>,
     stats: Arc<TransportStats>,
     supersede: SupersedeKey<M>,
+    encode: Encoder<M>,
 ) {
     let server_name = Role::Replica(to as usize).dns_name();
     let mut backoff = RECONNECT_BACKOFF_MIN;
@@ -297,7 +303,7 @@ async fn peer_sender<M: Serialize + Send + Sync>(
                     stats.superseded.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
-                append_frame(&mut batch, to, m, &stats);
+                append_frame(&mut batch, to, m, &stats, encode);
                 if batch.len() >= WRITE_BATCH_BYTES_MAX {
                     if let Err(e) = send.write_all(&batch).await {
                         debug!(to, error = %e, "write to peer failed; reconnecting");
@@ -322,10 +328,10 @@ async fn peer_sender<M: Serialize + Send + Sync>(
 /// did yet; a message that does not fit a frame is dropped with a warning
 /// (the core bounds its messages, so this is a bug to report, but one the
 /// protocol survives).
-fn append_frame<M: Serialize>(batch: &mut Vec<u8>, to: PeerId, out: &Outgoing<M>, stats: &TransportStats) {
+fn append_frame<M: Serialize>(batch: &mut Vec<u8>, to: PeerId, out: &Outgoing<M>, stats: &TransportStats, encode: Encoder<M>) {
     let frame = out.frame.get_or_init(|| {
         let started = std::time::Instant::now();
-        match codec::to_bytes(&out.message).and_then(|b| Ok(frame::encode(&b)?)) {
+        match encode(&out.message).and_then(|b| Ok(frame::encode(&b)?)) {
             Ok(f) => {
                 if f.len() >= LARGE_MESSAGE_BYTES {
                     debug!(to, bytes = f.len(), encode_ms = started.elapsed().as_millis() as u64, "large message");
