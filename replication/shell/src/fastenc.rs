@@ -15,6 +15,7 @@
 //! The proper fix is in the core (mark those fields as bytes, e.g. with
 //! `chorus_wire::blob`-style helpers); then this module can go.
 
+use chorus_replication::message::LogSuffix;
 use chorus_replication::{Checkpoint, Durable, Entry, Message, Operation, Request, Write};
 use serde::ser::{SerializeSeq, SerializeStruct, SerializeStructVariant};
 use serde::{Serialize, Serializer};
@@ -125,7 +126,19 @@ impl Serialize for FastDurable<'_> {
     }
 }
 
-/// A core `Message`: Prepare serialized fast, every other kind as serde does.
+struct FastSuffix<'a>(&'a LogSuffix);
+
+impl Serialize for FastSuffix<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let LogSuffix { base, entries } = self.0;
+        let mut st = s.serialize_struct("LogSuffix", 2)?;
+        st.serialize_field("base", base)?;
+        st.serialize_field("entries", &Seq(entries, FastEntry))?;
+        st.end()
+    }
+}
+
+/// A core `Message`: Prepare, DoViewChange and StartView serialized fast, every other kind as serde does.
 pub struct FastMessage<'a>(pub &'a Message);
 
 impl Serialize for FastMessage<'_> {
@@ -138,6 +151,23 @@ impl Serialize for FastMessage<'_> {
                 st.serialize_field("commit", commit)?;
                 st.serialize_field("sent_at_ms", sent_at_ms)?;
                 st.serialize_field("entries", &Seq(entries, FastEntry))?;
+                st.end()
+            }
+            // Variants 5 and 6: they carry the retained log (view change).
+            Message::DoViewChange { view, last_normal_view, commit, log } => {
+                let mut st = s.serialize_struct_variant("Message", 5, "DoViewChange", 4)?;
+                st.serialize_field("view", view)?;
+                st.serialize_field("last_normal_view", last_normal_view)?;
+                st.serialize_field("commit", commit)?;
+                st.serialize_field("log", &FastSuffix(log))?;
+                st.end()
+            }
+            Message::StartView { view, members, commit, log } => {
+                let mut st = s.serialize_struct_variant("Message", 6, "StartView", 4)?;
+                st.serialize_field("view", view)?;
+                st.serialize_field("members", members)?;
+                st.serialize_field("commit", commit)?;
+                st.serialize_field("log", &FastSuffix(log))?;
                 st.end()
             }
             other => other.serialize(s),
@@ -153,7 +183,7 @@ pub fn encode_message(message: &Message) -> Result<Vec<u8>, chorus_wire::WireErr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chorus_replication::Superblock;
+    use chorus_replication::{Members, Superblock};
 
     fn entries() -> Vec<Entry> {
         (1..=3)
@@ -189,6 +219,10 @@ mod tests {
         assert_eq!(bincode::serialize(&FastDurable(&durable)).unwrap(), bincode::serialize(&durable).unwrap());
         let prepare = Message::Prepare { view: 5, commit: 2, sent_at_ms: 123, entries: entries() };
         assert_eq!(encode_message(&prepare).unwrap(), chorus_wire::codec::to_bytes(&prepare).unwrap());
+        let dvc = Message::DoViewChange { view: 7, last_normal_view: 5, commit: 1, log: LogSuffix { base: 0, entries: entries() } };
+        assert_eq!(encode_message(&dvc).unwrap(), chorus_wire::codec::to_bytes(&dvc).unwrap());
+        let sv = Message::StartView { view: 7, members: Members::all(3), commit: 1, log: LogSuffix { base: 0, entries: entries() } };
+        assert_eq!(encode_message(&sv).unwrap(), chorus_wire::codec::to_bytes(&sv).unwrap());
         let other = Message::StartViewChange { view: 6 };
         assert_eq!(encode_message(&other).unwrap(), chorus_wire::codec::to_bytes(&other).unwrap());
         let back: Message = chorus_wire::codec::from_bytes(&encode_message(&prepare).unwrap()).unwrap();
