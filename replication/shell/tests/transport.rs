@@ -33,7 +33,7 @@ fn start(dir: &std::path::Path, id: u8, peers: &[SocketAddr]) -> (Arc<Transport<
     }
     let mut ep = ep.expect("bind within 5 s");
     ep.set_default_client_config(tls::client_config(&identity).unwrap());
-    let (transport, inbound) = Transport::<Msg>::start(ep.clone(), id, peers, |_| None, |m| chorus_wire::codec::to_bytes(m));
+    let (transport, inbound) = Transport::<Msg>::start(ep.clone(), id, peers, |_| None, chorus_wire::codec::to_bytes);
     let accept_ep = ep.clone();
     let t = transport.clone();
     tokio::spawn(async move {
