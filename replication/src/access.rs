@@ -47,6 +47,7 @@ struct Image {
     applied_op: Op,
     timestamp_ms: Millis,
     table: BTreeMap<SessionId, Session>,
+    #[serde(with = "serde_bytes")]
     machine: Vec<u8>,
 }
 

@@ -47,6 +47,7 @@ pub struct Checkpoint {
     /// Leader timestamp of that op (so the log's clock stays monotonic).
     pub timestamp_ms: Millis,
     /// Serialized [`crate::access::Sessions`] image.
+    #[serde(with = "serde_bytes")]
     pub state: Vec<u8>,
 }
 

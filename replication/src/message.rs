@@ -43,10 +43,10 @@ pub enum Operation {
     Register,
     /// A command that may change the state: executed at most once per
     /// (session, seq), in log order.
-    Write(Vec<u8>),
+    Write(#[serde(with = "serde_bytes")] Vec<u8>),
     /// A read-only query: served under the leader lease, else ordered
     /// through the log like a write (the read barrier).
-    Read(Vec<u8>),
+    Read(#[serde(with = "serde_bytes")] Vec<u8>),
 }
 
 /// A client request. `(session, seq)` names it across retries and failover.
@@ -71,7 +71,7 @@ pub struct Request {
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Outcome {
     /// The state machine's reply (from the cache if this was a retry).
-    Done(Vec<u8>),
+    Done(#[serde(with = "serde_bytes")] Vec<u8>),
     /// A new session was opened.
     Registered(SessionId),
     /// This replica is not the leader of a normal view; `Reply::view` and
