@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::PathBuf;
 
 use proptest::prelude::*;
@@ -132,6 +132,10 @@ impl Real {
                     stack.push(join(&path, entry.file_name().as_bytes()[0]));
                 }
                 Seen::Dir
+            } else if meta.file_type().is_fifo() {
+                Seen::Special {
+                    nlink: meta.nlink() as u32,
+                }
             } else if meta.file_type().is_symlink() {
                 Seen::Symlink(
                     std::fs::read_link(fs_path)
@@ -283,6 +287,13 @@ fn apply_store(h: &mut Harness, caller: &Caller, op: &MOp) -> Result<(), i32> {
                     flags: libc::O_RDWR,
                 },
             ) {
+                Ok(Reply::Opened { fh, attr })
+                    if attr.kind == FileKind::Fifo && matches!(op, MOp::Write(..)) =>
+                {
+                    // pwrite on a pipe is refused by the kernel's pipe code.
+                    assert_eq!(h.run_as(caller, Op::Release { ino, fh }), Ok(Reply::Ok));
+                    return Err(libc::ESPIPE);
+                }
                 Ok(Reply::Opened { fh, .. }) => fh,
                 other => return unit(other),
             };
@@ -348,6 +359,11 @@ enum POp {
     Chown(u8, Path, Option<u32>, Option<u32>),
     /// `true`: both times UTIME_NOW; `false`: explicit times.
     Utimens(u8, Path, bool),
+    /// open(path, O_WRONLY | O_TRUNC) and close.
+    OpenTrunc(u8, Path),
+    Mkfifo(u8, Path, u8),
+    /// open(O_CREAT | O_EXCL) with a chosen mode (set-ID bits, umask).
+    CreateMode(u8, Path, u8, u32),
 }
 
 /// root; alice (1000); bob (1001, also in alice's group 1000).
@@ -382,7 +398,13 @@ fn arb_pop() -> impl Strategy<Value = POp> {
         2 => (who.clone(), path.clone(), ids.clone(), ids)
             .prop_filter("chown(-1, -1) is out of scope", |(_, _, u, g)| u.is_some() || g.is_some())
             .prop_map(|(w, p, u, g)| POp::Chown(w, p, u, g)),
-        1 => (who, path, any::<bool>()).prop_map(|(w, p, now)| POp::Utimens(w, p, now)),
+        1 => (who.clone(), path.clone(), any::<bool>()).prop_map(|(w, p, now)| POp::Utimens(w, p, now)),
+        1 => (who.clone(), prop::collection::vec(prop::sample::select(b"abc".to_vec()), 1..3))
+            .prop_map(|(w, p)| POp::OpenTrunc(w, p)),
+        1 => (who.clone(), path.clone(), prop::sample::select(b"abc".to_vec()))
+            .prop_map(|(w, p, n)| POp::Mkfifo(w, p, n)),
+        1 => (who.clone(), path.clone(), prop::sample::select(b"abc".to_vec()), prop::sample::select(vec![0o2755, 0o4777, 0o6711, 0o1600]))
+            .prop_map(|(w, p, n, m)| POp::CreateMode(w, p, n, m))
     ]
 }
 
@@ -482,7 +504,13 @@ impl Drop for AsUser {
 impl Real {
     fn apply_perm(&self, op: &POp) -> Result<(), i32> {
         let caller = match op {
-            POp::As(w, _) | POp::Chmod(w, ..) | POp::Chown(w, ..) | POp::Utimens(w, ..) => who(*w),
+            POp::As(w, _)
+            | POp::Chmod(w, ..)
+            | POp::Chown(w, ..)
+            | POp::Utimens(w, ..)
+            | POp::OpenTrunc(w, ..)
+            | POp::Mkfifo(w, ..)
+            | POp::CreateMode(w, ..) => who(*w),
         };
         let _as = AsUser::new(&caller);
         // SAFETY: valid NUL-terminated paths and time arrays.
@@ -514,6 +542,32 @@ impl Real {
                         times.as_ptr(),
                         0,
                     ))
+                }
+                POp::OpenTrunc(_, p) => {
+                    // O_NONBLOCK: opening a fifo for writing would wait for a reader.
+                    let flags = libc::O_WRONLY
+                        | libc::O_TRUNC
+                        | libc::O_NOFOLLOW
+                        | libc::O_CLOEXEC
+                        | libc::O_NONBLOCK;
+                    let fd = libc::open(self.cpath(p).as_ptr(), flags);
+                    if fd < 0 {
+                        return Err(last_errno());
+                    }
+                    libc::close(fd);
+                    Ok(())
+                }
+                POp::Mkfifo(_, p, n) => {
+                    check(libc::mkfifo(self.cpath(&join(p, *n)).as_ptr(), 0o644))
+                }
+                POp::CreateMode(_, p, n, mode) => {
+                    let flags = libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_CLOEXEC;
+                    let fd = libc::open(self.cpath(&join(p, *n)).as_ptr(), flags, *mode);
+                    if fd < 0 {
+                        return Err(last_errno());
+                    }
+                    libc::close(fd);
+                    Ok(())
                 }
             }
         }
@@ -566,6 +620,61 @@ fn apply_store_perm(h: &mut Harness, op: &POp) -> Result<(), i32> {
                 ..Default::default()
             };
             unit(h.run_as(&who(*w), Op::SetAttr { ino, attr }))
+        }
+        POp::OpenTrunc(w, p) => {
+            let caller = who(*w);
+            let ino = resolve_nofollow(h, &caller, p)?;
+            match h.run_as(
+                &caller,
+                Op::Open {
+                    ino,
+                    flags: libc::O_WRONLY | libc::O_TRUNC,
+                },
+            ) {
+                Ok(Reply::Opened { fh, attr }) => {
+                    assert_eq!(h.run_as(&caller, Op::Release { ino, fh }), Ok(Reply::Ok));
+                    // The kernel's pipe code, not the file system: no reader yet.
+                    if attr.kind == FileKind::Fifo {
+                        return Err(libc::ENXIO);
+                    }
+                    Ok(())
+                }
+                other => unit(other),
+            }
+        }
+        POp::Mkfifo(w, p, n) => {
+            let caller = who(*w);
+            let parent = resolve_follow(h, &caller, p)?;
+            let op = Op::Mknod {
+                parent,
+                name: vec![*n],
+                mode: libc::S_IFIFO | 0o644,
+                umask: UMASK,
+                rdev: 0,
+            };
+            unit(h.run_as(&caller, op))
+        }
+        POp::CreateMode(w, p, n, mode) => {
+            let caller = who(*w);
+            let parent = resolve_follow(h, &caller, p)?;
+            let op = Op::Create {
+                parent,
+                name: vec![*n],
+                mode: *mode,
+                umask: UMASK,
+                flags: libc::O_WRONLY,
+                excl: true,
+            };
+            match h.run_as(&caller, op) {
+                Ok(Reply::Created { attr, fh }) => {
+                    assert_eq!(
+                        h.run_as(&caller, Op::Release { ino: attr.ino, fh }),
+                        Ok(Reply::Ok)
+                    );
+                    Ok(())
+                }
+                other => unit(other),
+            }
         }
     }
 }
