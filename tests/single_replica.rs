@@ -214,3 +214,27 @@ fn up_restart_finds_files_again() {
         assert!(!is_mounted(&mnt), "still mounted after SIGTERM");
     }
 }
+
+/// A non-owner may write to a set-ID file it has write permission on; the
+/// write clears the set-ID bits (as on ext4) instead of failing with EPERM.
+#[test]
+fn non_owner_write_clears_set_id_bits() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut c = Cluster::new();
+    // nobody must be able to reach the mount point.
+    std::fs::set_permissions(c.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    c.start_server();
+    c.start_mount();
+    let f = c.mnt.join("setid");
+    std::fs::write(&f, b"").unwrap();
+    std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o6777)).unwrap();
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "sh", "-c"])
+        .arg(format!("echo hi >> {}", f.display()))
+        .output()
+        .expect("setpriv (util-linux) is installed");
+    assert!(out.status.success(), "non-owner write failed: {}", String::from_utf8_lossy(&out.stderr));
+    let mode = std::fs::metadata(&f).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o777, "set-ID bits not cleared by a non-owner write: {mode:o}");
+    assert_eq!(std::fs::read(&f).unwrap(), b"hi\n");
+}

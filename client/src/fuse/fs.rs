@@ -284,6 +284,12 @@ impl Filesystem for ChorusFuse {
             // A symlink's target never changes and inode numbers are never
             // reused, so caching link targets is always coherent.
             InitFlags::FUSE_CACHE_SYMLINKS,
+            // The store clears set-ID bits itself on write, truncate,
+            // fallocate and chown, as Linux does. Without this the kernel
+            // sends the clearing as a chmod from the writer, which the store
+            // (like Linux) refuses to a non-owner: writes to a set-ID file
+            // by others would fail with EPERM.
+            InitFlags::FUSE_HANDLE_KILLPRIV_V2,
         ] {
             if config.add_capabilities(cap).is_err() {
                 warn!(capability = ?cap, "kernel lacks FUSE capability; continuing without it");
