@@ -107,7 +107,8 @@ pub struct Vote {
     pub last_normal_view: ViewNumber,
     /// Sender's commit point.
     pub commit: Op,
-    /// Sender's log.
+    /// Sender's log above a point at or below its commit point (see
+    /// `Replica::try_vote`); `log.op()` is its last op.
     pub log: LogSuffix,
 }
 
@@ -127,6 +128,14 @@ pub struct ViewChange {
     /// New leader only: once a majority voted, install at this time even if
     /// the rest have not.
     pub install_at_ms: Option<Millis>,
+    /// Voter only: the lowest commit point the new leader reported (through
+    /// RequestPrepares in this view) when it could not splice our vote; our
+    /// DoViewChange then carries the log above it instead of above our own
+    /// commit point.
+    pub leader_commit: Option<Op>,
+    /// New leader only: when it last asked the best voter for the entries
+    /// between its own commit point and that vote's base.
+    pub fetch_sent_ms: Option<Millis>,
 }
 
 impl ViewChange {
@@ -139,6 +148,8 @@ impl ViewChange {
             voted: false,
             votes: vec![None; n as usize],
             install_at_ms: None,
+            leader_commit: None,
+            fetch_sent_ms: None,
         }
     }
 

@@ -20,9 +20,11 @@
 //! | `RecoveryResponse` | normal replica → recovering| recovery ([`crate::recovery`]) |
 //!
 //! Every message is bounded: Prepare carries at most
-//! `entries_per_message_max` entries, log suffixes carry the retained log
-//! (at most about two checkpoint intervals plus the pipeline), checkpoints
-//! are the state machine's own size.
+//! `entries_per_message_max` entries; DoViewChange and StartView carry the
+//! log above a commit point (the sender's, the receiving member's, or the new
+//! leader's when it asks: normally the pipeline plus the commit lag); log
+//! suffixes never exceed the retained log (at most about two checkpoint
+//! intervals plus the pipeline); checkpoints are the state machine's own size.
 
 use serde::{Deserialize, Serialize};
 
@@ -188,7 +190,9 @@ pub enum Message {
         /// Leader clock at sending.
         sent_at_ms: Millis,
     },
-    /// "Resend me entries from `from`" (gap in the log).
+    /// "Resend me entries from `from`" (gap in the log). From the leader of
+    /// a view still being formed to a voter: "my commit point is `from - 1`;
+    /// vote again with your log above it".
     RequestPrepares {
         /// View.
         view: ViewNumber,
@@ -208,7 +212,9 @@ pub enum Message {
         last_normal_view: ViewNumber,
         /// The sender's commit point.
         commit: Op,
-        /// The sender's retained log.
+        /// The sender's log above its commit point, or above the new
+        /// leader's commit point if that is lower and the leader asked for it
+        /// with RequestPrepares of this view (never below the sender's base).
         log: LogSuffix,
     },
     /// The new view is installed: adopt this log.
@@ -219,7 +225,8 @@ pub enum Message {
         members: Members,
         /// The leader's commit point.
         commit: Op,
-        /// The leader's log.
+        /// The leader's log above the commit point the receiver reported in
+        /// its DoViewChange (never below the leader's base).
         log: LogSuffix,
     },
     /// A caught-up non-member asks to be included in the next view.

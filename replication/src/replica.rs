@@ -723,6 +723,18 @@ impl<S: StateMachine> Replica<S> {
     }
 
     fn on_request_prepares(&mut self, from: ReplicaId, view: ViewNumber, first: Op) {
+        if view == self.view && self.status == Status::ViewChange && from == self.leader() && !self.is_leader() {
+            // The new leader could not splice our vote: it lacks committed
+            // entries below our vote's base. Resend the vote from its commit point.
+            let commit = first.saturating_sub(1);
+            let lowest = self.view_change.leader_commit.map_or(commit, |c| c.min(commit));
+            self.view_change.leader_commit = Some(lowest);
+            if self.view_change.voted && !self.needs_state {
+                self.view_change.voted = false;
+                self.try_vote();
+            }
+            return;
+        }
         if view != self.view || !self.is_leader_normal() || first > self.log.op() {
             return;
         }
@@ -847,7 +859,10 @@ impl<S: StateMachine> Replica<S> {
                 self.view_change.started_by.insert(from);
                 self.try_vote();
             }
-            Status::Normal if self.is_leader() => self.send_start_view(from),
+            Status::Normal if self.is_leader() => {
+                let commit = self.view_change.votes[from as usize].as_ref().map(|v| v.commit);
+                self.send_start_view(from, commit)
+            }
             _ => {}
         }
     }
@@ -867,7 +882,7 @@ impl<S: StateMachine> Replica<S> {
             return;
         }
         self.view_change.voted = true;
-        let vote = Vote { last_normal_view: self.last_normal_view, commit: self.commit_op, log: self.log.suffix() };
+        let vote = Vote { last_normal_view: self.last_normal_view, commit: self.commit_op, log: self.vote_log() };
         if leader == self.id {
             self.record_vote(self.id, vote);
         } else {
@@ -881,6 +896,20 @@ impl<S: StateMachine> Replica<S> {
         }
     }
 
+    /// The log our DoViewChange carries: everything above our commit point,
+    /// or above the (lower) commit point the new leader asked from (V2). The
+    /// entries at or below the base are committed, so identical on every
+    /// replica that holds them, and the leader splices only on top of its own
+    /// committed prefix (`can_splice`). Bounded by the retained log; normally
+    /// the uncommitted pipeline plus the commit lag.
+    fn vote_log(&self) -> LogSuffix {
+        let mut from = self.commit_op;
+        if let Some(c) = self.view_change.leader_commit {
+            from = from.min(c);
+        }
+        self.log.suffix_after(from.clamp(self.log.base(), self.log.op()))
+    }
+
     fn on_do_view_change(&mut self, from: ReplicaId, view: ViewNumber, vote: Vote) {
         if view < self.view {
             return;
@@ -889,7 +918,7 @@ impl<S: StateMachine> Replica<S> {
             self.start_view_change(view);
         }
         if self.is_leader_normal() {
-            self.send_start_view(from); // a voter that missed StartView
+            self.send_start_view(from, Some(vote.commit)); // a voter that missed StartView
             return;
         }
         if self.status != Status::ViewChange || self.needs_state || !self.is_leader() {
@@ -928,9 +957,13 @@ impl<S: StateMachine> Replica<S> {
         if best_id != self.id && !self.config.bugs().skip_view_change_flush {
             // The flush: the view's log is the most advanced of the majority.
             if !self.can_splice(&best_log) {
-                // Too far behind to splice: the view-change timeout moves on
-                // to the next leader.
+                // The vote starts above our commit point: ask its sender for
+                // the log above our commit point (it answers with a new
+                // DoViewChange). If it no longer holds that much, we are too
+                // far behind and the view-change timeout moves on to the next
+                // leader.
                 self.view_change.install_at_ms = None;
+                self.fetch_vote_log(best_id);
                 return;
             }
         }
@@ -952,18 +985,38 @@ impl<S: StateMachine> Replica<S> {
         }
         self.learn_commit(max_commit);
         for m in voters.iter().collect::<Vec<_>>() {
-            self.send_start_view(m);
+            let commit = self.view_change.votes[m as usize].as_ref().map(|v| v.commit);
+            self.send_start_view(m, commit);
         }
         self.send_heartbeat();
         self.advance_commit();
     }
 
-    fn send_start_view(&mut self, to: ReplicaId) {
+    /// New leader: ask voter `to` to resend its DoViewChange with the log
+    /// above our commit point (RequestPrepares of the view being formed, at
+    /// most once per `retry_interval_ms`).
+    fn fetch_vote_log(&mut self, to: ReplicaId) {
+        if to == self.id
+            || self.view_change.fetch_sent_ms.is_some_and(|t| self.now_ms < t + self.config.retry_interval_ms)
+        {
+            return;
+        }
+        self.view_change.fetch_sent_ms = Some(self.now_ms);
+        let from = self.commit_op.max(self.log.base()) + 1;
+        self.send(to, Message::RequestPrepares { view: self.view, from });
+    }
+
+    /// StartView (or NewState to a non-member). A member gets the log above
+    /// the commit point it reported (`commit`, from its DoViewChange): it
+    /// already holds the committed prefix up to there; if it no longer does
+    /// (it restarted), it cannot splice and asks for state (V4).
+    fn send_start_view(&mut self, to: ReplicaId, commit: Option<Op>) {
         if to == self.id {
             return;
         }
         let message = if self.members.contains(to) {
-            Message::StartView { view: self.view, members: self.members, commit: self.commit_op, log: self.log.suffix() }
+            let from = commit.unwrap_or(self.log.base()).clamp(self.log.base(), self.log.op());
+            Message::StartView { view: self.view, members: self.members, commit: self.commit_op, log: self.log.suffix_after(from) }
         } else {
             Message::NewState { view: self.view, state: self.state_transfer(None) }
         };
