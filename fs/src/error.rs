@@ -25,6 +25,8 @@ pub enum StoreError {
     MissingColumnFamily(&'static str),
     #[error("checkpoint directory {0} already exists")]
     CheckpointDirExists(String),
+    #[error("invalid state image: {0}")]
+    Image(String),
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
 }

@@ -12,7 +12,8 @@ use crate::ops::Ino;
 /// One column family. The order of [`Table::ALL`] is the digest order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub(crate) enum Table {
-    /// `META_KEY` → `Meta` (applied index, counters, format version).
+    /// `META_KEY` → `Meta` (applied index, counters, format version);
+    /// `TAG_KEY` → `AppliedTag` (replicated stores only).
     Meta,
     /// ino → `Inode`.
     Inodes,
@@ -52,8 +53,10 @@ impl Table {
     }
 }
 
-/// The single key of the `meta` table.
+/// The key of the counters in the `meta` table.
 pub(crate) const META_KEY: &[u8] = b"meta";
+/// The key of the [`crate::AppliedTag`] in the `meta` table (replicated stores only).
+pub(crate) const TAG_KEY: &[u8] = b"tag";
 
 pub(crate) fn u64_key(n: u64) -> Vec<u8> {
     n.to_be_bytes().to_vec()

@@ -6,6 +6,11 @@
 //! thread, `sync`, `digest` (replica comparison), `checkpoint` (recovery and
 //! state transfer; a checkpoint directory opens as a store).
 //!
+//! For the replication core: `apply_tagged` also records the log entry and
+//! time stamp of the command ([`AppliedTag`], read back with `tag`), and
+//! `export_image`/`import_image` move the whole state as one self-contained,
+//! digest-checked value ([`StoreImage`]).
+//!
 //! Layout: `ops` (the contract: commands, queries, replies), `store` (the
 //! [`FsStore`] API), and the operations by concern: `namespace` (names),
 //! `data` (file contents), `attrs` (attributes, open/release), `xattr`; under
@@ -28,6 +33,7 @@ mod attrs;
 mod ctx;
 mod data;
 mod error;
+mod image;
 mod keys;
 mod namespace;
 mod perm;
@@ -41,4 +47,5 @@ mod xattr;
 mod tests;
 
 pub use error::StoreError;
-pub use store::{FsStore, StoreOptions};
+pub use records::AppliedTag;
+pub use store::{FsStore, StoreImage, StoreOptions};

@@ -57,6 +57,22 @@ pub(crate) struct Meta {
     pub inodes_live: u64,
 }
 
+/// Where a replicated log stands, stored under `TAG_KEY` in table `meta` by
+/// [`crate::FsStore::apply_tagged`] in the same WriteBatch as the command.
+///
+/// The replication core numbers log *entries* (one entry may hold several
+/// commands); the store numbers *commands*. The tag keeps the entry number of
+/// the last command and its time stamp, so an adapter can answer in entries
+/// and keep time strictly increasing across restarts. Absent in stores driven
+/// only by [`crate::FsStore::apply`] (the single-replica server).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct AppliedTag {
+    /// The log entry (replication op) holding the last applied command.
+    pub op: u64,
+    /// `Command::now` of the last applied command.
+    pub last_now: Timestamp,
+}
+
 /// One inode (table `inodes`).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Inode {

@@ -21,16 +21,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use rocksdb::{checkpoint::Checkpoint, ColumnFamilyDescriptor, Options, WriteOptions};
-use sha2::{Digest, Sha256};
 
 use crate::ctx::Ctx;
 use crate::error::{Fail, StoreError};
-use crate::keys::{inode_key, Table, META_KEY};
+use crate::image::StateHasher;
+pub use crate::image::StoreImage;
+use crate::keys::{inode_key, Table, META_KEY, TAG_KEY};
 use crate::ops::{
     Caller, Command, FileKind, Op, OpResult, Query, Reply, StatFs, Timestamp, NAME_MAX_BYTES,
     ROOT_INO,
 };
-use crate::records::{decode, Inode, Meta, FORMAT_VERSION};
+use crate::records::{decode, AppliedTag, Inode, Meta, FORMAT_VERSION};
 use crate::view::{cf, Db, SnapView, Tx, View};
 use crate::{attrs, data, namespace, xattr};
 
@@ -54,6 +55,9 @@ const FILES_MAX: u64 = 1 << 32;
 struct Applier {
     /// The committed meta record (matches the database).
     meta: Meta,
+    /// The committed tag (matches the database); `None` until the first
+    /// `apply_tagged`.
+    tag: Option<AppliedTag>,
 }
 
 /// The replicated file-system state of one replica. Send + Sync.
@@ -118,12 +122,13 @@ impl FsStore {
             None => Self::initialize(&db)?,
         };
         assert!(meta.next_ino > ROOT_INO);
+        let tag = read_tag(&db)?;
         let applied = AtomicU64::new(meta.applied_index);
         Ok(FsStore {
             db,
             dir: dir.to_path_buf(),
             sync_every_write: opts.sync_every_write,
-            applier: Mutex::new(Applier { meta }),
+            applier: Mutex::new(Applier { meta, tag }),
             applied,
         })
     }
@@ -152,6 +157,40 @@ impl FsStore {
     /// `applied_index() + 1`). POSIX failures are `Ok(Err(errno))`; the
     /// applied index advances either way.
     pub fn apply(&self, index: u64, cmd: &Command) -> Result<OpResult, StoreError> {
+        self.apply_inner(index, cmd, None)
+    }
+
+    /// [`FsStore::apply`], and records `tag` in the same WriteBatch, so after
+    /// a crash the tag always describes the last command the state holds.
+    ///
+    /// Asserts: `tag.last_now == cmd.now`; tags move forward (`op` never
+    /// decreases, `last_now` strictly increases). A store is driven by
+    /// `apply_tagged` for its whole life (an untagged `apply` in between
+    /// would leave the tag behind the state).
+    pub fn apply_tagged(
+        &self,
+        index: u64,
+        cmd: &Command,
+        tag: &AppliedTag,
+    ) -> Result<OpResult, StoreError> {
+        self.apply_inner(index, cmd, Some(tag))
+    }
+
+    /// The tag of the last `apply_tagged` (or of the imported image); `None`
+    /// for a store never driven by `apply_tagged`.
+    pub fn tag(&self) -> Option<AppliedTag> {
+        self.applier
+            .lock()
+            .expect("applier lock poisoned by an earlier panic")
+            .tag
+    }
+
+    fn apply_inner(
+        &self,
+        index: u64,
+        cmd: &Command,
+        tag: Option<&AppliedTag>,
+    ) -> Result<OpResult, StoreError> {
         let mut applier = self
             .applier
             .lock()
@@ -162,6 +201,23 @@ impl FsStore {
             "apply out of order: index {index} after {}",
             applier.meta.applied_index
         );
+        if let Some(tag) = tag {
+            assert_eq!(tag.last_now, cmd.now, "the tag records the command's time");
+            if let Some(prev) = &applier.tag {
+                assert!(
+                    tag.op >= prev.op,
+                    "tag op went back: {} after {}",
+                    tag.op,
+                    prev.op
+                );
+                assert!(
+                    tag.last_now > prev.last_now,
+                    "tagged time did not increase: {:?} after {:?}",
+                    tag.last_now,
+                    prev.last_now
+                );
+            }
+        }
         let mut ctx = Ctx::new(
             Tx::new(&self.db),
             cmd.now,
@@ -183,10 +239,16 @@ impl FsStore {
         meta.applied_index = index;
         let mut tx = ctx.tx;
         tx.put_record(Table::Meta, META_KEY.to_vec(), &meta);
+        if let Some(tag) = tag {
+            tx.put_record(Table::Meta, TAG_KEY.to_vec(), tag);
+        }
         let mut wo = WriteOptions::default();
         wo.set_sync(sync);
         self.db.write_opt(tx.into_batch(), &wo)?;
         applier.meta = meta;
+        if let Some(tag) = tag {
+            applier.tag = Some(*tag);
+        }
         self.applied.store(index, Ordering::Release);
         Ok(result)
     }
@@ -232,19 +294,44 @@ impl FsStore {
     /// each length-prefixed. Equal logs give equal digests.
     pub fn digest(&self) -> Result<[u8; 32], StoreError> {
         let view = SnapView::new(&self.db);
-        let mut hasher = Sha256::new();
+        let mut hasher = StateHasher::new();
         for table in Table::ALL {
-            hasher.update((table.name().len() as u64).to_be_bytes());
-            hasher.update(table.name().as_bytes());
-            view.for_each(table, |key, value| {
-                hasher.update((key.len() as u64).to_be_bytes());
-                hasher.update(key);
-                hasher.update((value.len() as u64).to_be_bytes());
-                hasher.update(value);
-            })?;
-            hasher.update(b"end");
+            hasher.begin_table(table.name());
+            view.for_each(table, |key, value| hasher.pair(key, value))?;
+            hasher.end_table();
         }
-        Ok(hasher.finalize().into())
+        Ok(hasher.finish())
+    }
+
+    /// The whole state (every table, the tag included) as one self-contained
+    /// value, read from one snapshot; O(state) in time and memory. Fails with
+    /// `StoreError::Image` beyond `image::IMAGE_BYTES_MAX`.
+    pub fn export_image(&self) -> Result<StoreImage, StoreError> {
+        crate::image::export(&SnapView::new(&self.db))
+    }
+
+    /// Replaces the whole state by `image` in ONE WriteBatch (fsynced): every
+    /// key of every table is deleted and the image's pairs written, so a
+    /// crash leaves either the old state or the image. Afterwards `digest()`
+    /// equals `image.digest()` (asserted). The image was validated when it
+    /// was built or decoded.
+    pub fn import_image(&self, image: &StoreImage) -> Result<(), StoreError> {
+        let mut applier = self
+            .applier
+            .lock()
+            .expect("applier lock poisoned by an earlier panic");
+        let (meta, tag) = crate::image::import(&self.db, image)?;
+        applier.meta = meta;
+        applier.tag = tag;
+        self.applied
+            .store(applier.meta.applied_index, Ordering::Release);
+        drop(applier);
+        assert_eq!(
+            self.digest()?,
+            image.digest(),
+            "imported state differs from its image"
+        );
+        Ok(())
     }
 
     /// A RocksDB checkpoint (hard links) of the current state in `dir`, which
@@ -279,6 +366,14 @@ impl FsStore {
             namelen: NAME_MAX_BYTES as u32,
             frsize: 4096,
         }))
+    }
+}
+
+/// The tag record, if any (replicated stores only).
+pub(crate) fn read_tag(db: &Db) -> Result<Option<AppliedTag>, StoreError> {
+    match db.get_cf(cf(db, Table::Meta), TAG_KEY)? {
+        Some(bytes) => Ok(Some(decode(Table::Meta, TAG_KEY, &bytes)?)),
+        None => Ok(None),
     }
 }
 

@@ -10,6 +10,7 @@
 //! Assumes: the caller of [`Replica::open`] owns the data folder exclusively
 //! (RocksDB's LOCK file enforces it).
 
+pub mod machine;
 pub mod sequencer;
 
 use std::net::SocketAddr;

@@ -318,3 +318,95 @@ fn corrupt_records_and_foreign_formats_are_store_errors() {
         "{err}"
     );
 }
+
+/// Applies `cmds` with tags: entry op = command number / 2 + 1 (two commands
+/// per entry), `last_now` = the command's time.
+fn run_script_tagged(store: &FsStore, cmds: &[Command]) -> Vec<OpResult> {
+    cmds.iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let tag = crate::AppliedTag {
+                op: i as u64 / 2 + 1,
+                last_now: c.now,
+            };
+            store
+                .apply_tagged(store.applied_index() + 1, c, &tag)
+                .expect("apply")
+        })
+        .collect()
+}
+
+#[test]
+fn tag_is_stored_with_the_command_and_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let cmds = script();
+    {
+        let store = FsStore::open(&path, StoreOptions::default()).unwrap();
+        assert_eq!(store.tag(), None);
+        let tagged = run_script_tagged(&store, &cmds);
+        assert_eq!(
+            tagged,
+            run_script(&Harness::new().store, &cmds),
+            "tags change no reply"
+        );
+        let last = cmds.last().unwrap();
+        let expected = crate::AppliedTag {
+            op: (cmds.len() as u64 - 1) / 2 + 1,
+            last_now: last.now,
+        };
+        assert_eq!(store.tag(), Some(expected));
+    }
+    let store = FsStore::open(&path, StoreOptions::default()).unwrap();
+    assert_eq!(store.tag().unwrap().last_now, cmds.last().unwrap().now);
+    assert_eq!(store.applied_index(), cmds.len() as u64);
+    // An untagged store has no tag, and its digest differs only by it.
+    let plain = Harness::new();
+    run_script(&plain.store, &cmds);
+    assert_eq!(plain.store.tag(), None);
+    assert_ne!(plain.store.digest().unwrap(), store.digest().unwrap());
+}
+
+#[test]
+#[should_panic(expected = "the tag records the command's time")]
+fn tag_must_carry_the_command_time() {
+    let h = Harness::new();
+    let cmd = script().remove(0);
+    let tag = crate::AppliedTag {
+        op: 1,
+        last_now: Timestamp::new(0, 0),
+    };
+    let _ = h.store.apply_tagged(1, &cmd, &tag);
+}
+
+#[test]
+fn image_round_trip_replaces_the_state_and_bad_images_are_refused() {
+    let (a, b) = (Harness::new(), Harness::new());
+    let cmds = script();
+    run_script_tagged(&a.store, &cmds[..4]);
+    // b holds other state first: the import must remove it.
+    run_script(&b.store, &cmds);
+    let image = a.store.export_image().unwrap();
+    assert_eq!(image.digest(), a.store.digest().unwrap());
+    assert_eq!(image.applied_index(), 4);
+    assert_eq!(image.tag(), a.store.tag());
+    let bytes = image.to_bytes();
+    let decoded = crate::StoreImage::from_bytes(&bytes).unwrap();
+    assert_eq!(decoded, image);
+    b.store.import_image(&decoded).unwrap();
+    assert_eq!(b.store.digest().unwrap(), a.store.digest().unwrap());
+    assert_eq!((b.store.applied_index(), b.store.tag()), (4, a.store.tag()));
+    // Both go on identically (counters came with the image).
+    let tail_a = run_script(&a.store, &cmds[4..]);
+    let tail_b = run_script(&b.store, &cmds[4..]);
+    assert_eq!(tail_a, tail_b);
+    assert_eq!(b.store.digest().unwrap(), a.store.digest().unwrap());
+    // Every single flipped byte is refused (digest, structure or bounds).
+    for at in (0..bytes.len()).step_by(97) {
+        let mut bad = bytes.clone();
+        bad[at] ^= 0x10;
+        assert!(crate::StoreImage::from_bytes(&bad).is_err(), "flip at {at}");
+    }
+    assert!(crate::StoreImage::from_bytes(&bytes[..bytes.len() - 1]).is_err());
+    assert!(crate::StoreImage::from_bytes(&[0xff; 64]).is_err());
+}

@@ -1,0 +1,239 @@
+//! [`FsMachine`]: the file-system store ([`FsStore`]) as a
+//! [`chorus_replication::StateMachine`], so the replication core (and its
+//! session layer, `chorus_replication::Sessions`) can drive it. Not yet wired
+//! into the running server (next step of issue "Replicated ChorusFS").
+//!
+//! Encoding (one codec, [`chorus_wire::codec`], the same bounded bincode
+//! options as every client message):
+//! - a command is a `Request::Mutate { caller, op }`, exactly the bytes the
+//!   client already sends: the time stamp is NOT in the command, it is
+//!   derived from the log (below), so the leader never re-encodes requests;
+//! - a query is a `Request::Query { caller, query }`;
+//! - every reply is an encoded [`OpResult`]. Bytes that do not decode, or the
+//!   wrong kind of request, get `Err(Errno(EINVAL))` and change nothing (the
+//!   same on every replica, since all see the same bytes).
+//!
+//! Guarantees:
+//! - Determinism: a command's `now` is `max(ctx.timestamp_ms in ns,
+//!   last_now + 1 ns)`, where `last_now` is the previous command's `now`,
+//!   kept in the store. So file times are a function of the log only, and
+//!   strictly increase per command even when the leader's stamp stalls or
+//!   repeats (several commands per entry, a leader clock with coarse ticks),
+//!   across restarts and state transfer.
+//! - Numbering: the core numbers *entries* (`ctx.op`), the store numbers
+//!   *commands* (consecutive). Each command is applied at the store's next
+//!   command index, and the entry op and `now` are written in the SAME
+//!   WriteBatch (`FsStore::apply_tagged`), so after a crash
+//!   `applied_index()` (an entry op) and `last_now` describe exactly the
+//!   state on disk. An entry holding no valid command does not move them.
+//! - `checkpoint()` is a full, self-contained, digest-checked image of the
+//!   store (`chorus_fs::StoreImage`, all tables and the tag); `restore`
+//!   validates it completely before wiping the store, then loads it in one
+//!   WriteBatch; afterwards `digest()` equals the source's.
+//! - `digest()` is the first 8 bytes of `FsStore::digest()` (SHA-256 of all
+//!   tables, the tag included).
+//!
+//! Assumes:
+//! - `ctx.timestamp_ms` is milliseconds since the Unix epoch (it becomes file
+//!   times); the shell must stamp entries from the wall clock, made
+//!   non-decreasing by the core.
+//! - The store is driven only through this adapter (a store written by the
+//!   single-replica server's untagged `FsStore::apply` is refused at open:
+//!   its times and numbering are not derived from a log).
+//! - A storage failure (RocksDB error, corrupt record) while applying or
+//!   checkpointing panics: replying EIO would make this replica's state and
+//!   replies differ from the others'. The replica restarts and recovers by
+//!   state transfer. Queries are local and answer `Err(EIO)` instead.
+//!
+//! Known limits (next steps):
+//! - Checkpoints are O(state) in time and memory (`IMAGE_BYTES_MAX` in
+//!   chorus-fs bounds them). Checkpoints by reference to a RocksDB checkpoint
+//!   (hard links; state transfer streams the files) are issue "Recovery"
+//!   and need a change of the `StateMachine` trait.
+//! - Reads ordered through the log (`Operation::Read`) put the query's reply
+//!   in the replicated reply cache; `Query::StatFs` reports the host's free
+//!   space, which differs between replicas, and would make the session
+//!   digests differ. The server should answer reads locally (lease) and
+//!   never order StatFs.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use chorus_fs::ops::{Errno, OpResult, Request, Timestamp};
+use chorus_fs::{AppliedTag, FsStore, StoreError, StoreImage, StoreOptions};
+use chorus_replication::{ApplyContext, CheckpointError, Op, StateMachine};
+use chorus_wire::WireError;
+
+const NANOS_PER_SEC: u32 = 1_000_000_000;
+const NANOS_PER_MILLI: u64 = 1_000_000;
+
+/// Encodes a client request (command or query) for the log.
+pub fn encode_request(request: &Request) -> Result<Vec<u8>, WireError> {
+    chorus_wire::codec::to_bytes(request)
+}
+
+/// Decodes a request; bounded and strict (trailing bytes are refused).
+pub fn decode_request(bytes: &[u8]) -> Result<Request, WireError> {
+    chorus_wire::codec::from_bytes(bytes)
+}
+
+/// Encodes a reply. Every reply of the store fits a message (reads are at
+/// most 4 MiB, readdir at most 4096 entries); if one ever did not, all
+/// replicas answer the same `Err(EIO)` rather than panic.
+pub fn encode_result(result: &OpResult) -> Vec<u8> {
+    chorus_wire::codec::to_bytes(result).unwrap_or_else(|_| {
+        chorus_wire::codec::to_bytes(&OpResult::Err(Errno(libc::EIO))).expect("errno encodes")
+    })
+}
+
+/// Decodes a reply.
+pub fn decode_result(bytes: &[u8]) -> Result<OpResult, WireError> {
+    chorus_wire::codec::from_bytes(bytes)
+}
+
+/// Leader milliseconds since the epoch as a file time stamp.
+pub fn timestamp_from_ms(ms: u64) -> Timestamp {
+    // ms / 1000 < 2^54, always fits an i64; the remainder is < 10^9 ns.
+    Timestamp::new((ms / 1000) as i64, ((ms % 1000) * NANOS_PER_MILLI) as u32)
+}
+
+/// The time stamp 1 ns after `t`.
+fn next_nanosecond(t: Timestamp) -> Timestamp {
+    assert!(t.nsec < NANOS_PER_SEC, "time stamp with nsec {}", t.nsec);
+    if t.nsec + 1 < NANOS_PER_SEC {
+        Timestamp::new(t.sec, t.nsec + 1)
+    } else {
+        // 2^63 seconds is not reachable from millisecond stamps.
+        Timestamp::new(t.sec.checked_add(1).expect("time stamp overflow"), 0)
+    }
+}
+
+/// `now` of the next command: the entry's stamp, but strictly after the
+/// previous command's `now`.
+pub fn command_time(last_now: Timestamp, timestamp_ms: u64) -> Timestamp {
+    let now = timestamp_from_ms(timestamp_ms).max(next_nanosecond(last_now));
+    assert!(now > last_now);
+    now
+}
+
+/// Why a store cannot be driven by an [`FsMachine`].
+#[derive(Debug, thiserror::Error)]
+pub enum MachineError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(
+        "the store holds {applied_index} commands applied without a log position \
+         (written by the single-replica server); it cannot join a replicated group as is"
+    )]
+    Untagged { applied_index: u64 },
+}
+
+/// The file system as a replicated state machine; see the module comment.
+pub struct FsMachine {
+    /// Shared so the server can answer local reads while the core applies.
+    store: Arc<FsStore>,
+}
+
+impl FsMachine {
+    /// Drives `store`, which must be new or tagged (only ever applied to
+    /// through an `FsMachine`).
+    pub fn new(store: Arc<FsStore>) -> Result<FsMachine, MachineError> {
+        if store.tag().is_none() && store.applied_index() != 0 {
+            return Err(MachineError::Untagged { applied_index: store.applied_index() });
+        }
+        Ok(FsMachine { store })
+    }
+
+    /// Opens (or creates) the store in `dir` and drives it.
+    pub fn open(dir: &Path, options: StoreOptions) -> Result<FsMachine, MachineError> {
+        FsMachine::new(Arc::new(FsStore::open(dir, options)?))
+    }
+
+    /// The store (read-only uses: local queries, sync, digest).
+    pub fn store(&self) -> &Arc<FsStore> {
+        &self.store
+    }
+
+    /// Entry op and time stamp of the last command (zero for a new store).
+    pub fn tag(&self) -> AppliedTag {
+        self.store.tag().unwrap_or_default()
+    }
+}
+
+fn einval() -> Vec<u8> {
+    encode_result(&Err(Errno(libc::EINVAL)))
+}
+
+impl StateMachine for FsMachine {
+    fn apply(&mut self, context: ApplyContext, command: &[u8]) -> Vec<u8> {
+        let previous = self.tag();
+        assert!(context.op > 0, "op 0 is the empty prefix, never an entry");
+        assert!(context.op >= previous.op, "entry {} applied after entry {}", context.op, previous.op);
+        let (caller, op) = match decode_request(command) {
+            Ok(Request::Mutate { caller, op }) => (caller, op),
+            // A query is not a command (reads come through `query`); garbage
+            // is refused. Neither touches the store.
+            Ok(Request::Query { .. }) | Err(_) => return einval(),
+        };
+        let now = command_time(previous.last_now, context.timestamp_ms);
+        let tag = AppliedTag { op: context.op, last_now: now };
+        let index = self.store.applied_index() + 1;
+        let command = chorus_fs::ops::Command { now, caller, op };
+        let result = self
+            .store
+            .apply_tagged(index, &command, &tag)
+            .unwrap_or_else(|e| panic!("storage failure applying entry {}: {e}", context.op));
+        assert_eq!(self.store.applied_index(), index, "one command, one index");
+        assert_eq!(self.store.tag(), Some(tag), "the tag lands with the command");
+        encode_result(&result)
+    }
+
+    fn query(&self, query: &[u8]) -> Vec<u8> {
+        let (caller, query) = match decode_request(query) {
+            Ok(Request::Query { caller, query }) => (caller, query),
+            Ok(Request::Mutate { .. }) | Err(_) => return einval(),
+        };
+        let result = self.store.query(&caller, &query).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "storage error answering a query");
+            Err(Errno(libc::EIO))
+        });
+        encode_result(&result)
+    }
+
+    fn applied_index(&self) -> Op {
+        self.tag().op
+    }
+
+    fn checkpoint(&self) -> Vec<u8> {
+        self.store.export_image().unwrap_or_else(|e| panic!("cannot checkpoint the store: {e}")).to_bytes()
+    }
+
+    fn restore(&mut self, index: Op, checkpoint: &[u8]) -> Result<(), CheckpointError> {
+        // Everything is checked before the store is touched: a refused image
+        // leaves the current state as it was.
+        let image = StoreImage::from_bytes(checkpoint).map_err(|e| CheckpointError(e.to_string()))?;
+        let tag = match image.tag() {
+            Some(tag) => tag,
+            None if image.applied_index() == 0 => AppliedTag::default(),
+            None => {
+                return Err(CheckpointError(format!(
+                    "image of an untagged store with {} commands",
+                    image.applied_index()
+                )))
+            }
+        };
+        // Entries after the last command may hold none for the store, so the
+        // image may stand before `index`, never after it.
+        if tag.op > index {
+            return Err(CheckpointError(format!("image at entry {} labelled {index}", tag.op)));
+        }
+        self.store.import_image(&image).map_err(|e| CheckpointError(e.to_string()))?;
+        assert_eq!(self.tag(), tag, "restored tag is the image's");
+        Ok(())
+    }
+
+    fn digest(&self) -> u64 {
+        let digest = self.store.digest().unwrap_or_else(|e| panic!("cannot digest the store: {e}"));
+        u64::from_be_bytes(digest[..8].try_into().expect("8 bytes"))
+    }
+}
