@@ -36,26 +36,38 @@ enum Command {
         replicas: usize,
     },
     /// Run one replica server.
-    #[command(after_help = "Example:\n  chorus server --certs ./certs --data ./replica0 --id 0 --listen 127.0.0.1:7870")]
+    #[command(after_help = "Examples:\n  chorus server --certs ./certs --data ./replica0 --listen 127.0.0.1:7870            # one replica\n  chorus server --certs ./certs --data ./r1 --id 1 --peers 127.0.0.1:7870,127.0.0.1:7871,127.0.0.1:7872 --init-new-cluster")]
     Server {
         #[arg(long)]
         certs: PathBuf,
         /// This replica's data folder.
         #[arg(long)]
         data: PathBuf,
-        /// Replica number (selects the certificate replica-<id>).
+        /// Replica number (selects the certificate replica-<id> and, with
+        /// --peers, this replica's address in the list).
         #[arg(long, default_value_t = 0)]
         id: usize,
+        /// Address to listen on (single-replica mode).
         #[arg(long, default_value = "127.0.0.1:7870")]
         listen: SocketAddr,
+        /// Every replica's address, in id order: runs this server as one
+        /// replica of a replicated cluster (listening on its own entry).
+        #[arg(long, value_delimiter = ',')]
+        peers: Vec<SocketAddr>,
+        /// With --peers: write the initial log of a NEW cluster if this
+        /// replica has none. Never give it to a replica that lost its disk:
+        /// that one must recover from the others.
+        #[arg(long)]
+        init_new_cluster: bool,
     },
     /// Mount a ChorusFS cluster at a folder (runs until unmounted or Ctrl-C).
-    #[command(after_help = "Example:\n  chorus mount --certs ./certs --server 127.0.0.1:7870 /mnt/chorus")]
+    #[command(after_help = "Examples:\n  chorus mount --certs ./certs --server 127.0.0.1:7870 /mnt/chorus\n  chorus mount --certs ./certs --server 127.0.0.1:7870,127.0.0.1:7871,127.0.0.1:7872 /mnt/chorus")]
     Mount {
         #[arg(long)]
         certs: PathBuf,
-        #[arg(long, default_value = "127.0.0.1:7870")]
-        server: SocketAddr,
+        /// The server, or every replica of a replicated cluster (in id order).
+        #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:7870")]
+        server: Vec<SocketAddr>,
         /// Where to mount (an existing, empty, unmounted folder).
         mountpoint: PathBuf,
         /// FUSE worker threads.
@@ -72,9 +84,13 @@ enum Command {
         /// Data folder (certificates and replica state); created if missing.
         #[arg(long, default_value = "chorus-data")]
         data: PathBuf,
-        /// Port of the replica on 127.0.0.1.
+        /// Port of the first replica on 127.0.0.1 (the others use the next ones).
         #[arg(long, default_value_t = 7870)]
         port: u16,
+        /// Replicas: 1 runs the server in this process; 3 (or any odd
+        /// number) runs that many `chorus server` processes with replication.
+        #[arg(long, default_value_t = 1)]
+        replicas: usize,
     },
 }
 
@@ -114,21 +130,54 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("created cluster CA and certificates for {replicas} replicas, a client and an admin in {}", certs.display());
             Ok(())
         }
-        Command::Server { certs, data, id, listen } => {
+        Command::Server { certs, data, id, listen, peers, init_new_cluster } => {
             let rt = runtime()?;
-            rt.block_on(async move {
-                let cfg = chorus_server::ServerConfig { data_dir: data, certs_dir: certs, replica_id: id, listen };
-                chorus_server::run(cfg, shutdown_signal()).await
-            })
+            if peers.is_empty() {
+                rt.block_on(async move {
+                    let cfg = chorus_server::ServerConfig { data_dir: data, certs_dir: certs, replica_id: id, listen };
+                    chorus_server::run(cfg, shutdown_signal()).await
+                })
+            } else {
+                let id = u8::try_from(id).context("--id too large")?;
+                if id as usize >= peers.len() {
+                    bail!("--id {id} has no address in --peers (which lists {} replicas)", peers.len());
+                }
+                rt.block_on(async move {
+                    let cfg = chorus_server::replicated::ReplicaConfig {
+                        id,
+                        peers,
+                        certs_dir: certs,
+                        data_dir: data,
+                        init_new_cluster,
+                    };
+                    chorus_server::replicated::run(cfg, shutdown_signal()).await
+                })
+            }
         }
         Command::Mount { certs, server, mountpoint, threads } => {
             let rt = runtime()?;
-            let backend = rt.block_on(connect_client(&certs, server))?;
+            let backend: Arc<dyn chorus_client::Backend> = if server.len() == 1 {
+                rt.block_on(connect_client(&certs, server[0]))?
+            } else {
+                rt.block_on(connect_replicated(&certs, server))?
+            };
             let opts = chorus_client::MountOptions { threads, ..Default::default() };
-            serve_mount(&rt, backend, &mountpoint, opts, None)
+            serve_mount(&rt, backend, &mountpoint, opts, Stop::Nothing)
         }
-        Command::Up { mountpoint, data, port } => up(mountpoint, data, port),
+        Command::Up { mountpoint, data, port, replicas } => {
+            if replicas == 1 {
+                up(mountpoint, data, port)
+            } else {
+                up_replicated(mountpoint, data, port, replicas)
+            }
+        }
     }
+}
+
+async fn connect_replicated(certs: &Path, peers: Vec<SocketAddr>) -> anyhow::Result<Arc<remote::ReplicatedBackend>> {
+    remote::ReplicatedBackend::connect(certs, peers.clone())
+        .await
+        .with_context(|| format!("cannot open a session with the cluster {peers:?}"))
 }
 
 async fn connect_client(certs: &Path, server: SocketAddr) -> anyhow::Result<Arc<remote::RemoteBackend>> {
@@ -146,12 +195,18 @@ async fn connect_client(certs: &Path, server: SocketAddr) -> anyhow::Result<Arc<
 /// unmounts and, for `up`, stops the in-process server.
 fn serve_mount(
     rt: &tokio::runtime::Runtime,
-    backend: Arc<remote::RemoteBackend>,
+    backend: Arc<dyn chorus_client::Backend>,
     mountpoint: &Path,
     opts: chorus_client::MountOptions,
-    server_stop: Option<(tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<anyhow::Result<()>>)>,
+    stop: Stop,
 ) -> anyhow::Result<()> {
-    let mut handle = chorus_client::mount(backend, mountpoint, opts)?;
+    let mut handle = match chorus_client::mount(backend, mountpoint, opts) {
+        Ok(h) => h,
+        Err(e) => {
+            finish(rt, stop)?;
+            return Err(e.into());
+        }
+    };
     println!("ChorusFS mounted at {} (Ctrl-C to unmount and stop)", mountpoint.display());
     let mp = mountpoint.to_path_buf();
     rt.block_on(async {
@@ -169,13 +224,56 @@ fn serve_mount(
             _ = gone => info!("mount point was unmounted externally"),
         }
     });
-    handle.unmount().context("unmount failed")?;
-    if let Some((stop, task)) = server_stop {
-        let _ = stop.send(());
-        rt.block_on(task).context("server task panicked")??;
-    }
+    let unmounted = handle.unmount().context("unmount failed");
+    finish(rt, stop)?;
+    unmounted?;
     println!("unmounted {}; stopped", mountpoint.display());
     Ok(())
+}
+
+/// What to stop after unmounting.
+enum Stop {
+    Nothing,
+    /// The in-process server of a one-replica `up`.
+    Task(tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<anyhow::Result<()>>),
+    /// The replica processes of a replicated `up`.
+    Processes(Vec<std::process::Child>),
+}
+
+fn finish(rt: &tokio::runtime::Runtime, stop: Stop) -> anyhow::Result<()> {
+    match stop {
+        Stop::Nothing => Ok(()),
+        Stop::Task(stop, task) => {
+            let _ = stop.send(());
+            rt.block_on(task).context("server task panicked")?
+        }
+        Stop::Processes(children) => {
+            stop_children(children);
+            Ok(())
+        }
+    }
+}
+
+/// SIGTERM to each replica we started, then a bounded wait, then SIGKILL.
+fn stop_children(mut children: Vec<std::process::Child>) {
+    for c in &children {
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    for c in &mut children {
+        loop {
+            match c.try_wait() {
+                Ok(Some(_)) | Err(_) => break,
+                Ok(None) if std::time::Instant::now() > deadline => {
+                    tracing::warn!(pid = c.id(), "replica did not stop in 10 s; killing it");
+                    let _ = c.kill();
+                    let _ = c.wait();
+                    break;
+                }
+                Ok(None) => std::thread::sleep(std::time::Duration::from_millis(50)),
+            }
+        }
+    }
 }
 
 fn is_mounted(path: &Path) -> bool {
@@ -186,6 +284,7 @@ fn is_mounted(path: &Path) -> bool {
 
 fn up(mountpoint: PathBuf, data: PathBuf, port: u16) -> anyhow::Result<()> {
     std::fs::create_dir_all(&data).with_context(|| format!("cannot create data folder {}", data.display()))?;
+    check_layout(&data, 1)?;
     let certs = data.join("certs");
     if !certs.join("ca.pem").exists() {
         chorus_wire::certs::init_cluster(&certs, 3)
@@ -227,7 +326,93 @@ fn up(mountpoint: PathBuf, data: PathBuf, port: u16) -> anyhow::Result<()> {
             _ => std::thread::sleep(std::time::Duration::from_millis(100)),
         }
     };
-    serve_mount(&rt, backend, &mountpoint, chorus_client::MountOptions::default(), Some((stop_tx, server)))
+    serve_mount(&rt, backend, &mountpoint, chorus_client::MountOptions::default(), Stop::Task(stop_tx, server))
+}
+
+/// Records how many replicas a data folder was made for, so `up` never
+/// mixes a one-replica store with a replicated cluster's logs.
+fn check_layout(data: &Path, replicas: usize) -> anyhow::Result<bool> {
+    let marker = data.join("replicas");
+    match std::fs::read_to_string(&marker) {
+        Ok(s) => {
+            let had: usize = s.trim().parse().with_context(|| format!("{} is damaged", marker.display()))?;
+            if had != replicas {
+                bail!("{} holds a {had}-replica cluster; run `chorus up` with --replicas {had} (or use another --data)", data.display());
+            }
+            Ok(false)
+        }
+        Err(_) => {
+            let fresh = !data.join("replica-0").exists();
+            if !fresh && replicas != 1 {
+                bail!("{} holds a 1-replica cluster; run `chorus up` with --replicas 1 (or use another --data)", data.display());
+            }
+            std::fs::write(&marker, format!("{replicas}\n")).with_context(|| format!("cannot write {}", marker.display()))?;
+            Ok(fresh)
+        }
+    }
+}
+
+fn up_replicated(mountpoint: PathBuf, data: PathBuf, port: u16, replicas: usize) -> anyhow::Result<()> {
+    if replicas % 2 == 0 || replicas > 63 {
+        bail!("--replicas must be odd and at most 63 (got {replicas})");
+    }
+    std::fs::create_dir_all(&data).with_context(|| format!("cannot create data folder {}", data.display()))?;
+    let fresh = check_layout(&data, replicas)?;
+    let certs = data.join("certs");
+    if !certs.join("ca.pem").exists() {
+        chorus_wire::certs::init_cluster(&certs, replicas)
+            .with_context(|| format!("cannot create certificates in {}", certs.display()))?;
+    }
+    let peers: Vec<SocketAddr> = (0..replicas)
+        .map(|i| SocketAddr::from(([127, 0, 0, 1], port + i as u16)))
+        .collect();
+    let peer_list = peers.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(",");
+    let exe = std::env::current_exe().context("cannot find the chorus executable")?;
+    let mut children = Vec::new();
+    for i in 0..replicas {
+        let dir = data.join(format!("replica-{i}"));
+        std::fs::create_dir_all(&dir)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("server.log"))
+            .with_context(|| format!("cannot open {}/server.log", dir.display()))?;
+        let mut cmd = std::process::Command::new(&exe);
+        cmd.arg("server").arg("--certs").arg(&certs).arg("--data").arg(&dir);
+        cmd.args(["--id", &i.to_string(), "--peers", &peer_list]);
+        if fresh {
+            cmd.arg("--init-new-cluster");
+        }
+        cmd.stdin(std::process::Stdio::null()).stdout(log.try_clone()?).stderr(log);
+        match cmd.spawn() {
+            Ok(c) => children.push(c),
+            Err(e) => {
+                stop_children(children);
+                return Err(e).context("cannot start a replica process");
+            }
+        }
+    }
+    info!(replicas, %peer_list, "replicas started; logs in <data>/replica-N/server.log");
+    let rt = runtime()?;
+    let backend = rt.block_on(async {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            match tokio::time::timeout(std::time::Duration::from_secs(10), connect_replicated(&certs, peers.clone())).await {
+                Ok(Ok(b)) => break Ok(b),
+                Ok(Err(e)) if tokio::time::Instant::now() > deadline => break Err(e),
+                _ if tokio::time::Instant::now() > deadline => break Err(anyhow::anyhow!("the cluster did not answer within 60 s")),
+                _ => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
+            }
+        }
+    });
+    let backend = match backend {
+        Ok(b) => b,
+        Err(e) => {
+            stop_children(children);
+            return Err(e).context("replicas started but no session could be opened (see <data>/replica-N/server.log)");
+        }
+    };
+    serve_mount(&rt, backend, &mountpoint, chorus_client::MountOptions::default(), Stop::Processes(children))
 }
 
 async fn shutdown_signal() {

@@ -77,3 +77,87 @@ impl chorus_client::Backend for RemoteBackend {
         }
     }
 }
+
+/// The client of a replicated cluster: FUSE requests become requests of a
+/// replication session, so a request in flight during a failover is
+/// retransmitted to the next leader and executed exactly once (the reply
+/// cache of the replicated session table answers the retry).
+///
+/// Concurrency: a session runs one request at a time (its sequence numbers
+/// order them), so the backend keeps a small pool of sessions; concurrent
+/// FUSE requests use different sessions. A session that expired while the
+/// mount was idle is refused as unknown *before* anything executes, so it is
+/// replaced and the request sent again.
+pub struct ReplicatedBackend {
+    runtime: tokio::runtime::Handle,
+    cluster: Arc<chorus_replication_shell::client::Cluster>,
+    sessions: Vec<tokio::sync::Mutex<Option<chorus_replication_shell::client::Session>>>,
+    next: std::sync::atomic::AtomicUsize,
+}
+
+/// Sessions per mount: concurrent requests in flight.
+pub const SESSIONS_PER_MOUNT: usize = 8;
+
+impl ReplicatedBackend {
+    pub async fn connect(certs: &std::path::Path, peers: Vec<SocketAddr>) -> anyhow::Result<Arc<Self>> {
+        let cluster = chorus_replication_shell::client::Cluster::new(certs, peers)?;
+        // One session now, so a dead cluster is reported at mount time.
+        let first = cluster.session(std::time::Instant::now() + CALL_TIMEOUT).await?;
+        let mut sessions = vec![tokio::sync::Mutex::new(Some(first))];
+        sessions.extend((1..SESSIONS_PER_MOUNT).map(|_| tokio::sync::Mutex::new(None)));
+        Ok(Arc::new(ReplicatedBackend {
+            runtime: tokio::runtime::Handle::current(),
+            cluster,
+            sessions,
+            next: std::sync::atomic::AtomicUsize::new(0),
+        }))
+    }
+
+    async fn call_async(&self, req: &Request) -> Result<OpResult, Errno> {
+        use chorus_replication::Outcome;
+        use chorus_replication_shell::client::ClientError;
+        let bytes = chorus_server::machine::encode_request(req).map_err(|_| Errno(libc::EINVAL))?;
+        let is_query = matches!(req, Request::Query { .. });
+        let slot = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.sessions.len();
+        let mut guard = self.sessions[slot].lock().await;
+        let deadline = std::time::Instant::now() + CALL_TIMEOUT;
+        for _attempt in 0..2 {
+            if guard.is_none() {
+                *guard = Some(self.cluster.session(deadline).await.map_err(|e| {
+                    warn!(error = %e, "cannot open a session");
+                    Errno(libc::EIO)
+                })?);
+            }
+            let session = guard.as_mut().expect("session just opened");
+            let result = if is_query {
+                session.read(bytes.clone(), deadline).await
+            } else {
+                session.write(bytes.clone(), deadline).await
+            };
+            match result {
+                Ok(reply) => {
+                    return chorus_server::machine::decode_result(&reply).map_err(|e| {
+                        warn!(error = %e, "undecodable reply");
+                        Errno(libc::EIO)
+                    })
+                }
+                Err(ClientError::Refused(Outcome::SessionUnknown)) => {
+                    // Expired while idle; nothing ran. A fresh session retries.
+                    *guard = None;
+                }
+                Err(e) => {
+                    warn!(error = %e, "replicated call failed");
+                    *guard = None;
+                    return Err(Errno(libc::EIO));
+                }
+            }
+        }
+        Err(Errno(libc::EIO))
+    }
+}
+
+impl chorus_client::Backend for ReplicatedBackend {
+    fn call(&self, req: Request) -> OpResult {
+        self.runtime.block_on(self.call_async(&req)).unwrap_or_else(Err)
+    }
+}

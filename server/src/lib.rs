@@ -11,6 +11,7 @@
 //! (RocksDB's LOCK file enforces it).
 
 pub mod machine;
+pub mod replicated;
 pub mod sequencer;
 
 use std::net::SocketAddr;
