@@ -16,6 +16,7 @@ FSX_OPS=${FSX_OPS:-50000}
 FSX_SEEDS=${FSX_SEEDS:-"11 22"}
 FSX_SEEDS_AFTER=${FSX_SEEDS_AFTER:-"33"}
 PORT=${CHORUS_POSIX_PORT:-17870}
+REPLICAS=${REPLICAS:-1}   # 3: a replicated cluster of three chorus server processes
 work=$(mktemp -d /var/tmp/chorus-posix.XXXXXX)
 chmod 755 "$work"
 mnt=$work/mnt data=$work/data
@@ -25,7 +26,7 @@ pid=""
 log() { echo "[posix] $*"; }
 
 start() {
-  "$BIN" up "$mnt" --data "$data" --port "$PORT" >>"$work/up.log" 2>&1 &
+  "$BIN" up "$mnt" --data "$data" --port "$PORT" --replicas "$REPLICAS" >>"$work/up.log" 2>&1 &
   pid=$!
   for _ in $(seq 1 300); do
     if mountpoint -q "$mnt"; then return 0; fi
