@@ -2,6 +2,7 @@
 //! errors; every capability lives in the crates (fs, wire, server, client).
 
 mod remote;
+mod status;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -92,6 +93,24 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         replicas: usize,
     },
+    /// Show every replica's protocol status (view, leader, commit point,
+    /// digest) of a replicated cluster.
+    #[command(after_help = "Examples:\n  chorus status --certs ./certs --server 127.0.0.1:7870,127.0.0.1:7871,127.0.0.1:7872\n  chorus status --data ./chorus-data            # a `chorus up --replicas 3` cluster")]
+    Status {
+        /// Certificates folder (default with --data: DATA/certs).
+        #[arg(long)]
+        certs: Option<PathBuf>,
+        /// Every replica's address, in id order.
+        #[arg(long, value_delimiter = ',')]
+        server: Vec<SocketAddr>,
+        /// A `chorus up` data folder: certificates from DATA/certs and the
+        /// replicas from DATA/replicas on 127.0.0.1, ports --port and up.
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// With --data: port of the first replica.
+        #[arg(long, default_value_t = 7870)]
+        port: u16,
+    },
 }
 
 fn main() {
@@ -170,6 +189,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 up_replicated(mountpoint, data, port, replicas)
             }
+        }
+        Command::Status { certs, server, data, port } => {
+            let target = status::target(certs, server, data, port)?;
+            status::run(&runtime()?, target)
         }
     }
 }

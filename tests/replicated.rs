@@ -1,11 +1,15 @@
 //! Real-process test of the replicated mount: `chorus up --replicas 3`
 //! (three `chorus server` processes with the replication core, one FUSE
 //! mount), the leader killed with SIGKILL during a stream of fsync'd
-//! creates. Bounded in time; kills only processes it started, by PID.
+//! creates; then the killed replica is restarted (without
+//! --init-new-cluster) and must catch up: all three replicas report the same
+//! commit point and state digest, and `chorus status` shows them all up.
+//! Bounded in time; kills only processes it started, by PID.
 
 mod common;
 
 use std::io::Write;
+use std::net::SocketAddr;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -47,6 +51,42 @@ fn pid_of_replica(replica_dir: &Path) -> Option<i32> {
     None
 }
 
+/// On drop (also when the test fails): SIGKILLs, by PID, any replica
+/// process still serving one of this test's replica folders (the children
+/// of a `chorus up` that was itself killed), and detaches the mount.
+struct Cleanup {
+    data: PathBuf,
+    mnt: PathBuf,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for i in 0..3 {
+            if let Some(pid) = pid_of_replica(&self.data.join(format!("replica-{i}"))) {
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+        if is_mounted(&self.mnt) {
+            let c = std::ffi::CString::new(self.mnt.as_os_str().as_encoded_bytes()).unwrap();
+            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        }
+    }
+}
+
+/// Every replica's status through the shell client (None: no answer in 2 s).
+fn statuses(
+    rt: &tokio::runtime::Runtime,
+    cluster: &Arc<chorus_replication_shell::client::Cluster>,
+) -> Vec<Option<chorus_replication_shell::api::NodeStatus>> {
+    rt.block_on(async {
+        let mut out = Vec::new();
+        for i in 0..cluster.replica_count() {
+            out.push(tokio::time::timeout(Duration::from_secs(2), cluster.status(i)).await.ok().flatten());
+        }
+        out
+    })
+}
+
 fn content(i: usize) -> Vec<u8> {
     format!("replicated write number {i}\n").repeat(1 + i % 7).into_bytes()
 }
@@ -57,7 +97,9 @@ fn leader_killed_during_fsynced_creates_loses_nothing() {
     let mnt = dir.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
     let data: PathBuf = dir.path().join("data");
-    let port = free_port().min(60000).to_string();
+    let port_n = free_port().min(60000);
+    let port = port_n.to_string();
+    let _cleanup = Cleanup { data: data.clone(), mnt: mnt.clone() };
     let log = dir.path().join("up.log");
     let args = [
         "up".as_ref(),
@@ -127,6 +169,81 @@ fn leader_killed_during_fsynced_creates_loses_nothing() {
             .unwrap_or_else(|e| panic!("acknowledged file f{i} missing after failover: {e}"));
         assert!(got == content(*i), "acknowledged file f{i} has wrong content after failover");
     }
+
+    // Restart the killed replica as our own process, WITHOUT
+    // --init-new-cluster: it recovers from its log and from the group. The
+    // state stays small (a few hundred tiny files), far below the 16 MiB
+    // state-transfer frame limit.
+    let certs = data.join("certs");
+    let peers: Vec<SocketAddr> = (0..3u16).map(|i| SocketAddr::from(([127, 0, 0, 1], port_n + i))).collect();
+    let peer_list = peers.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(",");
+    let leader_id = leader.to_string();
+    let restarted_log = dir.path().join("restarted.log");
+    let mut restarted = spawn(
+        "restarted replica",
+        &[
+            "server".as_ref(),
+            "--certs".as_ref(),
+            certs.as_os_str(),
+            "--data".as_ref(),
+            leader_dir.as_os_str(),
+            "--id".as_ref(),
+            leader_id.as_ref(),
+            "--peers".as_ref(),
+            peer_list.as_ref(),
+        ],
+        &restarted_log,
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let cluster = rt
+        .block_on(async { chorus_replication_shell::client::Cluster::new(&certs, peers.clone()) })
+        .expect("shell client");
+    let restarted_at = Instant::now();
+    let mut last;
+    let converged = loop {
+        assert!(restarted.running(), "restarted replica exited: {}", std::fs::read_to_string(&restarted_log).unwrap_or_default());
+        last = statuses(&rt, &cluster);
+        let brief: Vec<_> = last.iter().map(|s| s.as_ref().map(|s| (s.status.clone(), s.view, s.commit_op))).collect();
+        eprintln!("after {:?}: (status, view, commit_op) = {brief:?}", restarted_at.elapsed());
+        let all: Vec<_> = last.iter().flatten().collect();
+        if all.len() == 3
+            && all.iter().all(|s| s.status == "normal")
+            && all.iter().all(|s| (s.view, s.commit_op, s.digest) == (all[0].view, all[0].commit_op, all[0].digest))
+        {
+            break true;
+        }
+        if restarted_at.elapsed() > Duration::from_secs(60) {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    assert!(
+        converged,
+        "replicas did not reach the same commit point and digest within 60 s of restarting replica {leader}: {last:#?}\n{}",
+        std::fs::read_to_string(&restarted_log).unwrap_or_default()
+    );
+    eprintln!(
+        "replica {leader} restarted; all three at commit_op {} digest {:016x} after {:?}",
+        last[0].as_ref().unwrap().commit_op,
+        last[0].as_ref().unwrap().digest,
+        restarted_at.elapsed()
+    );
+    drop(cluster);
+    drop(rt);
+    let report = run_ok(std::process::Command::new(chorus_bin()).args(["status", "--port", &port, "--data"]).arg(&data));
+    eprintln!("{report}");
+    for p in &peers {
+        let line = report
+            .lines()
+            .find(|l| l.contains(&p.to_string()) && l.contains('┆')) // a table row, not the headline
+            .unwrap_or_else(|| panic!("`chorus status` does not name {p}:\n{report}"));
+        assert!(
+            line.split(|c: char| !c.is_alphanumeric() && c != '_').any(|w| w == "up"),
+            "`chorus status` does not show {p} up:\n{report}"
+        );
+    }
+    let st = restarted.term(Duration::from_secs(30));
+    assert!(st.success(), "restarted replica exited with {st}");
     let st = up.term(Duration::from_secs(30));
     assert!(st.success(), "chorus up exited with {st}: {}", std::fs::read_to_string(&log).unwrap_or_default());
     assert!(!is_mounted(&mnt));
