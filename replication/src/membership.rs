@@ -21,6 +21,12 @@
 //!   it was not among the DoViewChange senders) rejects messages of older
 //!   views, catches up by state transfer, and becomes a member again only
 //!   when the leader starts a new view that it takes part in (Join).
+//! - One replica's suspicion does not move a healthy group: a Normal leader,
+//!   and a Normal follower that does not suspect its leader, ignore
+//!   StartViewChange of a higher view; a replica left alone in a view nobody
+//!   formed sends Join to the leader of the lower view once it hears it, and
+//!   that leader moves the group to a view it leads above the straggler's
+//!   (docs/protocol.md V1b).
 //!
 //! Assumes: a majority of U eventually stays up and connected for a view
 //! change timeout (liveness only).

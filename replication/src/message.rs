@@ -13,7 +13,7 @@
 //! | `StartViewChange`  | any → all of U             | view change ([`crate::membership`]) |
 //! | `DoViewChange`     | any → new leader           | view change ([`crate::membership`]) |
 //! | `StartView`        | new leader → members       | view change ([`crate::membership`]) |
-//! | `Join`             | non-member → leader        | membership ([`crate::membership`]) |
+//! | `Join`             | non-member/straggler → leader | membership ([`crate::membership`]) |
 //! | `GetState`         | lagging replica → leader   | state transfer ([`crate::recovery`]) |
 //! | `NewState`         | leader → lagging replica   | state transfer ([`crate::recovery`]) |
 //! | `Recovery`         | disk-less replica → all    | recovery ([`crate::recovery`]) |
@@ -229,9 +229,11 @@ pub enum Message {
         /// its DoViewChange (never below the leader's base).
         log: LogSuffix,
     },
-    /// A caught-up non-member asks to be included in the next view.
+    /// A caught-up non-member asks to be included in the next view; or a
+    /// replica stuck in a view nobody formed asks the leader of a lower view
+    /// to move the group above it.
     Join {
-        /// The view it caught up in.
+        /// The view it caught up in (or is stuck in).
         view: ViewNumber,
     },
     /// "I am behind in `view`; my commit point is `commit`."

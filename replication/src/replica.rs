@@ -649,7 +649,13 @@ impl<S: StateMachine> Replica<S> {
     /// Common gate for Prepare and Commit: from the leader of our normal view.
     fn accept_from_leader(&mut self, from: ReplicaId, view: ViewNumber) -> bool {
         if view < self.view {
-            return false; // a deposed leader: rejected
+            // A deposed leader: rejected. But if we are forming a view that
+            // nobody installed (our suspicion was ours alone), the leader of
+            // the older view is alive and normal: ask it to admit us (V1b).
+            if self.status == Status::ViewChange && !self.needs_state && from == leader_of(view, self.n()) {
+                self.ask_to_join(from);
+            }
+            return false;
         }
         if view > self.view {
             self.catch_up_to(view);
@@ -659,6 +665,11 @@ impl<S: StateMachine> Replica<S> {
             return false;
         }
         if self.status != Status::Normal {
+            // The view is installed and its leader is alive: count it as
+            // heard (V1c), so that waiting for its state never makes us
+            // suspect it and start a view change of our own.
+            self.detector.heard(from, self.now_ms);
+            self.lease.promise(from, self.now_ms);
             // The view is installed and we missed StartView.
             if !self.needs_state {
                 self.needs_state = true;
@@ -850,6 +861,20 @@ impl<S: StateMachine> Replica<S> {
     fn on_start_view_change(&mut self, from: ReplicaId, view: ViewNumber) {
         if view < self.view {
             return;
+        }
+        if view > self.view && self.status == Status::Normal {
+            // V1b: a Normal replica does not leave its view for one other
+            // replica's suspicion (it restarted, is behind, or is cut off
+            // from the leader) while its leader is alive: the leader ignores
+            // it, a follower that does not suspect the leader too. The
+            // straggler comes back through Join once it hears the leader
+            // (`accept_from_leader`, `on_join`).
+            if self.is_leader() {
+                return;
+            }
+            if from != self.leader() && !self.detector.suspects(self.leader(), self.now_ms) {
+                return;
+            }
         }
         if view > self.view {
             self.start_view_change(view);
@@ -1100,7 +1125,25 @@ impl<S: StateMachine> Replica<S> {
         self.send(leader, Message::Join { view: self.view });
     }
 
+    /// Join from a replica stuck in a higher view that nobody formed: sent to
+    /// the normal leader of our older view, which then moves the group to a
+    /// view above ours that it leads again (V1b).
+    fn ask_to_join(&mut self, leader: ReplicaId) {
+        if self.join_sent_ms.is_some_and(|t| self.now_ms < t + self.config.retry_interval_ms) {
+            return;
+        }
+        self.join_sent_ms = Some(self.now_ms);
+        self.send(leader, Message::Join { view: self.view });
+    }
+
     fn on_join(&mut self, from: ReplicaId, view: ViewNumber) {
+        if view > self.view && self.is_leader_normal() {
+            // A straggler in a view nobody formed (V1b): move the group to
+            // the first view at or above it that we lead, so it takes part.
+            let next = next_view_led_by(view - 1, self.id, self.n());
+            self.start_view_change(next);
+            return;
+        }
         if view != self.view || !self.is_leader_normal() || self.members.contains(from) {
             return;
         }

@@ -968,3 +968,5 @@ impl Sim {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod restart;
