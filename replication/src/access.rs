@@ -219,6 +219,22 @@ impl<S: StateMachine> Sessions<S> {
         bincode::serialize(&image).expect("serialize session image")
     }
 
+    /// The machine's part of a checkpoint image (None if it does not decode;
+    /// `restore` then reports the error).
+    pub fn machine_checkpoint(&self, bytes: &[u8]) -> Option<Vec<u8>> {
+        bincode::deserialize::<Image>(bytes).ok().map(|image| image.machine)
+    }
+
+    /// See [`StateMachine::has_checkpoint`].
+    pub fn has_machine_checkpoint(&self, machine_part: &[u8]) -> bool {
+        self.machine.has_checkpoint(machine_part)
+    }
+
+    /// Gives back the state machine (its state as it is).
+    pub fn into_inner(self) -> S {
+        self.machine
+    }
+
     /// Replaces everything by a checkpoint image.
     pub fn restore(&mut self, op: Op, bytes: &[u8]) -> Result<(), CheckpointError> {
         let image: Image = bincode::deserialize(bytes).map_err(|e| CheckpointError(e.to_string()))?;

@@ -129,14 +129,24 @@ pub struct Config {
     pub lease_drift_margin_ms: Millis,
     /// Client requests per log entry (batch).
     pub batch_requests_max: usize,
+    /// Payload bytes per log entry (a batch takes at least one request):
+    /// with the pipeline depth this bounds the uncommitted log that view
+    /// changes carry.
+    pub batch_bytes_max: usize,
     /// Entries the leader may have prepared but not committed (pipeline).
     pub pipeline_depth_max: u64,
     /// Client requests queued at the leader waiting for a batch slot.
     pub pending_requests_max: usize,
     /// Entries carried by one Prepare sent for repair.
     pub entries_per_message_max: usize,
-    /// A checkpoint is taken every this many applied entries.
+    /// Payload bytes carried by one Prepare sent for repair (at least one entry).
+    pub repair_bytes_max: usize,
+    /// A checkpoint is taken every this many applied entries...
     pub checkpoint_interval_ops: u64,
+    /// ...or once this many command bytes were applied since the last one,
+    /// whichever comes first. Bounds the log above a checkpoint, hence
+    /// state-transfer messages and the disk log.
+    pub checkpoint_interval_bytes: u64,
     /// Client sessions kept in the replicated session table.
     pub sessions_max: usize,
     /// Cached replies kept per session (requests a client may have in flight).
@@ -162,10 +172,13 @@ impl Config {
             lease_ms: 300,
             lease_drift_margin_ms: 30,
             batch_requests_max: 64,
+            batch_bytes_max: 1_280 * 1024,
             pipeline_depth_max: 8,
             pending_requests_max: 4_096,
             entries_per_message_max: 64,
+            repair_bytes_max: 16 * 1024 * 1024,
             checkpoint_interval_ops: 4_096,
+            checkpoint_interval_bytes: 16 * 1024 * 1024,
             sessions_max: 10_000,
             session_replies_max: 64,
             session_timeout_ms: 3_600_000,
@@ -196,7 +209,12 @@ impl Config {
         if self.batch_requests_max == 0 || self.pipeline_depth_max == 0 {
             return Err(ConfigError("batch and pipeline bounds must be positive".into()));
         }
-        if self.entries_per_message_max == 0 || self.checkpoint_interval_ops == 0 {
+        if self.entries_per_message_max == 0
+            || self.checkpoint_interval_ops == 0
+            || self.checkpoint_interval_bytes == 0
+            || self.batch_bytes_max == 0
+            || self.repair_bytes_max == 0
+        {
             return Err(ConfigError("message and checkpoint bounds must be positive".into()));
         }
         if self.sessions_max == 0 || self.session_replies_max == 0 {

@@ -193,11 +193,21 @@ impl Log {
         }
     }
 
-    /// Entries from `from` to the end, at most `limit` of them.
-    pub fn entries_from(&self, from: Op, limit: usize) -> Vec<Entry> {
+    /// Entries from `from` to the end, at most `limit` of them and
+    /// `bytes_max` payload bytes (at least one entry if there is one).
+    pub fn entries_from(&self, from: Op, limit: usize, bytes_max: usize) -> Vec<Entry> {
         assert!(from > self.base, "entries below the base are gone");
         let skip = (from - self.base - 1) as usize;
-        self.entries.iter().skip(skip).take(limit).cloned().collect()
+        let mut bytes = 0;
+        let mut out = Vec::new();
+        for entry in self.entries.iter().skip(skip).take(limit) {
+            bytes += entry.payload_bytes();
+            if !out.is_empty() && bytes > bytes_max {
+                break;
+            }
+            out.push(entry.clone());
+        }
+        out
     }
 
     /// The whole retained log as a suffix.

@@ -69,6 +69,26 @@ pub struct Request {
     pub operation: Operation,
 }
 
+impl Request {
+    /// Bytes of the command or query it carries (what batch and message
+    /// bounds count), plus a fixed allowance for the header.
+    pub fn payload_bytes(&self) -> usize {
+        const HEADER_BYTES: usize = 48;
+        HEADER_BYTES
+            + match &self.operation {
+                Operation::Register => 0,
+                Operation::Write(bytes) | Operation::Read(bytes) => bytes.len(),
+            }
+    }
+}
+
+impl Entry {
+    /// Payload bytes of all its requests (see [`Request::payload_bytes`]).
+    pub fn payload_bytes(&self) -> usize {
+        self.requests.iter().map(Request::payload_bytes).sum()
+    }
+}
+
 /// The answer to a request.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Outcome {
@@ -338,5 +358,15 @@ pub enum Action {
     SetTimer {
         /// When.
         at_ms: Millis,
+    },
+    /// The state machine cannot restore `checkpoint` (a reference to files it
+    /// does not hold, see [`crate::StateMachine::has_checkpoint`]): fetch
+    /// what it refers to from `from`, then the core's next state request
+    /// installs it. Idempotent; the core repeats it while it still needs it.
+    FetchCheckpoint {
+        /// The replica whose checkpoint it is.
+        from: ReplicaId,
+        /// The state machine's part of the checkpoint.
+        checkpoint: Vec<u8>,
     },
 }

@@ -51,9 +51,18 @@ impl Sequencer {
         self.pending.iter().any(|r| same_request(r, request))
     }
 
-    /// Takes the next batch of at most `max` requests.
-    pub fn take_batch(&mut self, max: usize) -> Vec<Request> {
-        let n = self.pending.len().min(max);
+    /// Takes the next batch of at most `max` requests and `bytes_max`
+    /// payload bytes (always at least one request, so a large one still goes).
+    pub fn take_batch(&mut self, max: usize, bytes_max: usize) -> Vec<Request> {
+        let mut n = 0;
+        let mut bytes = 0;
+        for request in self.pending.iter().take(max) {
+            bytes += request.payload_bytes();
+            if n > 0 && bytes > bytes_max {
+                break;
+            }
+            n += 1;
+        }
         self.pending.drain(..n).collect()
     }
 

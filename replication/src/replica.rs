@@ -106,6 +106,8 @@ pub struct Replica<S: StateMachine> {
     machine: Sessions<S>,
     /// Newest checkpoint taken or installed (its write may be in flight).
     checkpoint: Option<Checkpoint>,
+    /// Command bytes applied since that checkpoint (checkpoint trigger).
+    applied_bytes_since_checkpoint: u64,
 
     detector: Detector,
     lease: Lease,
@@ -139,13 +141,25 @@ impl<S: StateMachine> Replica<S> {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let jitter_ms = rng.gen_range(0..=config.suspicion_jitter_ms);
         let mut machine = Sessions::new(machine, &config);
+        let mut durable = durable;
+        if let (Some(_), Some(c)) = (durable.superblock, &durable.checkpoint) {
+            if let Err(e) = machine.restore(c.op, &c.state) {
+                // A damaged or missing checkpoint: everything above it is
+                // useless, and what this replica acknowledged before is
+                // unknown, exactly as after a lost disk. Recover from the
+                // group (state transfer) instead of starting wrong.
+                tracing::error!(replica = id, checkpoint_op = c.op, error = %e,
+                    "the durable checkpoint cannot be restored; recovering from the other replicas");
+                durable.superblock = None;
+                machine = Sessions::new(machine.into_inner(), &config);
+            }
+        }
         let wiped = durable.superblock.is_none();
         let (log, checkpoint) = if wiped {
             (Log::new(0, 0, Vec::new()), None)
         } else {
             match durable.checkpoint {
                 Some(c) => {
-                    machine.restore(c.op, &c.state).expect("durable checkpoint restores");
                     let entries = durable.entries.into_iter().filter(|e| e.op > c.op).collect();
                     (Log::new(c.op, c.timestamp_ms, entries), Some(c))
                 }
@@ -175,6 +189,7 @@ impl<S: StateMachine> Replica<S> {
             log,
             machine,
             checkpoint,
+            applied_bytes_since_checkpoint: 0,
             recovery: None,
             leader_sent_at_ms: 0,
             heartbeat_sent_ms: 0,
@@ -571,7 +586,7 @@ impl<S: StateMachine> Replica<S> {
             && !self.sequencer.is_empty()
             && self.log.op() - self.commit_op < self.config.pipeline_depth_max
         {
-            let requests = self.sequencer.take_batch(self.config.batch_requests_max);
+            let requests = self.sequencer.take_batch(self.config.batch_requests_max, self.config.batch_bytes_max);
             let entry = Entry {
                 op: self.log.op() + 1,
                 view: self.view,
@@ -755,7 +770,7 @@ impl<S: StateMachine> Replica<S> {
             self.send(from, Message::NewState { view: self.view, state });
             return;
         }
-        let entries = self.log.entries_from(first, self.config.entries_per_message_max);
+        let entries = self.log.entries_from(first, self.config.entries_per_message_max, self.config.repair_bytes_max);
         let message = Message::Prepare { view: self.view, commit: self.commit_op, sent_at_ms: self.now_ms, entries };
         self.send(from, message);
     }
@@ -798,6 +813,7 @@ impl<S: StateMachine> Replica<S> {
                 invariant!(self, false, "committed op {} missing from the log", op);
                 return;
             };
+            self.applied_bytes_since_checkpoint += entry.payload_bytes() as u64;
             let outcomes = self.machine.apply_entry(entry);
             if self.status == Status::Normal && leader_of(self.view, self.config.replica_count) == self.id {
                 // Uniform output: the entry is committed, so the reply may go.
@@ -806,7 +822,9 @@ impl<S: StateMachine> Replica<S> {
                     self.reply(request, outcome);
                 }
             }
-            if op.is_multiple_of(self.config.checkpoint_interval_ops) {
+            if op.is_multiple_of(self.config.checkpoint_interval_ops)
+                || self.applied_bytes_since_checkpoint >= self.config.checkpoint_interval_bytes
+            {
                 self.take_checkpoint();
             }
         }
@@ -823,6 +841,7 @@ impl<S: StateMachine> Replica<S> {
         let keep_from = self.checkpoint_op().max(self.log.base());
         self.log.compact_through(keep_from);
         self.checkpoint = Some(checkpoint.clone());
+        self.applied_bytes_since_checkpoint = 0;
         self.persist(Write { checkpoint: Some(checkpoint), ..Default::default() });
     }
 
@@ -1209,7 +1228,7 @@ impl<S: StateMachine> Replica<S> {
         if view > self.view {
             self.enter_view_change(view, false);
         }
-        if !self.install_state(&state) {
+        if !self.install_state(from, &state) {
             self.needs_state = true;
             self.view_change.voted = true;
             self.request_state();
@@ -1219,7 +1238,7 @@ impl<S: StateMachine> Replica<S> {
     }
 
     /// Installs a leader's state (splice or checkpoint); false if impossible.
-    fn install_state(&mut self, state: &StateTransfer) -> bool {
+    fn install_state(&mut self, from: ReplicaId, state: &StateTransfer) -> bool {
         match &state.checkpoint {
             None => {
                 if !self.can_splice(&state.log) {
@@ -1237,7 +1256,11 @@ impl<S: StateMachine> Replica<S> {
                 if checkpoint.op < self.commit_op || state.log.base != checkpoint.op {
                     return false;
                 }
+                if !self.checkpoint_at_hand(from, checkpoint) {
+                    return false;
+                }
                 self.machine.restore(checkpoint.op, &checkpoint.state).expect("leader checkpoint restores");
+                self.applied_bytes_since_checkpoint = 0;
                 self.log = Log::new(checkpoint.op, checkpoint.timestamp_ms, state.log.entries.clone());
                 self.journal.note_truncation(checkpoint.op);
                 self.commit_op = checkpoint.op;
@@ -1253,6 +1276,18 @@ impl<S: StateMachine> Replica<S> {
             }
         }
         true
+    }
+
+    /// Whether the machine can restore `checkpoint` from what it holds; if
+    /// not, asks the shell to fetch it from `from` (the checkpoint's owner).
+    fn checkpoint_at_hand(&mut self, from: ReplicaId, checkpoint: &Checkpoint) -> bool {
+        match self.machine.machine_checkpoint(&checkpoint.state) {
+            Some(machine_part) if !self.machine.has_machine_checkpoint(&machine_part) => {
+                self.actions.push(Action::FetchCheckpoint { from, checkpoint: machine_part });
+                false
+            }
+            _ => true,
+        }
     }
 
     fn start_recovery(&mut self) {
@@ -1287,11 +1322,19 @@ impl<S: StateMachine> Replica<S> {
         recovery.record(from, view, state);
         let Some((view, state)) = recovery.decide(majority, |v| leader_of(v, n)) else { return };
         let state = state.clone();
+        if let Some(c) = &state.checkpoint {
+            if !self.checkpoint_at_hand(leader_of(view, n), c) {
+                // Keep recovering: the retries bring fresh responses, and
+                // one of them finds the fetched files.
+                return;
+            }
+        }
         self.recovery = None;
         self.view = view;
         let (base, base_ms) = match &state.checkpoint {
             Some(c) => {
                 self.machine.restore(c.op, &c.state).expect("leader checkpoint restores");
+                self.applied_bytes_since_checkpoint = 0;
                 (c.op, c.timestamp_ms)
             }
             None => (0, 0),

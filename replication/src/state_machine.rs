@@ -53,4 +53,16 @@ pub trait StateMachine {
 
     /// A digest of the state; equal states give equal digests.
     fn digest(&self) -> u64;
+
+    /// Whether `restore(_, checkpoint)` can run with what this replica holds.
+    /// A machine whose checkpoints are images always can (the default). A
+    /// machine whose checkpoints are references to files (a store's
+    /// checkpoint directory) says no until the shell has fetched the files
+    /// from the replica that made it ([`crate::Action::FetchCheckpoint`]):
+    /// the core stays free of I/O, and large states never travel inside
+    /// protocol messages.
+    fn has_checkpoint(&self, checkpoint: &[u8]) -> bool {
+        let _ = checkpoint;
+        true
+    }
 }

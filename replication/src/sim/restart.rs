@@ -107,6 +107,7 @@ impl Harness {
                 }
                 Action::SetTimer { at_ms } => self.schedule(at_ms, Ev::Timer { to: r, incarnation }),
                 Action::Reply { .. } => {}
+                Action::FetchCheckpoint { .. } => panic!("image checkpoints need no fetch"),
             }
         }
     }
