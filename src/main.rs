@@ -60,6 +60,12 @@ enum Command {
         /// that one must recover from the others.
         #[arg(long)]
         init_new_cluster: bool,
+        /// With --peers: take a checkpoint every this many log entries...
+        #[arg(long, default_value_t = chorus_server::replicated::CHECKPOINT_INTERVAL_OPS_DEFAULT)]
+        checkpoint_interval_ops: u64,
+        /// ...or after this many bytes of commands (at most 24 MiB).
+        #[arg(long, default_value_t = chorus_server::replicated::CHECKPOINT_INTERVAL_BYTES_DEFAULT)]
+        checkpoint_interval_bytes: u64,
     },
     /// Mount a ChorusFS cluster at a folder (runs until unmounted or Ctrl-C).
     #[command(after_help = "Examples:\n  chorus mount --certs ./certs --server 127.0.0.1:7870 /mnt/chorus\n  chorus mount --certs ./certs --server 127.0.0.1:7870,127.0.0.1:7871,127.0.0.1:7872 /mnt/chorus")]
@@ -149,7 +155,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("created cluster CA and certificates for {replicas} replicas, a client and an admin in {}", certs.display());
             Ok(())
         }
-        Command::Server { certs, data, id, listen, peers, init_new_cluster } => {
+        Command::Server { certs, data, id, listen, peers, init_new_cluster, checkpoint_interval_ops, checkpoint_interval_bytes } => {
             let rt = runtime()?;
             if peers.is_empty() {
                 rt.block_on(async move {
@@ -168,6 +174,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         certs_dir: certs,
                         data_dir: data,
                         init_new_cluster,
+                        checkpoint_interval_ops,
+                        checkpoint_interval_bytes,
                     };
                     chorus_server::replicated::run(cfg, shutdown_signal()).await
                 })

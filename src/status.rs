@@ -15,7 +15,7 @@ use chorus_replication_shell::api::NodeStatus;
 use comfy_table::{presets, Cell, ContentArrangement, Table};
 
 /// How long a replica may take to answer before it is reported down.
-pub const REPLICA_TIMEOUT: Duration = Duration::from_secs(2);
+pub const REPLICA_TIMEOUT: Duration = Duration::from_secs(12);
 
 /// Where the cluster is: certificates and every replica's address.
 pub struct Target {

@@ -40,6 +40,10 @@ use crate::{attrs, data, namespace, xattr};
 pub struct StoreOptions {
     /// fsync the WAL on every apply (slow); otherwise only on `sync`/fsync.
     pub sync_every_write: bool,
+    /// Write no RocksDB WAL at all: for a store that is derived state, rebuilt
+    /// at every start from a checkpoint plus a replayed log (a replica). Its
+    /// durability is the replication log's; `checkpoint` flushes memtables.
+    pub skip_wal: bool,
 }
 
 /// All memtables of one store together (bounds memory; several replicas may
@@ -65,6 +69,7 @@ pub struct FsStore {
     db: Db,
     dir: PathBuf,
     sync_every_write: bool,
+    skip_wal: bool,
     /// Serializes appliers (and checkpoints) and holds the counters.
     applier: Mutex<Applier>,
     /// Copy of `meta.applied_index` readable without the lock.
@@ -128,6 +133,7 @@ impl FsStore {
             db,
             dir: dir.to_path_buf(),
             sync_every_write: opts.sync_every_write,
+            skip_wal: opts.skip_wal,
             applier: Mutex::new(Applier { meta, tag }),
             applied,
         })
@@ -243,7 +249,12 @@ impl FsStore {
             tx.put_record(Table::Meta, TAG_KEY.to_vec(), tag);
         }
         let mut wo = WriteOptions::default();
-        wo.set_sync(sync);
+        if self.skip_wal {
+            // RocksDB refuses sync without a WAL; durability is elsewhere.
+            wo.disable_wal(true);
+        } else {
+            wo.set_sync(sync);
+        }
         self.db.write_opt(tx.into_batch(), &wo)?;
         applier.meta = meta;
         if let Some(tag) = tag {
@@ -284,8 +295,12 @@ impl FsStore {
         self.applied.load(Ordering::Acquire)
     }
 
-    /// Makes every applied command durable (WAL fsync).
+    /// Makes every applied command durable (WAL fsync; without a WAL there
+    /// is nothing to sync: see [`StoreOptions::skip_wal`]).
     pub fn sync(&self) -> Result<(), StoreError> {
+        if self.skip_wal {
+            return Ok(());
+        }
         self.db.flush_wal(true)?;
         Ok(())
     }

@@ -249,6 +249,19 @@ impl<S: StateMachine> Sessions<S> {
         Ok(())
     }
 
+    /// The digest as a job to run off the event loop (see
+    /// [`StateMachine::digest_job`]); the session part is taken now.
+    pub fn digest_job(&self) -> Box<dyn FnOnce() -> u64 + Send + 'static> {
+        let table = fnv64(&bincode::serialize(&(self.applied_op, &self.table)).expect("serialize table"));
+        match self.machine.digest_job() {
+            Some(job) => Box::new(move || table ^ job().rotate_left(17)),
+            None => {
+                let machine = self.machine.digest();
+                Box::new(move || table ^ machine.rotate_left(17))
+            }
+        }
+    }
+
     /// Digest of the replicated state (sessions and machine).
     pub fn digest(&self) -> u64 {
         let table = bincode::serialize(&(self.applied_op, &self.table)).expect("serialize table");

@@ -65,6 +65,10 @@ pub struct StatusReport {
     pub durable_op: Op,
     /// Log base (covered by a checkpoint).
     pub log_base: Op,
+    /// Op of the newest checkpoint (0: none yet).
+    pub checkpoint_op: Op,
+    /// Leader time stamp of that op (0: none), for its age.
+    pub checkpoint_timestamp_ms: Millis,
     /// Whether it holds the leader lease now.
     pub lease_holds: bool,
     /// Whether it is waiting for a state transfer.
@@ -266,6 +270,8 @@ impl<S: StateMachine> Replica<S> {
             applied_op: self.machine.applied_op(),
             durable_op: self.journal.durable_op(),
             log_base: self.log.base(),
+            checkpoint_op: self.checkpoint_op(),
+            checkpoint_timestamp_ms: self.checkpoint.as_ref().map_or(0, |c| c.timestamp_ms),
             lease_holds,
             needs_state: self.needs_state,
             recovering: self.status == Status::Recovering || self.journal.durable_superblock().is_none(),

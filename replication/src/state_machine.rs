@@ -54,6 +54,15 @@ pub trait StateMachine {
     /// A digest of the state; equal states give equal digests.
     fn digest(&self) -> u64;
 
+    /// A job computing `digest()` off the replica's event loop, for a
+    /// machine whose digest reads its whole state (seconds for gigabytes: the
+    /// loop must keep heartbeating meanwhile). It may see a later state than
+    /// the one at the call; callers compare digests of a quiet cluster.
+    /// None (the default): `digest()` is cheap, call it directly.
+    fn digest_job(&self) -> Option<Box<dyn FnOnce() -> u64 + Send + 'static>> {
+        None
+    }
+
     /// Whether `restore(_, checkpoint)` can run with what this replica holds.
     /// A machine whose checkpoints are images always can (the default). A
     /// machine whose checkpoints are references to files (a store's

@@ -56,8 +56,11 @@
 //!   digests differ. The server should answer reads locally (lease) and
 //!   never order StatFs.
 
-use std::path::Path;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use chorus_replication_shell::checkpoint::{self, Manifest};
 
 use chorus_fs::ops::{Errno, OpResult, Request, Timestamp};
 use chorus_fs::{AppliedTag, FsStore, StoreError, StoreImage, StoreOptions};
@@ -126,12 +129,33 @@ pub enum MachineError {
          (written by the single-replica server); it cannot join a replicated group as is"
     )]
     Untagged { applied_index: u64 },
+    #[error("{0}")]
+    Io(String),
 }
 
 /// The file system as a replicated state machine; see the module comment.
 pub struct FsMachine {
     /// Shared so the server can answer local reads while the core applies.
     store: Arc<FsStore>,
+    /// Checkpoints by reference (a replica); None: checkpoints are images.
+    refs: Option<CheckpointRefs>,
+}
+
+/// Checkpoints kept on disk (the newest few; older ones are pruned).
+pub const CHECKPOINTS_KEPT: usize = 3;
+
+/// Where a replica keeps its live store and its checkpoints.
+struct CheckpointRefs {
+    replica: u8,
+    /// The live store is `live_root/<generation>`; a restore opens the next
+    /// generation beside the old one, then removes the old one.
+    live_root: PathBuf,
+    generation: u64,
+    /// Complete checkpoints (own and fetched), see `chorus_replication_shell::checkpoint`.
+    checkpoints: PathBuf,
+    options: StoreOptions,
+    /// CRC32C of immutable files already summed, by (name, size).
+    crc_known: Mutex<HashMap<(String, u64), u32>>,
 }
 
 impl FsMachine {
@@ -141,7 +165,84 @@ impl FsMachine {
         if store.tag().is_none() && store.applied_index() != 0 {
             return Err(MachineError::Untagged { applied_index: store.applied_index() });
         }
-        Ok(FsMachine { store })
+        Ok(FsMachine { store, refs: None })
+    }
+
+    /// A replica's machine: the live store is derived state, rebuilt at every
+    /// start (the folder `state/` is cleared), written without a WAL; its
+    /// checkpoints are RocksDB checkpoints under `checkpoints/`, referenced
+    /// by manifest (`chorus_replication_shell::checkpoint`), which survive.
+    pub fn open_replica(data_dir: &Path, replica: u8) -> Result<FsMachine, MachineError> {
+        let live_root = data_dir.join("state");
+        let checkpoints = data_dir.join("checkpoints");
+        let io = |p: &Path| {
+            let p = p.display().to_string();
+            move |e: std::io::Error| MachineError::Io(format!("{p}: {e}"))
+        };
+        if live_root.exists() {
+            std::fs::remove_dir_all(&live_root).map_err(io(&live_root))?;
+        }
+        std::fs::create_dir_all(&live_root).map_err(io(&live_root))?;
+        std::fs::create_dir_all(&checkpoints).map_err(io(&checkpoints))?;
+        let options = StoreOptions { sync_every_write: false, skip_wal: true };
+        let store = Arc::new(FsStore::open(&live_root.join("0"), options.clone())?);
+        let refs = CheckpointRefs { replica, live_root, generation: 0, checkpoints, options, crc_known: Mutex::default() };
+        Ok(FsMachine { store, refs: Some(refs) })
+    }
+
+    /// Folder of this replica's checkpoints (None: image checkpoints).
+    pub fn checkpoints_dir(&self) -> Option<PathBuf> {
+        self.refs.as_ref().map(|r| r.checkpoints.clone())
+    }
+
+    fn checkpoint_by_reference(&self, refs: &CheckpointRefs) -> Result<Vec<u8>, String> {
+        let op = self.tag().op;
+        let name = format!("cp-{op:020}-r{}", refs.replica);
+        let path = refs.checkpoints.join(&name);
+        // No command since the last checkpoint: the same files serve again.
+        if let Ok(bytes) = std::fs::read(path.join(checkpoint::MANIFEST_FILE)) {
+            if let Ok(m) = Manifest::from_bytes(&bytes) {
+                if checkpoint::is_complete(&refs.checkpoints, &m) {
+                    return Ok(bytes);
+                }
+            }
+        }
+        let tmp = refs.checkpoints.join(format!("{name}.tmp"));
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
+        }
+        self.store.checkpoint(&tmp).map_err(|e| e.to_string())?;
+        let mut known = refs.crc_known.lock().expect("crc cache lock");
+        let manifest = checkpoint::seal(&refs.checkpoints, &tmp, &name, op, &mut known).map_err(|e| e.to_string())?;
+        // Forget sums of files no kept checkpoint holds any more.
+        checkpoint::prune(&refs.checkpoints, CHECKPOINTS_KEPT, &name);
+        let live: std::collections::HashSet<(String, u64)> = checkpoint::list(&refs.checkpoints)
+            .into_iter()
+            .flat_map(|m| m.files.into_iter().map(|f| (f.name, f.bytes)))
+            .collect();
+        known.retain(|k, _| live.contains(k));
+        Ok(manifest.to_bytes())
+    }
+
+    fn restore_by_reference(&mut self, index: Op, bytes: &[u8]) -> Result<(), CheckpointError> {
+        let refs = self.refs.as_mut().expect("by reference");
+        let manifest = Manifest::from_bytes(bytes).map_err(|e| CheckpointError(e.to_string()))?;
+        let next = refs.live_root.join((refs.generation + 1).to_string());
+        // Every file is checked against the manifest before the store is
+        // touched: a damaged checkpoint is reported and never opened.
+        checkpoint::materialize(&refs.checkpoints, &manifest, &next).map_err(|e| CheckpointError(e.to_string()))?;
+        let store = FsStore::open(&next, refs.options.clone()).map_err(|e| CheckpointError(e.to_string()))?;
+        let tag = store.tag().unwrap_or_default();
+        if tag.op > index {
+            return Err(CheckpointError(format!("checkpoint {} holds entry {} but is labelled {index}", manifest.name, tag.op)));
+        }
+        let old = refs.live_root.join(refs.generation.to_string());
+        refs.generation += 1;
+        self.store = Arc::new(store);
+        // The old store closes when its last reference goes (now, unless a
+        // reader still holds it); its folder goes with the next start if not now.
+        let _ = std::fs::remove_dir_all(&old);
+        Ok(())
     }
 
     /// Opens (or creates) the store in `dir` and drives it.
@@ -205,10 +306,18 @@ impl StateMachine for FsMachine {
     }
 
     fn checkpoint(&self) -> Vec<u8> {
+        if let Some(refs) = &self.refs {
+            return self
+                .checkpoint_by_reference(refs)
+                .unwrap_or_else(|e| panic!("cannot checkpoint the store: {e}"));
+        }
         self.store.export_image().unwrap_or_else(|e| panic!("cannot checkpoint the store: {e}")).to_bytes()
     }
 
     fn restore(&mut self, index: Op, checkpoint: &[u8]) -> Result<(), CheckpointError> {
+        if self.refs.is_some() {
+            return self.restore_by_reference(index, checkpoint);
+        }
         // Everything is checked before the store is touched: a refused image
         // leaves the current state as it was.
         let image = StoreImage::from_bytes(checkpoint).map_err(|e| CheckpointError(e.to_string()))?;
@@ -230,6 +339,22 @@ impl StateMachine for FsMachine {
         self.store.import_image(&image).map_err(|e| CheckpointError(e.to_string()))?;
         assert_eq!(self.tag(), tag, "restored tag is the image's");
         Ok(())
+    }
+
+    fn digest_job(&self) -> Option<Box<dyn FnOnce() -> u64 + Send + 'static>> {
+        let store = self.store.clone();
+        Some(Box::new(move || {
+            let digest = store.digest().unwrap_or_else(|e| panic!("cannot digest the store: {e}"));
+            u64::from_be_bytes(digest[..8].try_into().expect("8 bytes"))
+        }))
+    }
+
+    fn has_checkpoint(&self, checkpoint: &[u8]) -> bool {
+        match (&self.refs, Manifest::from_bytes(checkpoint)) {
+            (Some(refs), Ok(m)) => checkpoint::is_complete(&refs.checkpoints, &m),
+            // Images need nothing; bad bytes are restore's to report.
+            _ => true,
+        }
     }
 
     fn digest(&self) -> u64 {

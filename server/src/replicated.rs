@@ -8,13 +8,14 @@
 //! (session, seq) are answered from the replicated reply cache.
 //!
 //! Why the state store is rebuilt at every start: the replication log holds
-//! a full image of the state at each checkpoint (see `FsMachine`) plus every
-//! entry after it, so the RocksDB store is derived state. Opening it as it
-//! was left would make the core replay entries the store already applied.
-//! Starting from an empty store, the core restores the newest checkpoint and
-//! replays the suffix: recovery is idempotent, a crash during it just
-//! restarts it. (Checkpoints by reference, which avoid the O(state) image,
-//! are the recovery issue.)
+//! a reference (manifest) to the newest checkpoint, a RocksDB checkpoint
+//! under `checkpoints/` (see `FsMachine::open_replica`), plus every entry
+//! after it, so the live RocksDB store in `state/` is derived state, written
+//! without a WAL. Opening it as it was left would make the core replay
+//! entries the store already applied. Starting from the verified checkpoint
+//! (hard links, no copy), the core replays the suffix: recovery is
+//! idempotent, a crash during it just restarts it. A damaged checkpoint
+//! makes the replica recover from the others (state transfer).
 //!
 //! Assumes: `peers` lists every replica of the universe, identically on all
 //! of them; `init_new_cluster` is given only when creating a new cluster
@@ -25,7 +26,6 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use chorus_fs::StoreOptions;
 use chorus_replication_shell::log::SEGMENT_BYTES_DEFAULT;
 use chorus_replication_shell::node::{self, NodeConfig};
 use tracing::info;
@@ -44,16 +44,31 @@ pub struct ReplicaConfig {
     pub data_dir: PathBuf,
     /// Write the initial log of a brand-new universe if `log/` is empty.
     pub init_new_cluster: bool,
+    /// A checkpoint every this many log entries...
+    pub checkpoint_interval_ops: u64,
+    /// ...or this many bytes of commands, whichever comes first.
+    pub checkpoint_interval_bytes: u64,
 }
+
+/// Default of [`ReplicaConfig::checkpoint_interval_ops`].
+pub const CHECKPOINT_INTERVAL_OPS_DEFAULT: u64 = 20_000;
+/// Default of [`ReplicaConfig::checkpoint_interval_bytes`]: with the core's
+/// retained interval below the newest checkpoint, this bounds the log a
+/// state transfer or view change carries well inside the peer message bound.
+pub const CHECKPOINT_INTERVAL_BYTES_DEFAULT: u64 = 16 * 1024 * 1024;
 
 /// Runs the replica until `shutdown` resolves.
 pub async fn run(cfg: ReplicaConfig, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
     let count = u8::try_from(cfg.peers.len()).context("too many replicas")?;
     anyhow::ensure!(count % 2 == 1, "a cluster needs an odd number of replicas (got {count})");
     anyhow::ensure!(cfg.id < count, "replica id {} outside 0..{count}", cfg.id);
+    anyhow::ensure!(cfg.checkpoint_interval_ops > 0 && cfg.checkpoint_interval_bytes > 0, "checkpoint intervals must be positive");
+    anyhow::ensure!(
+        cfg.checkpoint_interval_bytes <= 24 * 1024 * 1024,
+        "--checkpoint-interval-bytes may be at most 24 MiB (log suffixes must fit a peer message)"
+    );
     let log_dir = cfg.data_dir.join("log");
-    let state_dir = cfg.data_dir.join("state");
-    let (id, init, log_dir2, state_dir2) = (cfg.id, cfg.init_new_cluster, log_dir.clone(), state_dir.clone());
+    let (id, init, log_dir2, data_dir2) = (cfg.id, cfg.init_new_cluster, log_dir.clone(), cfg.data_dir.clone());
     let machine = tokio::task::spawn_blocking(move || -> anyhow::Result<FsMachine> {
         std::fs::create_dir_all(&log_dir2).with_context(|| format!("cannot create {}", log_dir2.display()))?;
         let empty = std::fs::read_dir(&log_dir2)?.next().is_none();
@@ -62,11 +77,7 @@ pub async fn run(cfg: ReplicaConfig, shutdown: impl std::future::Future<Output =
                 .context("cannot write the initial replication log")?;
             info!(replica = id, "initialised the log of a new cluster");
         }
-        if state_dir2.exists() {
-            std::fs::remove_dir_all(&state_dir2)
-                .with_context(|| format!("cannot clear the derived state store {}", state_dir2.display()))?;
-        }
-        FsMachine::open(&state_dir2, StoreOptions::default()).context("cannot open the state store")
+        FsMachine::open_replica(&data_dir2, id).context("cannot open the state store")
     })
     .await??;
     let node_cfg = NodeConfig {
@@ -74,8 +85,14 @@ pub async fn run(cfg: ReplicaConfig, shutdown: impl std::future::Future<Output =
         peers: cfg.peers.clone(),
         certs_dir: cfg.certs_dir.clone(),
         data_dir: log_dir,
-        core: node::core_config(count),
+        core: {
+            let mut core = node::core_config(count);
+            core.checkpoint_interval_ops = cfg.checkpoint_interval_ops;
+            core.checkpoint_interval_bytes = cfg.checkpoint_interval_bytes;
+            core
+        },
         seed: seed_for(cfg.id),
+        checkpoints_dir: machine.checkpoints_dir(),
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     info!(replica = cfg.id, listen = %cfg.peers[cfg.id as usize], replicas = count, "serving (replicated)");

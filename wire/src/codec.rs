@@ -21,8 +21,13 @@ pub const MESSAGE_BYTES_MAX: usize = PAYLOAD_BYTES_MAX - 1024;
 
 /// The bincode options every ChorusFS message is encoded with.
 pub fn options() -> impl Options + Copy {
+    options_max(MESSAGE_BYTES_MAX)
+}
+
+/// [`options`] with another byte limit (the replica transport's larger one).
+pub fn options_max(bytes_max: usize) -> impl Options + Copy {
     bincode::DefaultOptions::new()
-        .with_limit(MESSAGE_BYTES_MAX as u64)
+        .with_limit(bytes_max as u64)
         .with_little_endian()
         .with_varint_encoding()
         .reject_trailing_bytes()
@@ -36,13 +41,20 @@ pub fn to_bytes<T: Serialize + ?Sized>(msg: &T) -> Result<Vec<u8>, WireError> {
 
 /// Deserializes a `T` from exactly `bytes`.
 pub fn from_bytes<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, WireError> {
-    if bytes.len() > MESSAGE_BYTES_MAX {
-        return Err(WireError::Decode(format!(
-            "message of {} bytes exceeds the bound of {MESSAGE_BYTES_MAX}",
-            bytes.len()
-        )));
+    from_bytes_max(bytes, MESSAGE_BYTES_MAX)
+}
+
+/// [`to_bytes`] with another byte limit.
+pub fn to_bytes_max<T: Serialize + ?Sized>(msg: &T, bytes_max: usize) -> Result<Vec<u8>, WireError> {
+    options_max(bytes_max).serialize(msg).map_err(|e| WireError::Encode(e.to_string()))
+}
+
+/// [`from_bytes`] with another byte limit.
+pub fn from_bytes_max<T: DeserializeOwned>(bytes: &[u8], bytes_max: usize) -> Result<T, WireError> {
+    if bytes.len() > bytes_max {
+        return Err(WireError::Decode(format!("message of {} bytes exceeds the bound of {bytes_max}", bytes.len())));
     }
-    options().deserialize(bytes).map_err(|e| WireError::Decode(e.to_string()))
+    options_max(bytes_max).deserialize(bytes).map_err(|e| WireError::Decode(e.to_string()))
 }
 
 #[cfg(test)]

@@ -60,10 +60,21 @@ pub enum FrameError {
     },
 }
 
+/// Payload bound of the replica-to-replica transport: peers are other
+/// replicas of the cluster (mutually authenticated), and view-change and
+/// state-transfer messages carry log suffixes of up to a few checkpoint
+/// intervals (file data included).
+pub const PEER_PAYLOAD_BYTES_MAX: usize = 64 * 1024 * 1024 + 64 * 1024;
+
 /// Builds the header of a frame carrying `payload_bytes`.
 pub fn encode_header(payload_bytes: usize) -> Result<[u8; FRAME_HEADER_BYTES], FrameError> {
-    if payload_bytes > PAYLOAD_BYTES_MAX {
-        return Err(FrameError::TooLarge { payload_bytes: payload_bytes as u64, payload_bytes_max: PAYLOAD_BYTES_MAX });
+    encode_header_max(payload_bytes, PAYLOAD_BYTES_MAX)
+}
+
+/// [`encode_header`] with another payload bound (at most [`u32::MAX`]).
+pub fn encode_header_max(payload_bytes: usize, payload_bytes_max: usize) -> Result<[u8; FRAME_HEADER_BYTES], FrameError> {
+    if payload_bytes > payload_bytes_max {
+        return Err(FrameError::TooLarge { payload_bytes: payload_bytes as u64, payload_bytes_max });
     }
     let length = (payload_bytes as u32).to_be_bytes();
     Ok([length[0], length[1], length[2], length[3], FRAME_VERSION])
@@ -71,11 +82,16 @@ pub fn encode_header(payload_bytes: usize) -> Result<[u8; FRAME_HEADER_BYTES], F
 
 /// Validates a header and returns the payload length it announces.
 pub fn decode_header(header: &[u8; FRAME_HEADER_BYTES]) -> Result<usize, FrameError> {
+    decode_header_max(header, PAYLOAD_BYTES_MAX)
+}
+
+/// [`decode_header`] with another payload bound.
+pub fn decode_header_max(header: &[u8; FRAME_HEADER_BYTES], payload_bytes_max: usize) -> Result<usize, FrameError> {
     let payload_bytes = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
     // Size first: an oversized length is the more dangerous lie, and it is
     // checked before anything is allocated for it.
-    if payload_bytes > PAYLOAD_BYTES_MAX {
-        return Err(FrameError::TooLarge { payload_bytes: payload_bytes as u64, payload_bytes_max: PAYLOAD_BYTES_MAX });
+    if payload_bytes > payload_bytes_max {
+        return Err(FrameError::TooLarge { payload_bytes: payload_bytes as u64, payload_bytes_max });
     }
     if header[4] != FRAME_VERSION {
         return Err(FrameError::BadVersion { found: header[4] });
@@ -85,7 +101,12 @@ pub fn decode_header(header: &[u8; FRAME_HEADER_BYTES]) -> Result<usize, FrameEr
 
 /// Encodes one whole frame into a fresh buffer.
 pub fn encode(payload: &[u8]) -> Result<Vec<u8>, FrameError> {
-    let header = encode_header(payload.len())?;
+    encode_max(payload, PAYLOAD_BYTES_MAX)
+}
+
+/// [`encode`] with another payload bound.
+pub fn encode_max(payload: &[u8], payload_bytes_max: usize) -> Result<Vec<u8>, FrameError> {
+    let header = encode_header_max(payload.len(), payload_bytes_max)?;
     let mut frame = Vec::with_capacity(FRAME_HEADER_BYTES + payload.len());
     frame.extend_from_slice(&header);
     frame.extend_from_slice(payload);
@@ -127,6 +148,11 @@ pub fn decode(buf: &[u8]) -> Result<(&[u8], usize), FrameError> {
 /// [`WireError::ConnectionLost`]; callers that hold the connection can ask it
 /// for a more precise reason.
 pub async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Option<Vec<u8>>, WireError> {
+    read_frame_max(reader, PAYLOAD_BYTES_MAX).await
+}
+
+/// [`read_frame`] with another payload bound.
+pub async fn read_frame_max<R: AsyncRead + Unpin>(reader: &mut R, payload_bytes_max: usize) -> Result<Option<Vec<u8>>, WireError> {
     let mut header = [0u8; FRAME_HEADER_BYTES];
     let mut header_bytes = 0;
     while header_bytes < FRAME_HEADER_BYTES {
@@ -139,7 +165,7 @@ pub async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Option<V
         }
         header_bytes += n;
     }
-    let payload_bytes = decode_header(&header)?;
+    let payload_bytes = decode_header_max(&header, payload_bytes_max)?;
     let mut payload = Vec::with_capacity(payload_bytes.min(READ_BUFFER_BYTES_INITIAL));
     let got = (&mut *reader).take(payload_bytes as u64).read_to_end(&mut payload).await.map_err(io_lost)?;
     if got < payload_bytes {

@@ -67,4 +67,16 @@ pub struct NodeStatus {
     pub log_writes: u64,
     /// Peer messages dropped on full queues.
     pub messages_dropped: u64,
+    /// Op of the newest checkpoint (0: none yet).
+    pub checkpoint_op: Op,
+    /// Age of that checkpoint by the leader's time stamps, ms (0: none).
+    pub checkpoint_age_ms: u64,
+    /// Whether a checkpoint is being fetched from a donor (state transfer).
+    pub transfer_active: bool,
+    /// Bytes of that checkpoint present so far / in total.
+    pub transfer_bytes_done: u64,
+    /// See `transfer_bytes_done`.
+    pub transfer_bytes_total: u64,
+    /// State transfers completed since start.
+    pub transfers_done: u64,
 }

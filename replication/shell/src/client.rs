@@ -159,8 +159,13 @@ impl Cluster {
 
     /// One RPC to `replica`, bounded by [`ATTEMPT_TIMEOUT`]; `None` on any failure.
     pub async fn call(&self, replica: usize, req: &NodeRequest) -> Option<NodeResponse> {
+        self.call_within(replica, req, ATTEMPT_TIMEOUT).await
+    }
+
+    /// One RPC to `replica`, bounded by `timeout`; `None` on any failure.
+    pub async fn call_within(&self, replica: usize, req: &NodeRequest, timeout: Duration) -> Option<NodeResponse> {
         let conn = self.conn(replica).await?;
-        match tokio::time::timeout(ATTEMPT_TIMEOUT, conn.call::<NodeRequest, NodeResponse>(req)).await {
+        match tokio::time::timeout(timeout, conn.call::<NodeRequest, NodeResponse>(req)).await {
             Ok(Ok(r)) => Some(r),
             _ => None,
         }
@@ -168,7 +173,8 @@ impl Cluster {
 
     /// Status of one replica.
     pub async fn status(&self, replica: usize) -> Option<NodeStatus> {
-        match self.call(replica, &NodeRequest::Status).await? {
+        // The digest reads the whole state: allow the node's status wait.
+        match self.call_within(replica, &NodeRequest::Status, crate::node::STATUS_REPLY_WAIT).await? {
             NodeResponse::Status(s) => Some(s),
             _ => None,
         }

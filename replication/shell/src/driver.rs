@@ -19,18 +19,22 @@
 //! - A log writer failure stops the driver with an error (a replica that
 //!   cannot persist must not keep acknowledging anything).
 //!
+//! - Test hook, off by default: [`FAULT_DROP_REPLIES_ENV`] makes the replica
+//!   lose the replies to its next n client writes (see [`FaultDropReplies`]).
+//!
 //! Assumes: the core is correct (it asserts its own invariants); one driver
 //! per data directory.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use chorus_replication::{Action, ClientId, Config, Durable, Event, Message, Millis, Outcome, Reply, Replica, ReplicaId, Request, SessionId, StateMachine, Status, Write};
+use chorus_replication::{Action, ClientId, Config, Durable, Event, Message, Millis, Operation, Outcome, Reply, Replica, ReplicaId, Request, SessionId, StateMachine, Status, Write};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{error, info, warn};
 
 use crate::api::NodeStatus;
+use crate::checkpoint::Fetcher;
 use crate::disk::CoreJournal;
 use crate::log::SegmentLog;
 use crate::transport::{Outgoing, Transport};
@@ -65,6 +69,51 @@ pub enum DriverError {
 
 type WaiterKey = (ClientId, SessionId, u64);
 
+/// Fault injection for tests, OFF unless this variable is set when the
+/// replica starts (read once): `CHORUS_FAULT_DROP_REPLIES=<n>` makes this
+/// replica not send the replies to the next `n` client writes it answers
+/// with `Done` (as leader). The write is committed and applied and its reply
+/// cached exactly as usual; only that one reply is lost, as if the network
+/// dropped it: the caller's channel is held open, so the caller times out
+/// and retries instead of seeing an error. Each drop is logged at warn
+/// ("fault injection: dropped a write reply"). Used by tests/exactly_once.rs;
+/// documented in docs/operations.md ("Fault injection for tests").
+pub const FAULT_DROP_REPLIES_ENV: &str = "CHORUS_FAULT_DROP_REPLIES";
+
+/// The state of the [`FAULT_DROP_REPLIES_ENV`] hook (inert when `left == 0`).
+#[derive(Default)]
+struct FaultDropReplies {
+    /// Write replies still to drop.
+    left: u64,
+    /// Write requests taken while armed (so reads and registrations are never dropped).
+    writes: HashSet<WaiterKey>,
+    /// Callers of dropped replies, held open until they give up.
+    held: Vec<oneshot::Sender<Reply>>,
+}
+
+impl FaultDropReplies {
+    fn from_env() -> FaultDropReplies {
+        let left = std::env::var(FAULT_DROP_REPLIES_ENV).ok().and_then(|v| v.trim().parse().ok()).unwrap_or(0);
+        if left > 0 {
+            warn!(left, "fault injection armed: {FAULT_DROP_REPLIES_ENV} (test only)");
+        }
+        FaultDropReplies { left, ..Default::default() }
+    }
+
+    /// Whether the reply to `key` is to be dropped (consumes one drop).
+    fn drops(&mut self, key: &WaiterKey, reply: &Reply) -> bool {
+        if !self.writes.remove(key) || self.left == 0 || !matches!(reply.outcome, Outcome::Done(_)) {
+            return false;
+        }
+        self.left -= 1;
+        if self.left == 0 {
+            self.writes.clear();
+        }
+        warn!(session = reply.session, seq = reply.seq, left = self.left, "fault injection: dropped a write reply");
+        true
+    }
+}
+
 /// Runs replica `id` until `shutdown` fires or the log fails.
 #[allow(clippy::too_many_arguments)]
 pub async fn run<S: StateMachine + Send + 'static>(
@@ -78,6 +127,7 @@ pub async fn run<S: StateMachine + Send + 'static>(
     mut inbound: mpsc::Receiver<(ReplicaId, Message)>,
     mut calls: mpsc::Receiver<Call>,
     mut shutdown: watch::Receiver<bool>,
+    fetcher: Option<Arc<Fetcher>>,
 ) -> Result<(), DriverError> {
     let clock = Clock::new();
     let mut writer = LogWriter::start(log, CoreJournal::new(durable.clone()));
@@ -90,6 +140,9 @@ pub async fn run<S: StateMachine + Send + 'static>(
         writes: 0,
         syncs: 0,
         sync_us_total: 0,
+        fault: FaultDropReplies::from_env(),
+        fetcher,
+        clock_ms: clock.now_ms(),
     };
     let mut last_sweep = Instant::now();
     let mut last_view = (replica.status().view, replica.status().status);
@@ -166,6 +219,7 @@ pub async fn run<S: StateMachine + Send + 'static>(
                 ws.retain(|w| !w.is_closed());
                 !ws.is_empty()
             });
+            exec.fault.held.retain(|w| !w.is_closed());
             last_sweep = Instant::now();
         }
     }
@@ -203,13 +257,25 @@ struct Executor {
     writes: u64,
     syncs: u64,
     sync_us_total: u64,
+    fault: FaultDropReplies,
+    /// Fetches checkpoint files for state transfer (None: the machine's
+    /// checkpoints are images, nothing to fetch).
+    fetcher: Option<Arc<Fetcher>>,
+    /// Wall time of the last status request (checkpoint age).
+    clock_ms: Millis,
 }
 
 impl Executor {
     fn take_call<S: StateMachine>(&mut self, replica: &mut Replica<S>, clock: &Clock, call: Call) {
         match call {
             Call::Status(tx) => {
-                let _ = tx.send(self.status(replica));
+                self.clock_ms = clock.now_ms();
+                let status = self.status(replica);
+                // The digest may read the whole state: never on this loop.
+                let job = replica.state().digest_job();
+                tokio::task::spawn_blocking(move || {
+                    let _ = tx.send(NodeStatus { digest: job(), ..status });
+                });
             }
             Call::Request(request, tx) => {
                 if self.waiters.len() >= WAITERS_MAX {
@@ -224,6 +290,9 @@ impl Executor {
                     return;
                 }
                 let key = (request.client, request.session, request.seq);
+                if self.fault.left > 0 && matches!(request.operation, Operation::Write(_)) {
+                    self.fault.writes.insert(key);
+                }
                 self.waiters.entry(key).or_default().push(tx);
                 replica.step(clock.now_ms(), Event::Request(request));
             }
@@ -231,7 +300,9 @@ impl Executor {
     }
 
     fn status<S: StateMachine>(&self, replica: &Replica<S>) -> NodeStatus {
+        use std::sync::atomic::Ordering::Relaxed;
         let r = replica.status();
+        let progress = self.fetcher.as_ref().map(|f| &*f.progress);
         NodeStatus {
             id: r.id,
             status: match r.status {
@@ -245,11 +316,17 @@ impl Executor {
             op: r.op,
             commit_op: r.commit_op,
             durable_op: r.durable_op,
-            digest: replica.state().digest(),
+            digest: 0, // filled in off the loop, see take_call
             log_syncs: self.syncs,
             log_sync_us_total: self.sync_us_total,
             log_writes: self.writes,
             messages_dropped: self.transport.stats.dropped.load(std::sync::atomic::Ordering::Relaxed),
+            checkpoint_op: r.checkpoint_op,
+            checkpoint_age_ms: if r.checkpoint_timestamp_ms == 0 { 0 } else { self.clock_ms.saturating_sub(r.checkpoint_timestamp_ms) },
+            transfer_active: progress.is_some_and(|p| p.active.load(Relaxed)),
+            transfer_bytes_done: progress.map_or(0, |p| p.bytes_done.load(Relaxed)),
+            transfer_bytes_total: progress.map_or(0, |p| p.bytes_total.load(Relaxed)),
+            transfers_done: progress.map_or(0, |p| p.fetches_done.load(Relaxed)),
         }
     }
 
@@ -294,13 +371,22 @@ impl Executor {
                     writes.push(write);
                 }
                 Action::Reply { client, reply } => {
-                    if let Some(ws) = self.waiters.remove(&(client, reply.session, reply.seq)) {
+                    let key = (client, reply.session, reply.seq);
+                    if let Some(ws) = self.waiters.remove(&key) {
+                        if self.fault.left > 0 && self.fault.drops(&key, &reply) {
+                            self.fault.held.extend(ws);
+                            continue;
+                        }
                         for w in ws {
                             let _ = w.send(reply.clone());
                         }
                     }
                 }
                 Action::SetTimer { .. } => {} // the loop asks poll_timeout() each turn
+                Action::FetchCheckpoint { from, checkpoint } => match &self.fetcher {
+                    Some(fetcher) => fetcher.request(from, checkpoint),
+                    None => warn!(from, "the core asked to fetch a checkpoint, but this node has no checkpoint directory"),
+                },
             }
         }
         if let Some(seq) = last_seq {

@@ -177,7 +177,7 @@ impl Serialize for FastMessage<'_> {
 
 /// Encodes a core message for the transport with chorus-wire's codec.
 pub fn encode_message(message: &Message) -> Result<Vec<u8>, chorus_wire::WireError> {
-    chorus_wire::codec::to_bytes(&FastMessage(message))
+    chorus_wire::codec::to_bytes_max(&FastMessage(message), crate::transport::PEER_MESSAGE_BYTES_MAX)
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@
 //! | [`log`]       | segment files of CRC32C records, torn-tail recovery        |
 //! | [`writer`]    | group commit: one thread, one fdatasync per batch          |
 //! | [`disk`]      | the core's writes as atomic records; replay on start       |
+//! | [`checkpoint`]| checkpoints by reference: manifests, checks, file transfer |
 //! | [`transport`] | replica-to-replica messages over QUIC with mutual TLS      |
 //! | [`driver`]    | the event loop: events in, actions out                     |
 //! | [`fastenc`]   | byte-identical fast serialization of hot core types        |
@@ -21,6 +22,7 @@
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod checkpoint;
 pub mod client;
 pub mod disk;
 pub mod driver;

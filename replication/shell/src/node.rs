@@ -27,12 +27,16 @@ use tracing::{info, warn};
 use crate::api::{NodeRequest, NodeResponse, BATCH_REQUESTS_MAX};
 use crate::driver::{self, Call, CLIENT_CALLS_QUEUE_MAX};
 use crate::log::SEGMENT_BYTES_DEFAULT;
+use crate::checkpoint::Fetcher;
 use crate::transport::Transport;
 
 /// Client connections served at once.
 pub const CONNECTIONS_MAX: usize = 1024;
 /// Longest a client call waits for the core's reply.
 pub const CLIENT_REPLY_WAIT: Duration = Duration::from_secs(2);
+/// Longest wait for a status answer: its digest reads the whole state (off
+/// the event loop), about a second per GiB.
+pub const STATUS_REPLY_WAIT: Duration = Duration::from_secs(10);
 /// Longest a batch waits for the core's replies; shorter than the client's
 /// attempt timeout, so the client gets the replies that did come and retries
 /// only the rest.
@@ -84,6 +88,10 @@ pub struct NodeConfig {
     pub core: Config,
     /// Seed of the core's random source.
     pub seed: u64,
+    /// Where the state machine keeps checkpoints by reference (see
+    /// [`crate::checkpoint`]): served to other replicas, fetched into for
+    /// state transfer. None for machines whose checkpoints are images.
+    pub checkpoints_dir: Option<PathBuf>,
 }
 
 /// Runs a node until `shutdown` becomes true.
@@ -104,23 +112,32 @@ pub async fn run<S: StateMachine + Send + 'static>(cfg: NodeConfig, machine: S, 
 
     let (transport, inbound) = Transport::<Message>::start(ep.clone(), cfg.id, &cfg.peers, supersede_key, crate::fastenc::encode_message);
     let (calls_tx, calls_rx) = mpsc::channel(CLIENT_CALLS_QUEUE_MAX);
-    let accept = tokio::spawn(accept_loop(ep.clone(), transport.clone(), calls_tx));
-    let result = driver::run(cfg.core, cfg.id, durable, log, machine, cfg.seed, transport, inbound, calls_rx, shutdown).await;
+    let fetcher = cfg.checkpoints_dir.clone().map(|root| Fetcher::new(root, ep.clone(), cfg.peers.clone()));
+    let accept = tokio::spawn(accept_loop(ep.clone(), transport.clone(), calls_tx, cfg.checkpoints_dir.clone()));
+    let result = driver::run(cfg.core, cfg.id, durable, log, machine, cfg.seed, transport, inbound, calls_rx, shutdown, fetcher).await;
     accept.abort();
     ep.close(0u32.into(), b"replica stopping");
     result.map_err(Into::into)
 }
 
-async fn accept_loop(ep: quinn::Endpoint, transport: Arc<Transport<Message>>, calls: mpsc::Sender<Call>) {
+async fn accept_loop(ep: quinn::Endpoint, transport: Arc<Transport<Message>>, calls: mpsc::Sender<Call>, checkpoints: Option<PathBuf>) {
     let clients = Arc::new(Semaphore::new(CONNECTIONS_MAX));
     while let Some(incoming) = ep.accept().await {
         let transport = transport.clone();
         let calls = calls.clone();
         let clients = clients.clone();
+        let checkpoints = checkpoints.clone();
         tokio::spawn(async move {
             let Ok(conn) = rpc::accept(incoming).await else { return };
             match certs::peer_role(&conn) {
-                Some(Role::Replica(j)) if j <= u8::MAX as usize => transport.serve_peer(conn, j as u8).await,
+                Some(Role::Replica(j)) if j <= u8::MAX as usize => {
+                    // Checkpoint files travel on bidirectional streams of
+                    // the same kind of connection, beside the messages.
+                    if let Some(root) = checkpoints {
+                        tokio::spawn(crate::checkpoint::serve(conn.clone(), root));
+                    }
+                    transport.serve_peer(conn, j as u8).await
+                }
                 Some(_) => {
                     let Ok(_permit) = clients.try_acquire_owned() else {
                         warn!("too many client connections; refusing one");
@@ -177,7 +194,7 @@ async fn handle(calls: mpsc::Sender<Call>, req: NodeRequest) -> NodeResponse {
             if calls.send(Call::Status(tx)).await.is_err() {
                 return NodeResponse::NoReply;
             }
-            match tokio::time::timeout(CLIENT_REPLY_WAIT, rx).await {
+            match tokio::time::timeout(STATUS_REPLY_WAIT, rx).await {
                 Ok(Ok(status)) => NodeResponse::Status(status),
                 _ => NodeResponse::NoReply,
             }

@@ -49,6 +49,8 @@ pub const PEER_QUEUE_MESSAGES_MAX: usize = 4096;
 pub const INBOUND_MESSAGES_MAX: usize = 8192;
 /// Bytes of frames gathered into one write on a peer stream.
 pub const WRITE_BATCH_BYTES_MAX: usize = 1024 * 1024;
+/// Largest replica message (see [`frame::PEER_PAYLOAD_BYTES_MAX`]).
+pub const PEER_MESSAGE_BYTES_MAX: usize = frame::PEER_PAYLOAD_BYTES_MAX - 1024;
 /// Messages at least this large are traced (view change carries logs).
 pub const LARGE_MESSAGE_BYTES: usize = 1024 * 1024;
 /// Longest wait for one connection attempt.
@@ -191,7 +193,7 @@ where
                 }
             };
             loop {
-                let payload = match frame::read_frame(&mut recv).await {
+                let payload = match frame::read_frame_max(&mut recv, frame::PEER_PAYLOAD_BYTES_MAX).await {
                     Ok(Some(p)) => p,
                     Ok(None) => break,
                     Err(e) => {
@@ -203,7 +205,7 @@ where
                         break;
                     }
                 };
-                let message: M = match codec::from_bytes(&payload) {
+                let message: M = match codec::from_bytes_max(&payload, PEER_MESSAGE_BYTES_MAX) {
                     Ok(m) => m,
                     Err(e) => {
                         warn!(from, error = %e, "undecodable message from replica; closing its connection");
@@ -331,7 +333,7 @@ async fn peer_sender<M: Serialize + Send + Sync>(
 fn append_frame<M: Serialize>(batch: &mut Vec<u8>, to: PeerId, out: &Outgoing<M>, stats: &TransportStats, encode: Encoder<M>) {
     let frame = out.frame.get_or_init(|| {
         let started = std::time::Instant::now();
-        match encode(&out.message).and_then(|b| Ok(frame::encode(&b)?)) {
+        match encode(&out.message).and_then(|b| Ok(frame::encode_max(&b, frame::PEER_PAYLOAD_BYTES_MAX)?)) {
             Ok(f) => {
                 if f.len() >= LARGE_MESSAGE_BYTES {
                     debug!(to, bytes = f.len(), encode_ms = started.elapsed().as_millis() as u64, "large message");
