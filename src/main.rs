@@ -1,6 +1,7 @@
 //! `chorus`: the ChorusFS command line. CLI only: parsing, wiring and clear
 //! errors; every capability lives in the crates (fs, wire, server, client).
 
+mod recover;
 mod remote;
 mod status;
 
@@ -102,6 +103,59 @@ enum Command {
     /// Show every replica's protocol status (view, leader, commit point,
     /// digest) of a replicated cluster.
     #[command(after_help = "Examples:\n  chorus status --certs ./certs --server 127.0.0.1:7870,127.0.0.1:7871,127.0.0.1:7872\n  chorus status --data ./chorus-data            # a `chorus up --replicas 3` cluster")]
+    /// Bring a failed replica back: verify its log and newest checkpoint,
+    /// replay, catch up from the others (or, with --from-peer, rebuild it by
+    /// state transfer), showing progress; then keep serving as the replica.
+    #[command(after_help = "Examples:\n  chorus recover --certs ./certs --data ./r2 --id 2 --peers 127.0.0.1:7870,127.0.0.1:7871,127.0.0.1:7872\n  chorus recover --certs ./certs --data ./r2 --id 2 --peers 127.0.0.1:7870,127.0.0.1:7871,127.0.0.1:7872 --from-peer\n  chorus recover --up-data ./chorus-data --id 2 --from-peer     # a replica of `chorus up --replicas 3`")]
+    Recover {
+        /// Certificates folder (default with --up-data: DATA/certs).
+        #[arg(long)]
+        certs: Option<PathBuf>,
+        /// This replica's data folder (default with --up-data: DATA/replica-<id>).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// A `chorus up` data folder: fills in --certs, --data and --peers.
+        #[arg(long)]
+        up_data: Option<PathBuf>,
+        /// With --up-data: port of the first replica.
+        #[arg(long, default_value_t = 7870)]
+        port: u16,
+        /// Replica number.
+        #[arg(long)]
+        id: u8,
+        /// Every replica's address, in id order.
+        #[arg(long, value_delimiter = ',')]
+        peers: Vec<SocketAddr>,
+        /// Do not use the local log and checkpoints: move them aside and
+        /// rebuild this replica from the others by state transfer.
+        #[arg(long)]
+        from_peer: bool,
+        /// Checkpoint every this many log entries (as for `chorus server`).
+        #[arg(long, default_value_t = chorus_server::replicated::CHECKPOINT_INTERVAL_OPS_DEFAULT)]
+        checkpoint_interval_ops: u64,
+        /// ...or after this many bytes of commands.
+        #[arg(long, default_value_t = chorus_server::replicated::CHECKPOINT_INTERVAL_BYTES_DEFAULT)]
+        checkpoint_interval_bytes: u64,
+    },
+    /// Take a checkpoint now on every replica (or one); needs the admin certificate.
+    #[command(after_help = "Examples:\n  chorus checkpoint --certs ./certs --server 127.0.0.1:7870,127.0.0.1:7871,127.0.0.1:7872\n  chorus checkpoint --data ./chorus-data --replica 1")]
+    Checkpoint {
+        /// Certificates folder (default with --data: DATA/certs).
+        #[arg(long)]
+        certs: Option<PathBuf>,
+        /// Every replica's address, in id order.
+        #[arg(long, value_delimiter = ',')]
+        server: Vec<SocketAddr>,
+        /// A `chorus up` data folder.
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// With --data: port of the first replica.
+        #[arg(long, default_value_t = 7870)]
+        port: u16,
+        /// Only this replica.
+        #[arg(long)]
+        replica: Option<usize>,
+    },
     Status {
         /// Certificates folder (default with --data: DATA/certs).
         #[arg(long)]
@@ -197,6 +251,28 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 up_replicated(mountpoint, data, port, replicas)
             }
+        }
+        Command::Recover { certs, data, up_data, port, id, peers, from_peer, checkpoint_interval_ops, checkpoint_interval_bytes } => {
+            let (certs, data, peers) = match up_data {
+                Some(up) => {
+                    let t = status::target(certs.clone(), peers.clone(), Some(up.clone()), port)?;
+                    (t.certs, data.unwrap_or_else(|| up.join(format!("replica-{id}"))), t.peers)
+                }
+                None => {
+                    let certs = certs.context("give --certs (or --up-data for a `chorus up` cluster)")?;
+                    let data = data.context("give --data, this replica's data folder (or --up-data)")?;
+                    if peers.is_empty() {
+                        bail!("give --peers A,B,C: every replica's address, in id order");
+                    }
+                    (certs, data, peers)
+                }
+            };
+            let args = recover::RecoverArgs { certs, data, id, peers, from_peer, checkpoint_interval_ops, checkpoint_interval_bytes };
+            recover::run(&runtime()?, args, shutdown_signal())
+        }
+        Command::Checkpoint { certs, server, data, port, replica } => {
+            let target = status::target(certs, server, data, port)?;
+            recover::checkpoint(&runtime()?, &target.certs, target.peers, replica)
         }
         Command::Status { certs, server, data, port } => {
             let target = status::target(certs, server, data, port)?;

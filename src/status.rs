@@ -100,7 +100,7 @@ pub fn render(peers: &[SocketAddr], statuses: &[Option<NodeStatus>]) -> String {
     let max_commit = statuses.iter().flatten().map(|s| s.commit_op).max().unwrap_or(0);
     let mut table = Table::new();
     table.load_preset(presets::UTF8_FULL_CONDENSED).set_content_arrangement(ContentArrangement::Disabled);
-    table.set_header(["id", "address", "up", "status", "view", "leader", "op", "commit_op", "durable_op", "lag", "digest"]);
+    table.set_header(["id", "address", "up", "status", "view", "leader", "op", "commit_op", "durable_op", "lag", "checkpoint", "transfer", "digest"]);
     for (i, (addr, s)) in peers.iter().zip(statuses).enumerate() {
         let row: Vec<Cell> = match s {
             Some(s) => vec![
@@ -114,17 +114,38 @@ pub fn render(peers: &[SocketAddr], statuses: &[Option<NodeStatus>]) -> String {
                 Cell::new(s.commit_op),
                 Cell::new(s.durable_op),
                 Cell::new(max_commit - s.commit_op),
+                Cell::new(checkpoint_cell(s)),
+                Cell::new(transfer_cell(s)),
                 Cell::new(format!("{:016x}", s.digest)),
             ],
             None => {
                 let mut r = vec![Cell::new(i), Cell::new(addr), Cell::new("down")];
-                r.extend((0..8).map(|_| Cell::new("-")));
+                r.extend((0..10).map(|_| Cell::new("-")));
                 r
             }
         };
         table.add_row(row);
     }
     format!("{headline}\n{table}\n")
+}
+
+/// "op N, age" of the newest checkpoint, or "none".
+fn checkpoint_cell(s: &NodeStatus) -> String {
+    if s.checkpoint_op == 0 {
+        return "none".into();
+    }
+    let age_s = s.checkpoint_age_ms / 1000;
+    let age = if age_s >= 3600 { format!("{}h{:02}m", age_s / 3600, age_s % 3600 / 60) } else if age_s >= 60 { format!("{}m{:02}s", age_s / 60, age_s % 60) } else { format!("{age_s}s") };
+    format!("op {}, {age} ago", s.checkpoint_op)
+}
+
+/// Progress of a running state transfer, or "-".
+fn transfer_cell(s: &NodeStatus) -> String {
+    if !s.transfer_active || s.transfer_bytes_total == 0 {
+        return "-".into();
+    }
+    let mib = |b: u64| b as f64 / 1048576.0;
+    format!("{:.0}% of {:.1} MiB", 100.0 * s.transfer_bytes_done as f64 / s.transfer_bytes_total as f64, mib(s.transfer_bytes_total))
 }
 
 /// `chorus status`: prints the report; fails when no replica answers.

@@ -64,6 +64,12 @@ pub struct Sessions<S> {
     forget_reply_cache: bool,
 }
 
+/// The state machine's part of a checkpoint image (a core `Checkpoint`'s
+/// `state`), for tools that inspect checkpoints on disk.
+pub fn machine_part(image: &[u8]) -> Option<Vec<u8>> {
+    bincode::deserialize::<Image>(image).ok().map(|image| image.machine)
+}
+
 impl<S: StateMachine> Sessions<S> {
     /// Wraps a state machine in its initial state (applied op 0).
     pub fn new(machine: S, config: &Config) -> Sessions<S> {
@@ -222,7 +228,7 @@ impl<S: StateMachine> Sessions<S> {
     /// The machine's part of a checkpoint image (None if it does not decode;
     /// `restore` then reports the error).
     pub fn machine_checkpoint(&self, bytes: &[u8]) -> Option<Vec<u8>> {
-        bincode::deserialize::<Image>(bytes).ok().map(|image| image.machine)
+        machine_part(bytes)
     }
 
     /// See [`StateMachine::has_checkpoint`].

@@ -43,7 +43,7 @@ pub mod state_machine;
 #[cfg(any(test, feature = "sim"))]
 pub mod sim;
 
-pub use access::Sessions;
+pub use access::{machine_part, Sessions};
 pub use log::{Checkpoint, Durable, Superblock, Write};
 pub use membership::Members;
 pub use message::{

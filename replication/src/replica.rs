@@ -213,7 +213,11 @@ impl<S: StateMachine> Replica<S> {
                 replica.last_normal_view = sb.last_normal_view;
                 let leader = replica.leader();
                 if sb.view == sb.last_normal_view && leader != id {
-                    replica.detector.reset(leader, now_ms);
+                    // Connections to the peers take a moment after a restart:
+                    // suspecting a live leader in that moment would push the
+                    // healthy majority into a needless view change.
+                    let grace_ms = replica.config.suspicion_timeout_max_ms;
+                    replica.detector.reset(leader, now_ms + grace_ms);
                 } else if sb.view == sb.last_normal_view {
                     // It led this view but cannot know which ops it handed out
                     // and lost with unsynced writes: never lead it again.
@@ -276,6 +280,17 @@ impl<S: StateMachine> Replica<S> {
             needs_state: self.needs_state,
             recovering: self.status == Status::Recovering || self.journal.durable_superblock().is_none(),
         }
+    }
+
+    /// Takes a checkpoint of the applied state now (an operator's request),
+    /// unless the newest one already covers it or the replica is not in a
+    /// settled state. Returns the newest checkpoint's op afterwards.
+    pub fn checkpoint_now(&mut self) -> Op {
+        let settled = self.status == Status::Normal && !self.needs_state && self.machine.applied_op() == self.commit_op;
+        if settled && self.machine.applied_op() > self.checkpoint_op() {
+            self.take_checkpoint();
+        }
+        self.checkpoint_op()
     }
 
     /// The replicated state (sessions and the user's machine).
@@ -1351,7 +1366,9 @@ impl<S: StateMachine> Replica<S> {
         self.checkpoint = state.checkpoint.clone();
         self.become_normal_follower(state.members);
         let write = Write {
-            truncate_after: None,
+            // Whatever the disk held (a replica whose checkpoint was
+            // damaged still has its old log) is replaced as a whole.
+            truncate_after: Some(0),
             checkpoint: state.checkpoint.clone(),
             entries: state.log.entries.clone(),
             superblock: Some(self.superblock()),

@@ -21,6 +21,10 @@ pub enum NodeRequest {
     /// machine. At most [`BATCH_REQUESTS_MAX`]; the answer is
     /// [`NodeResponse::Batch`] in the same order.
     Batch(Vec<Request>),
+    /// Take a checkpoint now (operators: the admin certificate only).
+    Checkpoint,
+    /// The status without the digest (cheap: for progress polling).
+    Progress,
 }
 
 /// Requests in one [`NodeRequest::Batch`]; the node answers `None` beyond.
@@ -38,6 +42,10 @@ pub enum NodeResponse {
     /// Answers to [`NodeRequest::Batch`], in order; `None` where no reply
     /// came within the node's wait bound (retry that request).
     Batch(Vec<Option<Reply>>),
+    /// Answer to [`NodeRequest::Checkpoint`]: the newest checkpoint's op.
+    Checkpoint(Op),
+    /// The request needs another role (e.g. the admin certificate).
+    Refused(String),
 }
 
 /// A node's protocol status (a serializable subset of the core's report).

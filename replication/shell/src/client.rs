@@ -78,7 +78,13 @@ impl Cluster {
     /// A cluster client using the `client` certificate from `certs_dir`;
     /// every request is its own RPC.
     pub fn new(certs_dir: &Path, peers: Vec<SocketAddr>) -> Result<Arc<Cluster>, ClientError> {
-        Cluster::build(certs_dir, peers, false)
+        Cluster::build(certs_dir, peers, false, Role::Client)
+    }
+
+    /// Like [`new`](Self::new), presenting the admin certificate (operator
+    /// requests such as [`NodeRequest::Checkpoint`]).
+    pub fn admin(certs_dir: &Path, peers: Vec<SocketAddr>) -> Result<Arc<Cluster>, ClientError> {
+        Cluster::build(certs_dir, peers, false, Role::Admin)
     }
 
     /// Like [`new`](Self::new), but requests of all sessions that wait at
@@ -87,11 +93,11 @@ impl Cluster {
     /// replica). Exactly-once is unaffected: each request keeps its own
     /// session and seq, and the node answers each one separately.
     pub fn batching(certs_dir: &Path, peers: Vec<SocketAddr>) -> Result<Arc<Cluster>, ClientError> {
-        Cluster::build(certs_dir, peers, true)
+        Cluster::build(certs_dir, peers, true, Role::Client)
     }
 
-    fn build(certs_dir: &Path, peers: Vec<SocketAddr>, batching: bool) -> Result<Arc<Cluster>, ClientError> {
-        let id = certs::load_identity(certs_dir, Role::Client).map_err(|e| ClientError::Setup(e.to_string()))?;
+    fn build(certs_dir: &Path, peers: Vec<SocketAddr>, batching: bool, role: Role) -> Result<Arc<Cluster>, ClientError> {
+        let id = certs::load_identity(certs_dir, role).map_err(|e| ClientError::Setup(e.to_string()))?;
         let cfg = tls::client_config(&id).map_err(|e| ClientError::Setup(e.to_string()))?;
         let endpoint = endpoint::client(cfg, endpoint::client_bind_for(peers[0])).map_err(|e| ClientError::Setup(e.to_string()))?;
         let conns = peers.iter().map(|_| Mutex::new(None)).collect();
@@ -168,6 +174,24 @@ impl Cluster {
         match tokio::time::timeout(timeout, conn.call::<NodeRequest, NodeResponse>(req)).await {
             Ok(Ok(r)) => Some(r),
             _ => None,
+        }
+    }
+
+    /// Status of one replica without its digest (cheap, for polling).
+    pub async fn progress(&self, replica: usize) -> Option<NodeStatus> {
+        match self.call(replica, &NodeRequest::Progress).await? {
+            NodeResponse::Status(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Takes a checkpoint on `replica` now (needs a [`Cluster::admin`]).
+    pub async fn checkpoint(&self, replica: usize) -> Result<chorus_replication::Op, String> {
+        match self.call_within(replica, &NodeRequest::Checkpoint, crate::node::STATUS_REPLY_WAIT).await {
+            Some(NodeResponse::Checkpoint(op)) => Ok(op),
+            Some(NodeResponse::Refused(why)) => Err(why),
+            Some(_) => Err("unexpected answer".into()),
+            None => Err("no answer in time".into()),
         }
     }
 

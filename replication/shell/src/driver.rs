@@ -57,6 +57,10 @@ pub enum Call {
     Request(Request, oneshot::Sender<Reply>),
     /// A status query.
     Status(oneshot::Sender<NodeStatus>),
+    /// The status without the digest (answered at once).
+    Progress(oneshot::Sender<NodeStatus>),
+    /// Take a checkpoint now; answers the newest checkpoint's op.
+    Checkpoint(oneshot::Sender<chorus_replication::Op>),
 }
 
 /// Why the driver stopped.
@@ -268,6 +272,13 @@ struct Executor {
 impl Executor {
     fn take_call<S: StateMachine>(&mut self, replica: &mut Replica<S>, clock: &Clock, call: Call) {
         match call {
+            Call::Checkpoint(tx) => {
+                let _ = tx.send(replica.checkpoint_now());
+            }
+            Call::Progress(tx) => {
+                self.clock_ms = clock.now_ms();
+                let _ = tx.send(self.status(replica));
+            }
             Call::Status(tx) => {
                 self.clock_ms = clock.now_ms();
                 let status = self.status(replica);

@@ -138,7 +138,8 @@ async fn accept_loop(ep: quinn::Endpoint, transport: Arc<Transport<Message>>, ca
                     }
                     transport.serve_peer(conn, j as u8).await
                 }
-                Some(_) => {
+                Some(role) => {
+                    let admin = role == Role::Admin;
                     let Ok(_permit) = clients.try_acquire_owned() else {
                         warn!("too many client connections; refusing one");
                         conn.close(rpc::CLOSE_INTERNAL, b"too many connections");
@@ -147,7 +148,7 @@ async fn accept_loop(ep: quinn::Endpoint, transport: Arc<Transport<Message>>, ca
                     let peer = conn.remote_address();
                     let handler = move |req: NodeRequest| {
                         let calls = calls.clone();
-                        async move { handle(calls, req).await }
+                        async move { handle(calls, req, admin).await }
                     };
                     if let Err(e) = rpc::serve_connection(conn, handler).await {
                         warn!(%peer, error = %e, "client connection closed with error");
@@ -159,8 +160,19 @@ async fn accept_loop(ep: quinn::Endpoint, transport: Arc<Transport<Message>>, ca
     }
 }
 
-async fn handle(calls: mpsc::Sender<Call>, req: NodeRequest) -> NodeResponse {
+async fn handle(calls: mpsc::Sender<Call>, req: NodeRequest, admin: bool) -> NodeResponse {
     match req {
+        NodeRequest::Checkpoint if !admin => NodeResponse::Refused("taking a checkpoint needs the admin certificate (certs/admin.*)".into()),
+        NodeRequest::Checkpoint => {
+            let (tx, rx) = oneshot::channel();
+            if calls.send(Call::Checkpoint(tx)).await.is_err() {
+                return NodeResponse::NoReply;
+            }
+            match tokio::time::timeout(STATUS_REPLY_WAIT, rx).await {
+                Ok(Ok(op)) => NodeResponse::Checkpoint(op),
+                _ => NodeResponse::NoReply,
+            }
+        }
         NodeRequest::Call(request) => {
             let (tx, rx) = oneshot::channel();
             if calls.send(Call::Request(request, tx)).await.is_err() {
@@ -188,6 +200,16 @@ async fn handle(calls: mpsc::Sender<Call>, req: NodeRequest) -> NodeResponse {
             }
             replies.resize(count, None);
             NodeResponse::Batch(replies)
+        }
+        NodeRequest::Progress => {
+            let (tx, rx) = oneshot::channel();
+            if calls.send(Call::Progress(tx)).await.is_err() {
+                return NodeResponse::NoReply;
+            }
+            match tokio::time::timeout(CLIENT_REPLY_WAIT, rx).await {
+                Ok(Ok(status)) => NodeResponse::Status(status),
+                _ => NodeResponse::NoReply,
+            }
         }
         NodeRequest::Status => {
             let (tx, rx) = oneshot::channel();
