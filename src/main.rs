@@ -95,9 +95,9 @@ enum Command {
         /// Port of the first replica on 127.0.0.1 (the others use the next ones).
         #[arg(long, default_value_t = 7870)]
         port: u16,
-        /// Replicas: 1 runs the server in this process; 3 (or any odd
-        /// number) runs that many `chorus server` processes with replication.
-        #[arg(long, default_value_t = 1)]
+        /// Replicas: 3 (or any odd number) runs that many `chorus server`
+        /// processes with replication; 1 runs one server in this process.
+        #[arg(long, default_value_t = 3)]
         replicas: usize,
     },
     /// Show every replica's protocol status (view, leader, commit point,
