@@ -414,3 +414,56 @@ fn under_the_session_layer_a_retry_gets_the_cached_reply_and_runs_once() {
     t.restore(s.applied_op(), &image).expect("restore");
     assert_eq!(t.digest(), s.digest());
 }
+
+/// Copies a complete checkpoint directory (what the shell's state transfer
+/// does over QUIC, file by file, verified against the manifest).
+fn copy_checkpoint(from_root: &Path, to_root: &Path, name: &str) {
+    let (src, dst) = (from_root.join(name), to_root.join(name));
+    std::fs::create_dir_all(&dst).unwrap();
+    for entry in std::fs::read_dir(&src).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dst.join(entry.file_name())).unwrap();
+    }
+}
+
+#[test]
+fn checkpoints_by_reference_restore_elsewhere_and_detect_a_flipped_byte() {
+    use chorus_replication_shell::checkpoint::Manifest;
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut a = FsMachine::open_replica(da.path(), 0).unwrap();
+    let (log, replies) = workload(&mut a, 11, 120);
+    let cut = log.iter().position(|(c, _)| c.op > 70).unwrap();
+    let mut b = FsMachine::open_replica(db.path(), 1).unwrap();
+    replay(&mut b, &log[..cut]);
+    let reference = b.checkpoint();
+    let manifest = Manifest::from_bytes(&reference).expect("a manifest, not an image");
+    assert!(reference.len() < 64 * 1024, "the reference stays small: {} bytes", reference.len());
+    assert_eq!(manifest.op, b.applied_index());
+    // Same state, same reference: no second checkpoint.
+    assert_eq!(b.checkpoint(), reference);
+    // a lacks the files until they are copied over.
+    let mut c = FsMachine::open_replica(&da.path().join("other"), 2).unwrap();
+    assert!(!c.has_checkpoint(&reference));
+    copy_checkpoint(&db.path().join("checkpoints"), &da.path().join("other/checkpoints"), &manifest.name);
+    assert!(c.has_checkpoint(&reference));
+    c.restore(b.applied_index(), &reference).expect("restore from the copied files");
+    assert_eq!(c.digest(), b.digest());
+    assert_eq!(replay(&mut c, &log[cut..]), replies[cut..].to_vec());
+    assert_eq!(c.digest(), a.digest());
+    // A flipped byte in any file is found and the checkpoint never opened.
+    // (On a fresh replica d: c's live store shares c's checkpoint files by
+    // hard link, so damage to those files is damage to c's live state too.)
+    let mut c = FsMachine::open_replica(&da.path().join("fresh"), 2).unwrap();
+    copy_checkpoint(&db.path().join("checkpoints"), &da.path().join("fresh/checkpoints"), &manifest.name);
+    let root = da.path().join("fresh/checkpoints").join(&manifest.name);
+    let victim = manifest.files.iter().max_by_key(|f| f.bytes).unwrap();
+    let path = root.join(&victim.name);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    std::fs::write(&path, bytes).unwrap();
+    let digest_before = c.digest();
+    let err = c.restore(b.applied_index(), &reference).unwrap_err().to_string();
+    assert!(err.contains(&victim.name) && err.contains("damaged"), "{err}");
+    assert_eq!(c.digest(), digest_before, "a refused checkpoint leaves the state as it was");
+}
