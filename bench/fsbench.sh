@@ -31,9 +31,9 @@ echo "== local ext4"
 mkdir -p "$work/ext4"
 bash "$FSB" "$work/ext4" ext4 "$N" "$MIB" | tee -a "$out"
 
-echo "== ChorusFS ($(basename "$BIN"), ${REPLICAS:-1} replica(s), chorus up)"
+echo "== ChorusFS ($(basename "$BIN"), ${REPLICAS:-3} replica(s), chorus up)"
 mkdir -p "$work/mnt"
-"$BIN" up "$work/mnt" --data "$work/data" --port 17990 --replicas "${REPLICAS:-1}" >"$work/up.log" 2>&1 &
+"$BIN" up "$work/mnt" --data "$work/data" --port 17990 --replicas "${REPLICAS:-3}" >"$work/up.log" 2>&1 &
 pid=$!
 for _ in $(seq 300); do mountpoint -q "$work/mnt" && break; sleep 0.1; done
 mountpoint -q "$work/mnt" || { cat "$work/up.log"; exit 1; }

@@ -1,0 +1,138 @@
+#!/usr/bin/env bash
+# Failover: a writer creates fsync'd 4 KiB files one at a time on the mount;
+# we kill -9 (then, separately, SIGSTOP) the leader and report the longest
+# gap between two successful writes around the fault, i.e. the time from the
+# fault to the next successful write. Same for the GlusterFS replica-3 peer
+# (a brick process killed / frozen), unless SKIP_GLUSTER=1.
+# Usage (root): bench/failover.sh            Prints RESULT lines.
+# Bounded: every wait has a deadline; a frozen process is always SIGCONTed.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/.." && pwd)
+BIN=${CHORUS_BIN:-${CARGO_TARGET_DIR:-/var/cache/chorusfs/target}/debug/chorus}
+[ -x "$BIN" ] || { echo "build first: cargo build (binary $BIN)"; exit 1; }
+peers=${PEERS_DIR:-$root/../shared/peers}
+PORT=${PORT:-17890}
+work=$(mktemp -d /var/tmp/chorus-failover.XXXXXX)
+up_pid=""; writer_pid=""; stopped=""; restarted=""
+cleanup() {
+  [ -n "$stopped" ] && kill -CONT "$stopped" 2>/dev/null || true
+  [ -n "$writer_pid" ] && kill "$writer_pid" 2>/dev/null || true
+  [ -n "$restarted" ] && kill -TERM "$restarted" 2>/dev/null || true
+  [ -n "$up_pid" ] && kill -TERM "$up_pid" 2>/dev/null && wait "$up_pid" 2>/dev/null || true
+  mountpoint -q "$work/mnt" 2>/dev/null && umount -l "$work/mnt" || true
+  if [ -n "${GLUSTER_STARTED:-}" ]; then bash "$peers/glusterfs.sh" teardown >/dev/null 2>&1 || true; fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+# writer DIR LOG: one fsync'd create per iteration, a timestamp per success.
+start_writer() {
+  python3 - "$1" "$2" <<'PY' &
+import os, sys, time
+d, log = sys.argv[1], sys.argv[2]
+os.makedirs(d, exist_ok=True)
+out = open(log, "w", buffering=1)
+i = 0
+end = time.time() + 240
+while time.time() < end:
+    p = os.path.join(d, "f%d" % i)
+    try:
+        fd = os.open(p, os.O_CREAT | os.O_WRONLY, 0o644)
+        os.write(fd, b"x" * 4096)
+        os.fsync(fd)
+        os.close(fd)
+        out.write("%.6f\n" % time.time())
+        i += 1
+    except OSError as e:
+        out.write("ERR %.6f %s\n" % (time.time(), e))
+        time.sleep(0.01)
+PY
+  writer_pid=$!
+}
+
+# gap LOG T0: longest gap between successes after time T0 - 0.5 s (seconds).
+gap() {
+  python3 - "$1" "$2" <<'PY'
+import sys
+t0 = float(sys.argv[2])
+ts = [float(l) for l in open(sys.argv[1]) if not l.startswith("ERR")]
+errs = sum(1 for l in open(sys.argv[1]) if l.startswith("ERR"))
+before = [t for t in ts if t < t0]
+after = [t for t in ts if t >= t0]
+if not before or not after:
+    print("nan", errs); sys.exit()
+print("%.3f" % (after[0] - before[-1]), errs)
+PY
+}
+
+wait_writes() { # LOG N: wait until the log has N more lines (deadline 120 s)
+  local n0; n0=$(wc -l <"$1"); local end=$((SECONDS + 120))
+  while [ $(( $(wc -l <"$1") - n0 )) -lt "$2" ]; do
+    [ $SECONDS -lt $end ] || { echo "writer stalled for 120 s"; return 1; }
+    sleep 0.1
+  done
+}
+
+leader_pid() {
+  local leader
+  leader=$("$BIN" status --data "$work/data" --port "$PORT" | sed -n 's/^view [0-9]*, leader \([0-9]*\).*/\1/p')
+  [ -n "$leader" ] || return 1
+  pgrep -f -- "--data $work/data/replica-$leader --id $leader" | head -1
+}
+
+echo "== ChorusFS, 3 replicas (chorus up)"
+mkdir -p "$work/mnt"
+"$BIN" up "$work/mnt" --data "$work/data" --port "$PORT" --replicas 3 >"$work/up.log" 2>&1 &
+up_pid=$!
+for _ in $(seq 300); do mountpoint -q "$work/mnt" && break; sleep 0.1; done
+mountpoint -q "$work/mnt" || { cat "$work/up.log"; exit 1; }
+start_writer "$work/mnt/w" "$work/w.log"
+wait_writes "$work/w.log" 200
+victim=$(leader_pid)
+mapfile -d '' cmd < "/proc/$victim/cmdline"
+t0=$(date +%s.%N); kill -9 "$victim"
+wait_writes "$work/w.log" 200
+read -r g errs < <(gap "$work/w.log" "$t0")
+echo "RESULT chorusfs failover_kill_s $g"
+echo "RESULT chorusfs failover_kill_errors $errs"
+# chorus up does not restart a killed replica: restart it by hand (its log
+# is not empty, so --init-new-cluster on that command line does nothing).
+"${cmd[@]}" >>"$work/restarted.log" 2>&1 &
+restarted=$!
+for _ in $(seq 200); do
+  "$BIN" status --data "$work/data" --port "$PORT" 2>/dev/null | grep -q "as 3 of 3" && break; sleep 0.2
+done
+sleep 1
+victim=$(leader_pid)
+t0=$(date +%s.%N); kill -STOP "$victim"; stopped=$victim
+wait_writes "$work/w.log" 200
+read -r g errs < <(gap "$work/w.log" "$t0")
+kill -CONT "$victim"; stopped=""
+echo "RESULT chorusfs failover_sigstop_s $g"
+echo "RESULT chorusfs failover_sigstop_errors $errs"
+kill "$writer_pid" 2>/dev/null || true; wait "$writer_pid" 2>/dev/null || true; writer_pid=""
+kill -TERM "$restarted" 2>/dev/null || true; wait "$restarted" 2>/dev/null || true
+kill -TERM "$up_pid"; wait "$up_pid" 2>/dev/null || true; up_pid=""
+
+if [ -z "${SKIP_GLUSTER:-}" ] && [ -f "$peers/glusterfs.sh" ]; then
+  echo "== GlusterFS replica 3 (peer)"
+  if bash "$peers/glusterfs.sh" install >/dev/null 2>&1 && bash "$peers/glusterfs.sh" setup >/dev/null 2>&1; then
+    GLUSTER_STARTED=1
+    start_writer /tmp/peers/gmnt/w "$work/g.log"
+    wait_writes "$work/g.log" 100
+    brick=$(pgrep -f glusterfsd | head -1)
+    t0=$(date +%s.%N); kill -9 "$brick"
+    wait_writes "$work/g.log" 100
+    read -r g errs < <(gap "$work/g.log" "$t0")
+    echo "RESULT glusterfs failover_kill_s $g"
+    brick=$(pgrep -f glusterfsd | head -1)
+    t0=$(date +%s.%N); kill -STOP "$brick"; stopped=$brick
+    wait_writes "$work/g.log" 100 || true
+    read -r g errs < <(gap "$work/g.log" "$t0")
+    kill -CONT "$brick"; stopped=""
+    echo "RESULT glusterfs failover_sigstop_s $g"
+  else
+    echo "GlusterFS peer could not be set up; skipped"
+  fi
+fi
