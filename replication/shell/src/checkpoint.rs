@@ -54,6 +54,8 @@ pub const CHUNK_TIMEOUT: Duration = Duration::from_secs(10);
 pub const FILES_MAX: usize = 100_000;
 /// Attempts per fetch before giving up (the core asks again later).
 pub const FETCH_ATTEMPTS_MAX: u32 = 5;
+/// Files fetched at once (one QUIC stream each).
+pub const FETCH_STREAMS_MAX: usize = 4;
 const MANIFEST_VERSION: u8 = 1;
 const FETCH_STREAM_TAG: u8 = 0xC7;
 
@@ -450,7 +452,10 @@ impl Fetcher {
             tokio::task::spawn_blocking(move || link_known_files(&root, &partial, &manifest)).await??;
         }
         let conn = tokio::time::timeout(CHUNK_TIMEOUT, self.endpoint.connect(addr, &Role::Replica(from as usize).dns_name())?).await??;
+        // Up to FETCH_STREAMS_MAX files at once, each on its own stream.
+        let mut tasks: tokio::task::JoinSet<anyhow::Result<(String, FetchedFile)>> = tokio::task::JoinSet::new();
         let mut fetched = 0u64;
+        let mut checked = std::collections::HashSet::new();
         for file in &manifest.files {
             let path = partial.join(&file.name);
             let have = fs::metadata(&path).ok().map(|m| m.len());
@@ -462,7 +467,25 @@ impl Fetcher {
                 Some(h) if h < file.bytes => h,
                 _ => 0,
             };
-            fetched += self.fetch_file(&conn, manifest, file, &path, offset).await?;
+            while tasks.len() >= FETCH_STREAMS_MAX {
+                let (name, f) = tasks.join_next().await.expect("non-empty")??;
+                fetched += f.bytes;
+                if f.checked {
+                    checked.insert(name);
+                }
+            }
+            let (conn, name, file, progress) = (conn.clone(), manifest.name.clone(), file.clone(), self.progress.clone());
+            tasks.spawn(async move {
+                let f = fetch_file(&conn, &name, &file, &path, offset, &progress).await?;
+                anyhow::Ok((file.name, f))
+            });
+        }
+        while let Some(r) = tasks.join_next().await {
+            let (name, f) = r??;
+            fetched += f.bytes;
+            if f.checked {
+                checked.insert(name);
+            }
         }
         conn.close(0u32.into(), b"done");
         // Everything is here: check every file, then seal.
@@ -470,6 +493,10 @@ impl Fetcher {
         tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
             for f in &manifest2.files {
                 let path = partial2.join(&f.name);
+                if checked.contains(&f.name) {
+                    File::open(&path)?.sync_all()?;
+                    continue;
+                }
                 let (bytes, crc) = file_crc(&path)?;
                 if bytes != f.bytes || crc != f.crc32c {
                     let _ = fs::remove_file(&path);
@@ -485,35 +512,52 @@ impl Fetcher {
         Ok(fetched)
     }
 
-    async fn fetch_file(&self, conn: &quinn::Connection, manifest: &Manifest, file: &FileEntry, path: &Path, offset: u64) -> anyhow::Result<u64> {
-        let (mut send, mut recv) = tokio::time::timeout(CHUNK_TIMEOUT, conn.open_bi()).await??;
-        send.write_all(&[FETCH_STREAM_TAG]).await?;
-        let request = FileRequest { checkpoint: manifest.name.clone(), file: file.name.clone(), offset };
-        frame::write_frame(&mut send, &codec::to_bytes(&request)?).await?;
-        let _ = send.finish();
-        let answer = tokio::time::timeout(CHUNK_TIMEOUT, frame::read_frame(&mut recv)).await??.ok_or_else(|| anyhow::anyhow!("donor closed the stream"))?;
-        match codec::from_bytes::<FileAnswer>(&answer)? {
-            FileAnswer::Ok { bytes_total } if bytes_total == file.bytes => {}
-            FileAnswer::Ok { bytes_total } => anyhow::bail!("donor has {} at {bytes_total} bytes, manifest says {}", file.name, file.bytes),
-            FileAnswer::Refused(reason) => anyhow::bail!("donor refused {}: {reason}", file.name),
-        }
-        let mut out = OpenOptions::new().create(true).write(true).truncate(false).open(path)?;
-        out.set_len(offset)?;
-        out.seek(SeekFrom::Start(offset))?;
-        self.progress.bytes_done.fetch_add(offset, Ordering::Relaxed);
-        let mut got = 0u64;
-        let mut buf = vec![0u8; CHUNK_BYTES];
-        while offset + got < file.bytes {
-            let n = tokio::time::timeout(CHUNK_TIMEOUT, recv.read(&mut buf)).await??;
-            let Some(n) = n else { anyhow::bail!("donor ended {} at {} of {} bytes", file.name, offset + got, file.bytes) };
-            let n = n.min((file.bytes - offset - got) as usize);
-            // Small synchronous writes to the page cache; fsync at the seal.
-            out.write_all(&buf[..n])?;
-            got += n as u64;
-            self.progress.bytes_done.fetch_add(n as u64, Ordering::Relaxed);
-        }
-        Ok(got)
+}
+
+/// Fetches `file` of checkpoint `checkpoint` from `offset` to its end into
+/// `path`, on a stream of its own; returns the bytes received.
+async fn fetch_file(conn: &quinn::Connection, checkpoint: &str, file: &FileEntry, path: &Path, offset: u64, progress: &FetchProgress) -> anyhow::Result<FetchedFile> {
+    let (mut send, mut recv) = tokio::time::timeout(CHUNK_TIMEOUT, conn.open_bi()).await??;
+    send.write_all(&[FETCH_STREAM_TAG]).await?;
+    let request = FileRequest { checkpoint: checkpoint.to_string(), file: file.name.clone(), offset };
+    frame::write_frame(&mut send, &codec::to_bytes(&request)?).await?;
+    let _ = send.finish();
+    let answer = tokio::time::timeout(CHUNK_TIMEOUT, frame::read_frame(&mut recv)).await??.ok_or_else(|| anyhow::anyhow!("donor closed the stream"))?;
+    match codec::from_bytes::<FileAnswer>(&answer)? {
+        FileAnswer::Ok { bytes_total } if bytes_total == file.bytes => {}
+        FileAnswer::Ok { bytes_total } => anyhow::bail!("donor has {} at {bytes_total} bytes, manifest says {}", file.name, file.bytes),
+        FileAnswer::Refused(reason) => anyhow::bail!("donor refused {}: {reason}", file.name),
     }
+    let mut out = OpenOptions::new().create(true).write(true).truncate(false).open(path)?;
+    out.set_len(offset)?;
+    out.seek(SeekFrom::Start(offset))?;
+    progress.bytes_done.fetch_add(offset, Ordering::Relaxed);
+    let mut got = 0u64;
+    let mut crc = 0u32;
+    let mut buf = vec![0u8; CHUNK_BYTES];
+    while offset + got < file.bytes {
+        let n = tokio::time::timeout(CHUNK_TIMEOUT, recv.read(&mut buf)).await??;
+        let Some(n) = n else { anyhow::bail!("donor ended {} at {} of {} bytes", file.name, offset + got, file.bytes) };
+        let n = n.min((file.bytes - offset - got) as usize);
+        // Small synchronous writes to the page cache; fsync at the seal.
+        out.write_all(&buf[..n])?;
+        crc = crc32c::crc32c_append(crc, &buf[..n]);
+        got += n as u64;
+        progress.bytes_done.fetch_add(n as u64, Ordering::Relaxed);
+    }
+    if offset == 0 && crc != file.crc32c {
+        drop(out);
+        let _ = fs::remove_file(path);
+        anyhow::bail!("received {} with crc32c {crc:08x}, manifest says {:08x}; fetching it again", file.name, file.crc32c);
+    }
+    Ok(FetchedFile { bytes: got, checked: offset == 0 })
+}
+
+/// What [`fetch_file`] did.
+struct FetchedFile {
+    bytes: u64,
+    /// Its CRC32C was checked as it arrived (no need to read it again).
+    checked: bool,
 }
 
 /// Hard-links into `partial` the files of `manifest` that a complete local
