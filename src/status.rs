@@ -100,7 +100,7 @@ pub fn render(peers: &[SocketAddr], statuses: &[Option<NodeStatus>]) -> String {
     let max_commit = statuses.iter().flatten().map(|s| s.commit_op).max().unwrap_or(0);
     let mut table = Table::new();
     table.load_preset(presets::UTF8_FULL_CONDENSED).set_content_arrangement(ContentArrangement::Disabled);
-    table.set_header(["id", "address", "up", "status", "view", "leader", "op", "commit_op", "durable_op", "lag", "checkpoint", "transfer", "digest"]);
+    table.set_header(["id", "address", "up", "status", "view", "leader", "op", "commit_op", "applied_op", "durable_op", "lag", "clients", "checkpoint", "transfer", "digest"]);
     for (i, (addr, s)) in peers.iter().zip(statuses).enumerate() {
         let row: Vec<Cell> = match s {
             Some(s) => vec![
@@ -112,15 +112,17 @@ pub fn render(peers: &[SocketAddr], statuses: &[Option<NodeStatus>]) -> String {
                 Cell::new(s.leader),
                 Cell::new(s.op),
                 Cell::new(s.commit_op),
+                Cell::new(s.applied_op),
                 Cell::new(s.durable_op),
                 Cell::new(max_commit - s.commit_op),
+                Cell::new(s.clients),
                 Cell::new(checkpoint_cell(s)),
                 Cell::new(transfer_cell(s)),
                 Cell::new(format!("{:016x}", s.digest)),
             ],
             None => {
                 let mut r = vec![Cell::new(i), Cell::new(addr), Cell::new("down")];
-                r.extend((0..10).map(|_| Cell::new("-")));
+                r.extend((0..12).map(|_| Cell::new("-")));
                 r
             }
         };

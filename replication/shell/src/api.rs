@@ -63,6 +63,10 @@ pub struct NodeStatus {
     pub op: Op,
     /// Commit point.
     pub commit_op: Op,
+    /// Applied up to here (equals the commit point between steps).
+    pub applied_op: Op,
+    /// Client connections to this replica now (mounts, tools).
+    pub clients: u64,
     /// Log durable up to here.
     pub durable_op: Op,
     /// Digest of the replicated state (sessions + registers).

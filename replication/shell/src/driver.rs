@@ -326,6 +326,8 @@ impl Executor {
             leader: r.leader,
             op: r.op,
             commit_op: r.commit_op,
+            applied_op: r.applied_op,
+            clients: 0, // the node fills it in (it owns the connections)
             durable_op: r.durable_op,
             digest: 0, // filled in off the loop, see take_call
             log_syncs: self.syncs,

@@ -24,7 +24,7 @@ use chorus_wire::{endpoint, rpc, tls};
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tracing::{info, warn};
 
-use crate::api::{NodeRequest, NodeResponse, BATCH_REQUESTS_MAX};
+use crate::api::{NodeRequest, NodeResponse, NodeStatus, BATCH_REQUESTS_MAX};
 use crate::driver::{self, Call, CLIENT_CALLS_QUEUE_MAX};
 use crate::log::SEGMENT_BYTES_DEFAULT;
 use crate::checkpoint::Fetcher;
@@ -140,6 +140,7 @@ async fn accept_loop(ep: quinn::Endpoint, transport: Arc<Transport<Message>>, ca
                 }
                 Some(role) => {
                     let admin = role == Role::Admin;
+                    let clients_in_use = clients.clone();
                     let Ok(_permit) = clients.try_acquire_owned() else {
                         warn!("too many client connections; refusing one");
                         conn.close(rpc::CLOSE_INTERNAL, b"too many connections");
@@ -148,7 +149,16 @@ async fn accept_loop(ep: quinn::Endpoint, transport: Arc<Transport<Message>>, ca
                     let peer = conn.remote_address();
                     let handler = move |req: NodeRequest| {
                         let calls = calls.clone();
-                        async move { handle(calls, req, admin).await }
+                        let clients = clients_in_use.clone();
+                        async move {
+                            match handle(calls, req, admin).await {
+                                NodeResponse::Status(s) => NodeResponse::Status(NodeStatus {
+                                    clients: (CONNECTIONS_MAX - clients.available_permits()) as u64,
+                                    ..s
+                                }),
+                                other => other,
+                            }
+                        }
                     };
                     if let Err(e) = rpc::serve_connection(conn, handler).await {
                         warn!(%peer, error = %e, "client connection closed with error");
