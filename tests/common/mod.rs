@@ -204,3 +204,19 @@ impl Drop for Cluster {
         self.server.take();
     }
 }
+
+/// Like [`spawn`], with extra environment variables for the child (e.g. a
+/// fault-injection hook such as `CHORUS_FAULT_DROP_REPLIES`).
+pub fn spawn_env(name: &str, args: &[&std::ffi::OsStr], log: &Path, env: &[(&str, &str)]) -> Proc {
+    let logf = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("log file");
+    let child = Command::new(chorus_bin())
+        .args(args)
+        .env("CHORUS_LOG", "info")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(logf.try_clone().unwrap())
+        .stderr(logf)
+        .spawn()
+        .expect("spawn chorus");
+    Proc { child, name: name.to_string() }
+}
