@@ -72,6 +72,7 @@ pub async fn query(t: &Target) -> anyhow::Result<Vec<Option<NodeStatus>>> {
     for t in tasks {
         out.push(t.await.ok().flatten());
     }
+    cluster.shutdown().await;
     Ok(out)
 }
 
