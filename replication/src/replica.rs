@@ -124,6 +124,10 @@ pub struct Replica<S: StateMachine> {
     leader_sent_at_ms: Millis,
     heartbeat_sent_ms: Millis,
     repair_sent_ms: Option<Millis>,
+    /// (view, op): the highest op this follower saw its leader hold.
+    leader_op_seen: (ViewNumber, Op),
+    /// The first op of the repair run last asked for (to spot its answer).
+    repair_from: Option<Op>,
     state_request_sent_ms: Option<Millis>,
     join_sent_ms: Option<Millis>,
     view_change_retry_ms: Millis,
@@ -198,6 +202,8 @@ impl<S: StateMachine> Replica<S> {
             leader_sent_at_ms: 0,
             heartbeat_sent_ms: 0,
             repair_sent_ms: None,
+            leader_op_seen: (0, 0),
+            repair_from: None,
             state_request_sent_ms: None,
             join_sent_ms: None,
             view_change_retry_ms: now_ms,
@@ -645,6 +651,10 @@ impl<S: StateMachine> Replica<S> {
             return;
         }
         self.heard_from_leader(sent_at_ms);
+        if let Some(last) = entries.last() {
+            self.note_leader_op(last.op);
+        }
+        let answers_repair = entries.first().is_some_and(|e| Some(e.op) == self.repair_from);
         let mut appended = Vec::new();
         for entry in entries {
             if entry.op <= self.log.op() {
@@ -660,6 +670,7 @@ impl<S: StateMachine> Replica<S> {
             self.log.append(entry.clone());
             appended.push(entry);
         }
+        let repaired = answers_repair && !appended.is_empty();
         if !appended.is_empty() {
             self.persist(Write { entries: appended, ..Default::default() });
             if self.config.bugs().ack_before_durable {
@@ -667,6 +678,22 @@ impl<S: StateMachine> Replica<S> {
             }
         }
         self.learn_commit(commit);
+        if repaired && self.log.op() < self.leader_op_seen.1 {
+            // Repair made progress and more is missing: ask for the next run
+            // now, not a retry interval later (a replica far behind would
+            // otherwise catch up at one message per interval).
+            self.repair_sent_ms = None;
+            self.request_prepares();
+        } else if repaired {
+            self.repair_from = None;
+        }
+    }
+
+    fn note_leader_op(&mut self, op: Op) {
+        if self.leader_op_seen.0 != self.view {
+            self.leader_op_seen = (self.view, 0);
+        }
+        self.leader_op_seen.1 = self.leader_op_seen.1.max(op);
     }
 
     fn on_commit(&mut self, from: ReplicaId, view: ViewNumber, commit: Op, op: Op, members: Members, sent_at_ms: Millis) {
@@ -674,6 +701,7 @@ impl<S: StateMachine> Replica<S> {
             return;
         }
         self.heard_from_leader(sent_at_ms);
+        self.note_leader_op(op);
         self.members = members;
         self.learn_commit(commit);
         if self.log.op() < op {
@@ -764,6 +792,7 @@ impl<S: StateMachine> Replica<S> {
             return;
         }
         self.repair_sent_ms = Some(self.now_ms);
+        self.repair_from = Some(self.log.op() + 1);
         let message = Message::RequestPrepares { view: self.view, from: self.log.op() + 1 };
         let leader = self.leader();
         self.send(leader, message);
@@ -1280,7 +1309,12 @@ impl<S: StateMachine> Replica<S> {
                 if !self.checkpoint_at_hand(from, checkpoint) {
                     return false;
                 }
-                self.machine.restore(checkpoint.op, &checkpoint.state).expect("leader checkpoint restores");
+                if let Err(e) = self.machine.restore(checkpoint.op, &checkpoint.state) {
+                    // Damaged local files (the machine drops them): the next
+                    // request fetches them again. The state is unchanged.
+                    tracing::error!(replica = self.id, error = %e, "cannot install the leader's checkpoint; asking again");
+                    return false;
+                }
                 self.applied_bytes_since_checkpoint = 0;
                 self.log = Log::new(checkpoint.op, checkpoint.timestamp_ms, state.log.entries.clone());
                 self.journal.note_truncation(checkpoint.op);
@@ -1354,7 +1388,12 @@ impl<S: StateMachine> Replica<S> {
         self.view = view;
         let (base, base_ms) = match &state.checkpoint {
             Some(c) => {
-                self.machine.restore(c.op, &c.state).expect("leader checkpoint restores");
+                if let Err(e) = self.machine.restore(c.op, &c.state) {
+                    // Stay Recovering; a later answer finds fetched files.
+                    tracing::error!(replica = self.id, error = %e, "cannot install the leader's checkpoint; still recovering");
+                    self.recovery = Some(Recovery::new(self.rng.gen(), self.n(), self.now_ms));
+                    return;
+                }
                 self.applied_bytes_since_checkpoint = 0;
                 (c.op, c.timestamp_ms)
             }

@@ -224,13 +224,34 @@ impl FsMachine {
         Ok(manifest.to_bytes())
     }
 
+    /// The local complete checkpoint to restore for `wanted`: itself, or
+    /// any other with the same entry op (the same state: every replica
+    /// applied the same commands up to that entry, and none after it until
+    /// the checkpoint), e.g. one fetched from another donor.
+    fn local_equivalent(refs: &CheckpointRefs, wanted: &Manifest) -> Option<Manifest> {
+        if checkpoint::is_complete(&refs.checkpoints, wanted) {
+            return Some(wanted.clone());
+        }
+        checkpoint::list(&refs.checkpoints).into_iter().rev().find(|m| m.op == wanted.op)
+    }
+
     fn restore_by_reference(&mut self, index: Op, bytes: &[u8]) -> Result<(), CheckpointError> {
         let refs = self.refs.as_mut().expect("by reference");
-        let manifest = Manifest::from_bytes(bytes).map_err(|e| CheckpointError(e.to_string()))?;
+        let wanted = Manifest::from_bytes(bytes).map_err(|e| CheckpointError(e.to_string()))?;
+        let manifest = Self::local_equivalent(refs, &wanted).unwrap_or(wanted);
         let next = refs.live_root.join((refs.generation + 1).to_string());
         // Every file is checked against the manifest before the store is
         // touched: a damaged checkpoint is reported and never opened.
-        checkpoint::materialize(&refs.checkpoints, &manifest, &next).map_err(|e| CheckpointError(e.to_string()))?;
+        if let Err(e) = checkpoint::materialize(&refs.checkpoints, &manifest, &next) {
+            if matches!(e, checkpoint::CheckpointFileError::Damaged { .. }) {
+                // Never used again: set aside for inspection (a fetch
+                // brings a good copy when one is needed).
+                let dir = refs.checkpoints.join(&manifest.name);
+                let _ = std::fs::rename(&dir, refs.checkpoints.join(format!("{}.damaged", manifest.name)));
+            }
+            let _ = std::fs::remove_dir_all(&next);
+            return Err(CheckpointError(e.to_string()));
+        }
         let store = FsStore::open(&next, refs.options.clone()).map_err(|e| CheckpointError(e.to_string()))?;
         let tag = store.tag().unwrap_or_default();
         if tag.op > index {
@@ -351,7 +372,7 @@ impl StateMachine for FsMachine {
 
     fn has_checkpoint(&self, checkpoint: &[u8]) -> bool {
         match (&self.refs, Manifest::from_bytes(checkpoint)) {
-            (Some(refs), Ok(m)) => checkpoint::is_complete(&refs.checkpoints, &m),
+            (Some(refs), Ok(m)) => Self::local_equivalent(refs, &m).is_some(),
             // Images need nothing; bad bytes are restore's to report.
             _ => true,
         }

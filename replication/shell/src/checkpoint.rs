@@ -48,12 +48,14 @@ use tracing::{info, warn};
 pub const MANIFEST_FILE: &str = "CHORUS-MANIFEST";
 /// Bytes per read/write while copying or hashing.
 pub const CHUNK_BYTES: usize = 1024 * 1024;
-/// Longest wait for a donor to connect, answer or send the next chunk.
+/// Longest wait for a donor to answer or send the next chunk.
 pub const CHUNK_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait for a connection to a donor (a dead one never answers).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Files in one manifest.
 pub const FILES_MAX: usize = 100_000;
 /// Attempts per fetch before giving up (the core asks again later).
-pub const FETCH_ATTEMPTS_MAX: u32 = 5;
+pub const FETCH_ATTEMPTS_MAX: u32 = 3;
 /// Files fetched at once (one QUIC stream each).
 pub const FETCH_STREAMS_MAX: usize = 4;
 const MANIFEST_VERSION: u8 = 1;
@@ -380,6 +382,9 @@ pub struct Fetcher {
     endpoint: quinn::Endpoint,
     peers: Vec<SocketAddr>,
     busy: Mutex<Option<String>>,
+    /// The checkpoint the core asked for last: a running fetch of another
+    /// one gives up between attempts (its donor is likely gone).
+    latest: Mutex<Option<String>>,
     /// Progress, shared with status.
     pub progress: Arc<FetchProgress>,
 }
@@ -388,7 +393,7 @@ impl Fetcher {
     /// A fetcher writing under `root`, connecting with `endpoint` (whose
     /// default client config carries this replica's identity).
     pub fn new(root: PathBuf, endpoint: quinn::Endpoint, peers: Vec<SocketAddr>) -> Arc<Fetcher> {
-        Arc::new(Fetcher { root, endpoint, peers, busy: Mutex::new(None), progress: Arc::default() })
+        Arc::new(Fetcher { root, endpoint, peers, busy: Mutex::new(None), latest: Mutex::new(None), progress: Arc::default() })
     }
 
     /// Starts fetching `manifest_bytes` from replica `from` unless a fetch
@@ -404,6 +409,7 @@ impl Fetcher {
         if is_complete(&self.root, &manifest) {
             return;
         }
+        *self.latest.lock().expect("fetcher lock") = Some(manifest.name.clone());
         {
             let mut busy = self.busy.lock().expect("fetcher lock");
             if busy.is_some() {
@@ -420,6 +426,11 @@ impl Fetcher {
             this.progress.bytes_done.store(0, Ordering::Relaxed);
             let mut result = Err(anyhow::anyhow!("not attempted"));
             for attempt in 1..=FETCH_ATTEMPTS_MAX {
+                if attempt > 1 && this.latest.lock().expect("fetcher lock").as_deref() != Some(manifest.name.as_str()) {
+                    info!(from, checkpoint = %manifest.name, "the core now wants another checkpoint; leaving this one");
+                    break;
+                }
+                this.progress.bytes_done.store(0, Ordering::Relaxed);
                 result = this.fetch_once(from, addr, &manifest).await;
                 match &result {
                     Ok(fetched) => {
@@ -451,7 +462,7 @@ impl Fetcher {
             let (root, partial, manifest) = (root.clone(), partial.clone(), manifest.clone());
             tokio::task::spawn_blocking(move || link_known_files(&root, &partial, &manifest)).await??;
         }
-        let conn = tokio::time::timeout(CHUNK_TIMEOUT, self.endpoint.connect(addr, &Role::Replica(from as usize).dns_name())?).await??;
+        let conn = tokio::time::timeout(CONNECT_TIMEOUT, self.endpoint.connect(addr, &Role::Replica(from as usize).dns_name())?).await??;
         // Up to FETCH_STREAMS_MAX files at once, each on its own stream.
         let mut tasks: tokio::task::JoinSet<anyhow::Result<(String, FetchedFile)>> = tokio::task::JoinSet::new();
         let mut fetched = 0u64;

@@ -57,6 +57,9 @@ pub const CHECKPOINT_INTERVAL_OPS: u64 = 512;
 pub fn core_config(replicas: u8) -> Config {
     let mut config = Config::new(replicas);
     config.checkpoint_interval_ops = CHECKPOINT_INTERVAL_OPS;
+    // Repair runs are bounded by bytes (repair_bytes_max); many small
+    // entries per message let a replica far behind catch up quickly.
+    config.entries_per_message_max = 512;
     config
 }
 
