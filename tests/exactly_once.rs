@@ -124,26 +124,10 @@ struct Unmount(PathBuf);
 
 impl Drop for Unmount {
     fn drop(&mut self) {
-        if is_mounted(&self.0) {
-            let c = std::ffi::CString::new(self.0.as_os_str().as_encoded_bytes()).unwrap();
-            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-        }
+        detach_unmount(&self.0);
     }
 }
 
-/// Every replica's status (None: no answer within 2 s).
-fn statuses(
-    rt: &tokio::runtime::Runtime,
-    cluster: &Arc<chorus_replication_shell::client::Cluster>,
-) -> Vec<Option<chorus_replication_shell::api::NodeStatus>> {
-    rt.block_on(async {
-        let mut out = Vec::new();
-        for i in 0..cluster.replica_count() {
-            out.push(tokio::time::timeout(Duration::from_secs(2), cluster.status(i)).await.ok().flatten());
-        }
-        out
-    })
-}
 
 /// Waits (bounded) until all replicas answer, are normal and in one view;
 /// with `converged`, also at the same commit point and digest.

@@ -30,26 +30,7 @@ use common::*;
 
 const REPLICAS: usize = 3;
 
-/// PID of the `chorus server` process serving `replica_dir`.
-fn pid_of_replica(replica_dir: &Path) -> Option<i32> {
-    let needle = replica_dir.to_string_lossy().into_owned();
-    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
-        let Ok(cmd) = std::fs::read(entry.path().join("cmdline")) else { continue };
-        let args: Vec<String> = cmd.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
-        if args.iter().any(|a| a == "server") && args.iter().any(|a| *a == needle) {
-            return Some(pid);
-        }
-    }
-    None
-}
 
-fn detach_unmount(path: &Path) {
-    if is_mounted(path) {
-        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
-        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-    }
-}
 
 fn content(i: usize) -> Vec<u8> {
     format!("fault test write number {i}\n").repeat(1 + i % 5).into_bytes()

@@ -261,10 +261,7 @@ impl Group {
             }
             // Proc's drop SIGKILLs it if it is still running.
         }
-        if is_mounted(&self.mnt) {
-            let c = std::ffi::CString::new(self.mnt.as_os_str().as_encoded_bytes()).unwrap();
-            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-        }
+        detach_unmount(&self.mnt);
     }
 
     /// `chorus status --certs --server` output, and each replica's row

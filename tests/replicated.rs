@@ -37,19 +37,6 @@ fn current_leader(data: &Path, replicas: usize) -> Option<usize> {
     best.map(|(_, l)| l)
 }
 
-/// PID of the `chorus server` process serving `replica_dir`.
-fn pid_of_replica(replica_dir: &Path) -> Option<i32> {
-    let needle = replica_dir.to_string_lossy().into_owned();
-    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
-        let Ok(cmd) = std::fs::read(entry.path().join("cmdline")) else { continue };
-        let args: Vec<String> = cmd.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
-        if args.iter().any(|a| a == "server") && args.iter().any(|a| *a == needle) {
-            return Some(pid);
-        }
-    }
-    None
-}
 
 /// On drop (also when the test fails): SIGKILLs, by PID, any replica
 /// process still serving one of this test's replica folders (the children
@@ -66,26 +53,10 @@ impl Drop for Cleanup {
                 unsafe { libc::kill(pid, libc::SIGKILL) };
             }
         }
-        if is_mounted(&self.mnt) {
-            let c = std::ffi::CString::new(self.mnt.as_os_str().as_encoded_bytes()).unwrap();
-            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-        }
+        detach_unmount(&self.mnt);
     }
 }
 
-/// Every replica's status through the shell client (None: no answer in 2 s).
-fn statuses(
-    rt: &tokio::runtime::Runtime,
-    cluster: &Arc<chorus_replication_shell::client::Cluster>,
-) -> Vec<Option<chorus_replication_shell::api::NodeStatus>> {
-    rt.block_on(async {
-        let mut out = Vec::new();
-        for i in 0..cluster.replica_count() {
-            out.push(tokio::time::timeout(Duration::from_secs(2), cluster.status(i)).await.ok().flatten());
-        }
-        out
-    })
-}
 
 fn content(i: usize) -> Vec<u8> {
     format!("replicated write number {i}\n").repeat(1 + i % 7).into_bytes()

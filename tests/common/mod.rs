@@ -220,3 +220,40 @@ pub fn spawn_env(name: &str, args: &[&std::ffi::OsStr], log: &Path, env: &[(&str
         .expect("spawn chorus");
     Proc { child, name: name.to_string() }
 }
+
+/// PID of the `chorus server` process serving `replica_dir` (by its command
+/// line), so a test can signal exactly the replicas it started.
+pub fn pid_of_replica(replica_dir: &Path) -> Option<i32> {
+    let needle = replica_dir.to_string_lossy().into_owned();
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(cmd) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let args: Vec<String> = cmd.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+        if args.iter().any(|a| a == "server") && args.iter().any(|a| *a == needle) {
+            return Some(pid);
+        }
+    }
+    None
+}
+
+/// Detaches the mount at `path` if something is mounted there.
+pub fn detach_unmount(path: &Path) {
+    if is_mounted(path) {
+        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+/// Every replica's status through the shell client (None: no answer in 2 s).
+pub fn statuses(
+    rt: &tokio::runtime::Runtime,
+    cluster: &std::sync::Arc<chorus_replication_shell::client::Cluster>,
+) -> Vec<Option<chorus_replication_shell::api::NodeStatus>> {
+    rt.block_on(async {
+        let mut out = Vec::new();
+        for i in 0..cluster.replica_count() {
+            out.push(tokio::time::timeout(Duration::from_secs(2), cluster.status(i)).await.ok().flatten());
+        }
+        out
+    })
+}
