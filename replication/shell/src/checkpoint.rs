@@ -575,11 +575,20 @@ struct FetchedFile {
 /// checkpoint already holds (same name, size and CRC32C per its manifest).
 fn link_known_files(root: &Path, partial: &Path, manifest: &Manifest) -> Result<(), CheckpointFileError> {
     fs::create_dir_all(partial).map_err(io(partial))?;
-    // Leftovers of other fetches are dead weight now.
+    // Other unfinished fetches (the donor moved on to a newer checkpoint
+    // while we copied an older one): their whole immutable files of the
+    // right size carry over (checked against the manifest at the seal), so
+    // progress survives a donor's pruning under heavy writes; then they go.
     if let Ok(entries) = fs::read_dir(root) {
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             if name.ends_with(".partial") && entry.path() != partial {
+                for f in manifest.files.iter().filter(|f| f.name.ends_with(".sst") || f.name.ends_with(".blob")) {
+                    let (from, to) = (entry.path().join(&f.name), partial.join(&f.name));
+                    if !to.exists() && fs::metadata(&from).is_ok_and(|m| m.len() == f.bytes) {
+                        let _ = fs::hard_link(&from, &to);
+                    }
+                }
                 let _ = fs::remove_dir_all(entry.path());
             }
         }
