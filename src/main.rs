@@ -100,9 +100,6 @@ enum Command {
         #[arg(long, default_value_t = 3)]
         replicas: usize,
     },
-    /// Show every replica's protocol status (view, leader, commit point,
-    /// digest) of a replicated cluster.
-    #[command(after_help = "Examples:\n  chorus status --certs ./certs --server 127.0.0.1:7870,127.0.0.1:7871,127.0.0.1:7872\n  chorus status --data ./chorus-data            # a `chorus up --replicas 3` cluster")]
     /// Bring a failed replica back: verify its log and newest checkpoint,
     /// replay, catch up from the others (or, with --from-peer, rebuild it by
     /// state transfer), showing progress; then keep serving as the replica.
@@ -140,37 +137,44 @@ enum Command {
     /// Take a checkpoint now on every replica (or one); needs the admin certificate.
     #[command(after_help = "Examples:\n  chorus checkpoint --certs ./certs --server 127.0.0.1:7870,127.0.0.1:7871,127.0.0.1:7872\n  chorus checkpoint --data ./chorus-data --replica 1")]
     Checkpoint {
-        /// Certificates folder (default with --data: DATA/certs).
-        #[arg(long)]
-        certs: Option<PathBuf>,
-        /// Every replica's address, in id order.
-        #[arg(long, value_delimiter = ',')]
-        server: Vec<SocketAddr>,
-        /// A `chorus up` data folder.
-        #[arg(long)]
-        data: Option<PathBuf>,
-        /// With --data: port of the first replica.
-        #[arg(long, default_value_t = 7870)]
-        port: u16,
+        #[command(flatten)]
+        cluster: ClusterArgs,
         /// Only this replica.
         #[arg(long)]
         replica: Option<usize>,
     },
+    /// Show every replica's protocol status (view, leader, commit point,
+    /// digest) of a replicated cluster.
+    #[command(after_help = "Examples:\n  chorus status --certs ./certs --server 127.0.0.1:7870,127.0.0.1:7871,127.0.0.1:7872\n  chorus status --data ./chorus-data            # a `chorus up --replicas 3` cluster")]
     Status {
-        /// Certificates folder (default with --data: DATA/certs).
-        #[arg(long)]
-        certs: Option<PathBuf>,
-        /// Every replica's address, in id order.
-        #[arg(long, value_delimiter = ',')]
-        server: Vec<SocketAddr>,
-        /// A `chorus up` data folder: certificates from DATA/certs and the
-        /// replicas from DATA/replicas on 127.0.0.1, ports --port and up.
-        #[arg(long)]
-        data: Option<PathBuf>,
-        /// With --data: port of the first replica.
-        #[arg(long, default_value_t = 7870)]
-        port: u16,
+        #[command(flatten)]
+        cluster: ClusterArgs,
     },
+}
+
+// Where a replicated cluster is, for the commands that talk to all of it
+// (a plain comment: clap would take a doc comment as their about text).
+#[derive(clap::Args)]
+struct ClusterArgs {
+    /// Certificates folder (default with --data: DATA/certs).
+    #[arg(long)]
+    certs: Option<PathBuf>,
+    /// Every replica's address, in id order.
+    #[arg(long, value_delimiter = ',')]
+    server: Vec<SocketAddr>,
+    /// A `chorus up` data folder: certificates from DATA/certs and the
+    /// replicas from DATA/replicas on 127.0.0.1, ports --port and up.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// With --data: port of the first replica.
+    #[arg(long, default_value_t = 7870)]
+    port: u16,
+}
+
+impl ClusterArgs {
+    fn target(self) -> anyhow::Result<status::Target> {
+        status::target(self.certs, self.server, self.data, self.port)
+    }
 }
 
 fn main() {
@@ -270,12 +274,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let args = recover::RecoverArgs { certs, data, id, peers, from_peer, checkpoint_interval_ops, checkpoint_interval_bytes };
             recover::run(&runtime()?, args, shutdown_signal())
         }
-        Command::Checkpoint { certs, server, data, port, replica } => {
-            let target = status::target(certs, server, data, port)?;
+        Command::Checkpoint { cluster, replica } => {
+            let target = cluster.target()?;
             recover::checkpoint(&runtime()?, &target.certs, target.peers, replica)
         }
-        Command::Status { certs, server, data, port } => {
-            let target = status::target(certs, server, data, port)?;
+        Command::Status { cluster } => {
+            let target = cluster.target()?;
             status::run(&runtime()?, target)
         }
     }

@@ -188,7 +188,6 @@ async fn watch_progress(cluster: std::sync::Arc<Cluster>, id: u8, local: Option<
     let mut transfer_time = Duration::ZERO;
     let mut phase = "";
     let mut warned = false;
-    let mut first_commit: Option<u64> = None;
     loop {
         tokio::time::sleep(POLL_INTERVAL).await;
         let own = cluster.progress(id as usize).await;
@@ -224,9 +223,6 @@ async fn watch_progress(cluster: std::sync::Arc<Cluster>, id: u8, local: Option<
                 phase = "catch-up";
                 bar.set_style(ops_style.clone());
                 bar.set_message("catching up");
-            }
-            if own.status == "normal" && first_commit.is_none() {
-                first_commit = Some(own.commit_op);
             }
             bar.set_length(goal);
             bar.set_position(own.commit_op.min(goal));
