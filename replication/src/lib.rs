@@ -81,6 +81,10 @@ pub struct Bugs {
     pub read_without_lease: bool,
     /// Followers never suspect the leader, so a dead leader is never replaced.
     pub ignore_suspicion: bool,
+    /// A new leader sends Commit, Prepare and state answers before its view
+    /// install is durable (issue 12, finding 1): a crash can then make it
+    /// form the same view twice with different entries.
+    pub reveal_view_before_durable: bool,
 }
 
 impl Bugs {
@@ -92,6 +96,7 @@ impl Bugs {
         forget_reply_cache: false,
         read_without_lease: false,
         ignore_suspicion: false,
+        reveal_view_before_durable: false,
     };
 
     /// Whether any bug is switched on (internal assertions then stand aside

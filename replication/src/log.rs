@@ -51,8 +51,9 @@ pub struct Checkpoint {
     pub state: Vec<u8>,
 }
 
-/// One atomic durable write. Applied in this order: truncate, checkpoint
-/// (which drops entries at or below its op), append, superblock.
+/// One atomic durable write. Applied in this order: truncate (entries, and a
+/// checkpoint, above `truncate_after`), checkpoint (which drops entries at or
+/// below its op), append, superblock.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Write {
     /// Drop every entry above this op first.
@@ -91,6 +92,12 @@ impl Durable {
     pub fn apply(&mut self, write: &Write) {
         if let Some(after) = write.truncate_after {
             self.entries.retain(|e| e.op <= after);
+            // The disk keeps nothing above `after`: a checkpoint beyond it
+            // goes too (recovery replaces a damaged checkpoint's disk by a
+            // log that starts lower, when the group has no checkpoint yet).
+            if self.checkpoint.as_ref().is_some_and(|c| c.op > after) {
+                self.checkpoint = None;
+            }
         }
         if let Some(checkpoint) = &write.checkpoint {
             self.entries.retain(|e| e.op > checkpoint.op);

@@ -119,10 +119,16 @@ pub struct Replica<S: StateMachine> {
     acks: AckTracker,
     view_change: ViewChange,
     recovery: Option<Recovery>,
+    /// The view of a superblock still on disk while recovering (a damaged
+    /// checkpoint is recovered from the group, but the disk's view stands).
+    recovery_view_floor: ViewNumber,
 
     /// Latest `sent_at_ms` from the leader of this view (echoed in PrepareOk).
     leader_sent_at_ms: Millis,
     heartbeat_sent_ms: Millis,
+    /// Leader: when it installed its current view (its first heartbeat in
+    /// the view waits for the install to be durable).
+    view_installed_ms: Millis,
     repair_sent_ms: Option<Millis>,
     /// (view, op): the highest op this follower saw its leader hold.
     leader_op_seen: (ViewNumber, Op),
@@ -150,7 +156,8 @@ impl<S: StateMachine> Replica<S> {
         let jitter_ms = rng.gen_range(0..=config.suspicion_jitter_ms);
         let mut machine = Sessions::new(machine, &config);
         let mut durable = durable;
-        if let (Some(_), Some(c)) = (durable.superblock, &durable.checkpoint) {
+        let mut recovery_view_floor = 0;
+        if let (Some(sb), Some(c)) = (durable.superblock, &durable.checkpoint) {
             if let Err(e) = machine.restore(c.op, &c.state) {
                 // A damaged or missing checkpoint: everything above it is
                 // useless, and what this replica acknowledged before is
@@ -159,6 +166,9 @@ impl<S: StateMachine> Replica<S> {
                 tracing::error!(replica = id, checkpoint_op = c.op, error = %e,
                     "the durable checkpoint cannot be restored; recovering from the other replicas");
                 durable.superblock = None;
+                // The disk still holds that superblock: whatever recovery
+                // writes must not take its view back.
+                recovery_view_floor = sb.view;
                 machine = Sessions::new(machine.into_inner(), &config);
             }
         }
@@ -199,8 +209,10 @@ impl<S: StateMachine> Replica<S> {
             checkpoint,
             applied_bytes_since_checkpoint: 0,
             recovery: None,
+            recovery_view_floor,
             leader_sent_at_ms: 0,
             heartbeat_sent_ms: 0,
+            view_installed_ms: 0,
             repair_sent_ms: None,
             leader_op_seen: (0, 0),
             repair_from: None,
@@ -227,6 +239,12 @@ impl<S: StateMachine> Replica<S> {
                 } else if sb.view == sb.last_normal_view {
                     // It led this view but cannot know which ops it handed out
                     // and lost with unsynced writes: never lead it again.
+                    replica.start_view_change(sb.view + 1);
+                } else if leader == id && !replica.config.bugs().reveal_view_before_durable {
+                    // It was forming this view and never made the install
+                    // durable: whatever it may have revealed of that attempt
+                    // is not on its disk, so forming the view again could
+                    // hand out different entries at the same ops. Move on.
                     replica.start_view_change(sb.view + 1);
                 } else {
                     replica.enter_view_change(sb.view, true);
@@ -336,6 +354,18 @@ impl<S: StateMachine> Replica<S> {
         }
     }
 
+    /// Whether our disk holds the install of the current view (superblock
+    /// with this view as the last normal one). Until it does, a leader
+    /// reveals nothing of the view: no Commit, Prepare or state answer may
+    /// let another replica become normal in a view that a crash of ours
+    /// could make us form a second time (docs/protocol.md, rule V5).
+    fn view_durable(&self) -> bool {
+        if self.config.bugs().reveal_view_before_durable {
+            return true;
+        }
+        self.journal.durable_superblock().is_some_and(|sb| sb.view == self.view && sb.last_normal_view == self.view)
+    }
+
     fn checkpoint_op(&self) -> Op {
         self.checkpoint.as_ref().map(|c| c.op).unwrap_or(0)
     }
@@ -406,6 +436,8 @@ impl<S: StateMachine> Replica<S> {
                     at.push(r.sent_ms + retry);
                 }
             }
+            // A leader whose install is not durable yet is woken by Persisted.
+            Status::Normal if self.is_leader() && !self.view_durable() => {}
             Status::Normal if self.is_leader() => at.push(self.heartbeat_sent_ms + self.config.heartbeat_interval_ms),
             Status::Normal => {
                 if let Some(d) = self.detector.deadline_ms(self.leader()) {
@@ -551,7 +583,12 @@ impl<S: StateMachine> Replica<S> {
             self.send(to, message);
         }
         if self.is_leader_normal() {
+            if self.view_durable() && self.heartbeat_sent_ms < self.view_installed_ms {
+                // The install just became durable: announce the view now.
+                self.send_heartbeat();
+            }
             self.advance_commit();
+            self.prepare_batches();
         } else if self.status == Status::Normal {
             self.send_prepare_ok();
         }
@@ -610,6 +647,7 @@ impl<S: StateMachine> Replica<S> {
 
     fn prepare_batches(&mut self) {
         while self.is_leader_normal()
+            && self.view_durable()
             && !self.sequencer.is_empty()
             && self.log.op() - self.commit_op < self.config.pipeline_depth_max
         {
@@ -635,6 +673,9 @@ impl<S: StateMachine> Replica<S> {
     }
 
     fn send_heartbeat(&mut self) {
+        if !self.view_durable() {
+            return; // on_persisted sends it once the install is durable
+        }
         self.heartbeat_sent_ms = self.now_ms;
         let message = Message::Commit {
             view: self.view,
@@ -811,7 +852,7 @@ impl<S: StateMachine> Replica<S> {
             }
             return;
         }
-        if view != self.view || !self.is_leader_normal() || first > self.log.op() {
+        if view != self.view || !self.is_leader_normal() || !self.view_durable() || first > self.log.op() {
             return;
         }
         if first <= self.log.base() {
@@ -1070,6 +1111,7 @@ impl<S: StateMachine> Replica<S> {
             self.persist_superblock();
         }
         self.view_start_op = self.log.op();
+        self.view_installed_ms = self.now_ms;
         self.acks.reset();
         self.lease.clear_echoes();
         self.sequencer.clear();
@@ -1244,7 +1286,8 @@ impl<S: StateMachine> Replica<S> {
     }
 
     fn on_get_state(&mut self, from: ReplicaId, view: ViewNumber, commit: Op) {
-        if view != self.view || !self.is_leader_normal() {
+        // Not before the install is durable (V5): the asker retries.
+        if view != self.view || !self.is_leader_normal() || !self.view_durable() {
             return;
         }
         let state = self.state_transfer(Some(commit));
@@ -1404,15 +1447,26 @@ impl<S: StateMachine> Replica<S> {
         self.commit_op = base;
         self.checkpoint = state.checkpoint.clone();
         self.become_normal_follower(state.members);
+        // Views never go back on disk: a replica whose damaged checkpoint
+        // sent it here may have entered a view above the group's (alone,
+        // while cut off). It keeps that view number and rejoins from there.
+        let floor = std::mem::take(&mut self.recovery_view_floor);
+        let mut superblock = self.superblock();
+        superblock.view = superblock.view.max(floor);
         let write = Write {
             // Whatever the disk held (a replica whose checkpoint was
             // damaged still has its old log) is replaced as a whole.
             truncate_after: Some(0),
             checkpoint: state.checkpoint.clone(),
             entries: state.log.entries.clone(),
-            superblock: Some(self.superblock()),
+            superblock: Some(superblock),
         };
         self.persist(write);
         self.learn_commit(state.commit);
+        if floor > self.view {
+            // Like a straggler in a view nobody formed (V1b): the group's
+            // leader admits it through a view above `floor` (ask_to_join).
+            self.start_view_change(floor);
+        }
     }
 }

@@ -8,7 +8,11 @@
 //! reordering (random delays), delay, partitions (two-way, one-way, splits),
 //! crash with the disk intact, crash losing unsynced writes (a random prefix
 //! of the in-flight writes lands), crash wiping the disk (the replica comes
-//! back through recovery), restart, slow replicas (slow disk and links).
+//! back through recovery), crash with a checkpoint that no longer restores
+//! (the replica recovers from the group while its disk keeps its view),
+//! restart, slow replicas (slow disk and links), a stalled disk (writes wait
+//! up to 250 ms while the replica keeps sending: messages leave before the
+//! sender's own writes are durable, as in the shell).
 //! Then the faults stop ("heal") and the group must make progress.
 //!
 //! Checkers ([`Checker`]): committed prefixes agree; no acknowledged command
@@ -107,6 +111,14 @@ pub struct Report {
     pub crashes: u32,
     /// Disk wipes among them.
     pub wipes: u32,
+    /// Crashes that left a checkpoint that cannot be restored.
+    pub damaged_checkpoints: u32,
+    /// Partitions formed.
+    pub partitions: u32,
+    /// Messages dropped by loss or a partition.
+    pub drops: u64,
+    /// Disk stalls injected.
+    pub disk_stalls: u32,
     /// Ops committed.
     pub commit_op: Op,
     /// Replica messages delivered, by kind.
@@ -225,6 +237,7 @@ enum Crash {
     Intact,
     LoseUnsynced,
     Wipe,
+    DamageCheckpoint,
 }
 
 struct Node {
@@ -235,6 +248,8 @@ struct Node {
     pending: VecDeque<(u64, Write, Millis)>,
     timer_ms: Option<Millis>,
     slow: bool,
+    /// Writes submitted before this time complete no earlier than it.
+    disk_stalled_until_ms: Millis,
     /// Lost its disk and has not yet durably recovered.
     wiped: bool,
     down_since_ms: Millis,
@@ -289,6 +304,10 @@ struct Sim {
     events: u64,
     crashes: u32,
     wipes: u32,
+    damaged_checkpoints: u32,
+    partitions: u32,
+    drops: u64,
+    disk_stalls: u32,
     done: bool,
     messages: BTreeMap<&'static str, u64>,
 }
@@ -346,6 +365,10 @@ impl Sim {
             events: 0,
             crashes: 0,
             wipes: 0,
+            damaged_checkpoints: 0,
+            partitions: 0,
+            drops: 0,
+            disk_stalls: 0,
             done: false,
             messages: BTreeMap::new(),
             config,
@@ -362,6 +385,7 @@ impl Sim {
                 pending: VecDeque::new(),
                 timer_ms: None,
                 slow: false,
+                disk_stalled_until_ms: 0,
                 wiped: false,
                 down_since_ms: 0,
                 applied_seen: 0,
@@ -484,7 +508,7 @@ impl Sim {
                 Action::Persist { seq, write } => {
                     let latency = self.rng.gen_range(1..=3) * if self.nodes[id as usize].slow { 8 } else { 1 };
                     let node = &mut self.nodes[id as usize];
-                    let start = node.pending.back().map(|p| p.2).unwrap_or(0).max(self.now_ms);
+                    let start = node.pending.back().map(|p| p.2).unwrap_or(0).max(self.now_ms).max(node.disk_stalled_until_ms);
                     node.pending.push_back((seq, write, start + latency));
                     self.schedule(start + latency, Ev::DiskDone { replica: id, incarnation, seq });
                 }
@@ -562,6 +586,7 @@ impl Sim {
 
     fn send(&mut self, from: Addr, to: Addr, payload: Payload) {
         if self.is_blocked(from, to) || (self.loss > 0.0 && self.rng.gen_bool(self.loss)) {
+            self.drops += 1;
             return;
         }
         let copies = if self.duplication > 0.0 && self.rng.gen_bool(self.duplication) { 2 } else { 1 };
@@ -755,7 +780,8 @@ impl Sim {
                     let kind = match self.rng.gen_range(0..10) {
                         0..=3 => Crash::Intact,
                         4..=7 => Crash::LoseUnsynced,
-                        _ if unhealthy < f && !self.nodes[victim].wiped => Crash::Wipe,
+                        8 if unhealthy < f && !self.nodes[victim].wiped => Crash::Wipe,
+                        9 if unhealthy < f && !self.nodes[victim].wiped => Crash::DamageCheckpoint,
                         _ => Crash::LoseUnsynced,
                     };
                     self.crash(victim, kind);
@@ -770,9 +796,15 @@ impl Sim {
                     self.restart(r);
                 }
             }
-            85..=94 => {
+            85..=89 => {
                 let r = self.rng.gen_range(0..n);
                 self.nodes[r].slow = !self.nodes[r].slow;
+            }
+            90..=94 => {
+                // The disk hangs for a while; the replica keeps running.
+                let r = self.rng.gen_range(0..n);
+                self.disk_stalls += 1;
+                self.nodes[r].disk_stalled_until_ms = self.now_ms + self.rng.gen_range(20..=250);
             }
             _ => self.loss = self.rng.gen_range(0.0..0.1),
         }
@@ -784,6 +816,7 @@ impl Sim {
     }
 
     fn partition(&mut self) {
+        self.partitions += 1;
         let n = self.config.replica_count as usize;
         for row in self.blocked.iter_mut() {
             row.iter_mut().for_each(|b| *b = false);
@@ -820,7 +853,7 @@ impl Sim {
         let keep = {
             let node = &self.nodes[r];
             match kind {
-                Crash::Intact => node.pending.len(),
+                Crash::Intact | Crash::DamageCheckpoint => node.pending.len(),
                 Crash::LoseUnsynced => self.rng.gen_range(0..=node.pending.len()),
                 Crash::Wipe => 0,
             }
@@ -837,6 +870,15 @@ impl Sim {
             self.wipes += 1;
             node.durable = Durable::default();
             node.wiped = true;
+        }
+        if kind == Crash::DamageCheckpoint {
+            if let Some(c) = node.durable.checkpoint.as_mut() {
+                // Restore fails on restart: the replica recovers from the
+                // group, counted as unhealthy until it has.
+                self.damaged_checkpoints += 1;
+                c.state.truncate(c.state.len() / 2);
+                node.wiped = true;
+            }
         }
     }
 
@@ -859,6 +901,7 @@ impl Sim {
         }
         for r in 0..self.nodes.len() {
             self.nodes[r].slow = false;
+            self.nodes[r].disk_stalled_until_ms = 0;
             if self.nodes[r].replica.is_none() {
                 self.restart(r);
             }
@@ -917,6 +960,10 @@ impl Sim {
             view,
             crashes: self.crashes,
             wipes: self.wipes,
+            damaged_checkpoints: self.damaged_checkpoints,
+            partitions: self.partitions,
+            drops: self.drops,
+            disk_stalls: self.disk_stalls,
             commit_op,
             messages: self.messages,
         }
@@ -984,3 +1031,5 @@ impl Sim {
 mod tests;
 #[cfg(test)]
 mod restart;
+#[cfg(test)]
+mod manual;

@@ -46,6 +46,7 @@ fn simulate_seeds() {
     let next = AtomicU64::new(base);
     let failures: Mutex<Vec<String>> = Mutex::new(Vec::new());
     let totals = Mutex::new((0u64, 0u64, 0u32, 0u32, 0usize));
+    let faults = Mutex::new(FaultTotals::default());
     let messages: Mutex<BTreeMap<&'static str, u64>> = Mutex::new(BTreeMap::new());
     let started = Instant::now();
     // Two workers: the CI machine has two cores.
@@ -65,6 +66,7 @@ fn simulate_seeds() {
                         t.3 += report.wipes;
                         t.4 += report.completed_ops;
                         drop(t);
+                        faults.lock().unwrap().add(&report);
                         let mut m = messages.lock().unwrap();
                         for (kind, count) in &report.messages {
                             *m.entry(kind).or_default() += count;
@@ -94,11 +96,70 @@ fn simulate_seeds() {
         virtual_ms as f64 / 1000.0
     );
     println!("messages delivered: {:?}", messages.lock().unwrap());
+    let faults = faults.into_inner().unwrap();
+    println!("faults: {faults:?}");
     let failures = failures.into_inner().unwrap();
     for f in failures.iter().take(20) {
         println!("{f}");
     }
     assert!(failures.is_empty(), "{} of {count} seeds failed; first: {}", failures.len(), failures[0]);
+    // A change that quietly turned the faults off must not pass: with enough
+    // seeds every kind of fault happens (checked from 200 seeds up; fewer
+    // runs are replays of a handful of seeds).
+    if count >= 200 {
+        faults.assert_every_kind_happened(count);
+    }
+}
+
+/// Faults injected over a run of many seeds.
+#[derive(Debug, Default)]
+struct FaultTotals {
+    crashes: u64,
+    wipes: u64,
+    damaged_checkpoints: u64,
+    partitions: u64,
+    drops: u64,
+    disk_stalls: u64,
+    view_changes: u64,
+}
+
+impl FaultTotals {
+    fn add(&mut self, report: &Report) {
+        self.crashes += report.crashes as u64;
+        self.wipes += report.wipes as u64;
+        self.damaged_checkpoints += report.damaged_checkpoints as u64;
+        self.partitions += report.partitions as u64;
+        self.drops += report.drops;
+        self.disk_stalls += report.disk_stalls as u64;
+        self.view_changes += report.view;
+    }
+
+    fn assert_every_kind_happened(&self, seeds: u64) {
+        // At least one of each per 20 seeds; the real rates are far higher
+        // (printed above), so this only trips when a fault kind is gone.
+        let floor = seeds / 20;
+        for (kind, n) in [
+            ("crashes", self.crashes),
+            ("disk wipes", self.wipes),
+            ("damaged checkpoints", self.damaged_checkpoints),
+            ("partitions", self.partitions),
+            ("message drops", self.drops),
+            ("disk stalls", self.disk_stalls),
+            ("view changes", self.view_changes),
+        ] {
+            assert!(n >= floor, "only {n} {kind} in {seeds} seeds: the fault injection is (partly) off");
+        }
+    }
+}
+
+#[test]
+fn the_seed_loop_notices_when_faults_are_off() {
+    let mut totals = FaultTotals::default();
+    for seed in 0..200 {
+        totals.add(&run(&Options { seed, faults: FaultProfile::None, bugs: Bugs::NONE }));
+    }
+    let caught = catch_unwind(AssertUnwindSafe(|| totals.assert_every_kind_happened(200)));
+    assert!(caught.is_err(), "200 fault-free runs passed the fault check: {totals:?}");
 }
 
 /// Runs seeds with `bugs` on until `checker` fails; panics if it never does.
@@ -149,6 +210,13 @@ fn checker_linearizability_catches_reads_without_lease() {
 #[test]
 fn checker_linearizability_catches_forgotten_reply_cache() {
     expect_caught(Bugs { forget_reply_cache: true, ..Bugs::NONE }, Checker::Linearizability, 300);
+}
+
+#[test]
+fn checker_prefix_agreement_catches_view_revealed_before_durable() {
+    // Issue 12, finding 1, reached by the random faults alone (disk stalls,
+    // crashes losing unsynced writes): no hand-made schedule.
+    expect_caught(Bugs { reveal_view_before_durable: true, ..Bugs::NONE }, Checker::PrefixAgreement, 20_000);
 }
 
 #[test]

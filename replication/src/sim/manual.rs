@@ -1,0 +1,294 @@
+//! Hand-driven scenarios for the view-change and recovery holes the random
+//! simulator once missed (issue 12): the test decides which messages arrive
+//! (isolation per replica), when each replica's writes land (a stalled disk
+//! queues them), and what a crash loses (queued, unsynced writes vanish),
+//! exactly as the shell can order things: messages leave before the sender's
+//! own writes are durable.
+//!
+//! Every replica's applied entries are compared online (prefix agreement),
+//! and the harness mirrors each disk with [`Durable::apply`], which asserts
+//! the same "durable view never goes back" rule as the shell's writer.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use super::kv::KvStore;
+use crate::log::{Durable, Write};
+use crate::message::{Action, Event, Message, Operation, Request};
+use crate::{fnv64, Config, Millis, Op, Replica, ReplicaId, Status};
+
+struct Net {
+    config: Config,
+    now_ms: Millis,
+    replicas: Vec<Option<Replica<KvStore>>>,
+    durable: Vec<Durable>,
+    /// Writes submitted and not yet on disk, per replica.
+    queued: Vec<VecDeque<(u64, Write)>>,
+    /// Messages in flight: (from, to, message), delivered next millisecond.
+    in_flight: VecDeque<(ReplicaId, ReplicaId, Message)>,
+    isolated: Vec<bool>,
+    disk_stalled: Vec<bool>,
+    timers: Vec<Option<Millis>>,
+    incarnation: Vec<u64>,
+    /// op → (hash of the entry first applied there, by whom).
+    applied: BTreeMap<Op, (u64, ReplicaId)>,
+    applied_seen: Vec<Op>,
+    divergence: Vec<String>,
+}
+
+impl Net {
+    fn new(config: Config) -> Net {
+        let n = config.replica_count;
+        let mut net = Net {
+            now_ms: 0,
+            replicas: (0..n).map(|_| None).collect(),
+            durable: (0..n).map(|r| Durable::initial(r, n)).collect(),
+            queued: (0..n).map(|_| VecDeque::new()).collect(),
+            in_flight: VecDeque::new(),
+            isolated: vec![false; n as usize],
+            disk_stalled: vec![false; n as usize],
+            timers: vec![None; n as usize],
+            incarnation: vec![0; n as usize],
+            applied: BTreeMap::new(),
+            applied_seen: vec![0; n as usize],
+            divergence: Vec::new(),
+            config,
+        };
+        for r in 0..n {
+            net.start(r);
+        }
+        net
+    }
+
+    fn start(&mut self, r: ReplicaId) {
+        let seed = 77 + r as u64 + 1_000 * self.incarnation[r as usize];
+        let replica = Replica::new(self.config.clone(), r, self.durable[r as usize].clone(), KvStore::new(), seed, self.now_ms);
+        self.applied_seen[r as usize] = replica.status().applied_op;
+        self.replicas[r as usize] = Some(replica);
+        self.drain(r);
+    }
+
+    /// Kills `r`; writes it queued but had not synced are lost.
+    fn crash(&mut self, r: ReplicaId) {
+        self.replicas[r as usize] = None;
+        self.queued[r as usize].clear();
+        self.timers[r as usize] = None;
+        self.incarnation[r as usize] += 1;
+    }
+
+    fn drain(&mut self, r: ReplicaId) {
+        let Some(replica) = self.replicas[r as usize].as_mut() else { return };
+        for action in replica.poll_actions() {
+            match action {
+                Action::Send { to, message } => self.in_flight.push_back((r, to, message)),
+                Action::Persist { seq, write } => self.queued[r as usize].push_back((seq, write)),
+                Action::SetTimer { at_ms } => self.timers[r as usize] = Some(at_ms),
+                Action::Reply { .. } => {}
+                Action::FetchCheckpoint { .. } => panic!("image checkpoints need no fetch"),
+            }
+        }
+        self.observe(r);
+    }
+
+    fn observe(&mut self, r: ReplicaId) {
+        let Some(replica) = self.replicas[r as usize].as_ref() else { return };
+        let applied_op = replica.status().applied_op;
+        for op in self.applied_seen[r as usize] + 1..=applied_op {
+            let Some(entry) = replica.entry(op) else { continue };
+            let hash = fnv64(&bincode::serialize(entry).expect("encode entry"));
+            match self.applied.get(&op) {
+                None => {
+                    self.applied.insert(op, (hash, r));
+                }
+                Some(&(h, first)) if h != hash => {
+                    self.divergence.push(format!("op {op}: replica {r} applied {entry:?}, replica {first} another entry"))
+                }
+                Some(_) => {}
+            }
+        }
+        self.applied_seen[r as usize] = applied_op;
+    }
+
+    fn step(&mut self, r: ReplicaId, event: Event) {
+        let now = self.now_ms;
+        let Some(replica) = self.replicas[r as usize].as_mut() else { return };
+        replica.step(now, event);
+        self.drain(r);
+    }
+
+    /// One millisecond: disks that are not stalled finish their writes,
+    /// messages between connected replicas arrive, due timers fire.
+    fn tick(&mut self) {
+        self.now_ms += 1;
+        let n = self.config.replica_count;
+        for r in 0..n {
+            if self.disk_stalled[r as usize] || self.replicas[r as usize].is_none() {
+                continue;
+            }
+            let mut last = None;
+            while let Some((seq, write)) = self.queued[r as usize].pop_front() {
+                self.durable[r as usize].apply(&write);
+                last = Some(seq);
+            }
+            if let Some(seq) = last {
+                self.step(r, Event::Persisted { seq });
+            }
+        }
+        let batch: Vec<_> = self.in_flight.drain(..).collect();
+        for (from, to, message) in batch {
+            if self.isolated[from as usize] || self.isolated[to as usize] {
+                continue;
+            }
+            self.step(to, Event::Message { from, message });
+        }
+        for r in 0..n {
+            if self.timers[r as usize].is_some_and(|t| t <= self.now_ms) {
+                self.timers[r as usize] = None;
+                self.step(r, Event::Tick);
+            }
+        }
+    }
+
+    fn run_ms(&mut self, ms: Millis) {
+        for _ in 0..ms {
+            self.tick();
+        }
+    }
+
+    /// Runs until `done` holds (at most `ms_max`); whether it did.
+    fn run_until(&mut self, ms_max: Millis, mut done: impl FnMut(&Net) -> bool) -> bool {
+        for _ in 0..ms_max {
+            if done(self) {
+                return true;
+            }
+            self.tick();
+        }
+        done(self)
+    }
+
+    fn status(&self, r: ReplicaId) -> crate::StatusReport {
+        self.replicas[r as usize].as_ref().expect("replica up").status()
+    }
+
+    fn normal_leader(&self) -> Option<ReplicaId> {
+        (0..self.config.replica_count).find(|&r| {
+            self.replicas[r as usize].as_ref().is_some_and(|x| {
+                let s = x.status();
+                s.status == Status::Normal && s.leader == r
+            })
+        })
+    }
+
+    fn submit(&mut self, r: ReplicaId, client: u64, seq: u64) {
+        let request = Request { client, session: 0, seq, low_water: 0, epoch: 0, operation: Operation::Register };
+        self.step(r, Event::Request(request));
+    }
+}
+
+fn three() -> Config {
+    Config::new(3)
+}
+
+/// Finding 1 of issue 12: a new leader whose view install is not yet durable
+/// reveals the view (its Commit heartbeat, then NewState for GetState); a
+/// voter becomes Normal in it; the leader crashes before its write lands and,
+/// restarted, forms the same view again with the third replica from a
+/// shorter log. Two different entries then get applied at the same op.
+#[test]
+fn a_view_is_never_formed_twice() {
+    let mut net = Net::new(three());
+    assert!(net.run_until(3_000, |n| n.normal_leader().is_some()), "no leader at start");
+    let first = net.normal_leader().unwrap();
+    for seq in 1..=3 {
+        net.submit(first, 1, seq);
+        net.run_ms(20);
+    }
+    // The leader of the next view (view v+1 is led by (v+1) mod 3).
+    let v = net.status(first).view;
+    let next = ((v + 1) % 3) as ReplicaId;
+    let voter = (0..3).find(|&r| r != first && r != next).unwrap();
+    net.isolated[first as usize] = true;
+    // Wait until the next leader entered view v+1 durably, then its disk hangs.
+    let entered = net.run_until(5_000, |n| {
+        n.durable[next as usize].superblock.is_some_and(|sb| sb.view == v + 1)
+            && n.status(next).status == Status::ViewChange
+    });
+    assert!(entered, "replica {next} never entered view {}", v + 1);
+    net.disk_stalled[next as usize] = true;
+    net.run_ms(400);
+    // Whatever the voter learnt, the leader now takes a request, prepares it
+    // to the voter, and crashes before anything of the view is on its disk.
+    net.submit(next, 7, 1);
+    net.run_ms(30);
+    net.crash(next);
+    net.disk_stalled[next as usize] = false;
+    // The voter is cut off; the old leader comes back into the majority.
+    net.isolated[voter as usize] = true;
+    // The old leader restarted meanwhile (so it does not hold on to its
+    // own old view as a normal leader and votes for the next one).
+    net.crash(first);
+    net.isolated[first as usize] = false;
+    net.start(first);
+    net.start(next);
+    let formed = net.run_until(10_000, |n| {
+        n.normal_leader().is_some_and(|l| l != voter && n.status(l).view > v)
+    });
+    assert!(formed, "the two replicas did not form a view");
+    let leader = net.normal_leader().unwrap();
+    net.submit(leader, 9, 1);
+    net.run_ms(300);
+    net.isolated[voter as usize] = false;
+    net.run_ms(5_000);
+    assert!(net.divergence.is_empty(), "divergence: {:?}", net.divergence);
+    // And everyone converged on one state.
+    let digests: Vec<_> = (0..3)
+        .map(|r| {
+            let s = net.status(r);
+            (s.status, s.view, s.applied_op, net.replicas[r as usize].as_ref().unwrap().state().digest())
+        })
+        .collect();
+    assert!(digests.windows(2).all(|w| w[0] == w[1]), "replicas differ: {digests:?}");
+}
+
+/// Finding 2 of issue 12: a replica whose durable view is above the group's
+/// (it tried view changes alone while cut off) restarts with a checkpoint it
+/// cannot restore. It must recover from the group without ever writing a
+/// lower view to its disk (the writer asserts that), and rejoin.
+#[test]
+fn damaged_checkpoint_with_a_higher_durable_view_recovers() {
+    let mut config = three();
+    config.checkpoint_interval_ops = 4;
+    let mut net = Net::new(config);
+    assert!(net.run_until(3_000, |n| n.normal_leader().is_some()), "no leader at start");
+    let leader = net.normal_leader().unwrap();
+    for seq in 1..=10 {
+        net.submit(leader, 1, seq);
+        net.run_ms(20);
+    }
+    let straggler = (0..3).find(|&r| r != leader).unwrap();
+    assert!(net.durable[straggler as usize].checkpoint.is_some(), "no checkpoint on disk");
+    net.isolated[straggler as usize] = true;
+    net.run_ms(8_000);
+    let group_view = net.status(leader).view;
+    let straggler_view = net.durable[straggler as usize].superblock.unwrap().view;
+    assert!(straggler_view > group_view, "the straggler's view {straggler_view} is not above the group's {group_view}");
+    net.crash(straggler);
+    if let Some(c) = net.durable[straggler as usize].checkpoint.as_mut() {
+        c.state = vec![0xde, 0xad];
+    }
+    net.isolated[straggler as usize] = false;
+    net.start(straggler);
+    for seq in 11..=14 {
+        net.submit(net.normal_leader().unwrap(), 1, seq);
+        net.run_ms(20);
+    }
+    let caught_up = net.run_until(10_000, |n| {
+        let Some(l) = n.normal_leader() else { return false };
+        let (s, sl) = (n.status(straggler), n.status(l));
+        s.status == Status::Normal && !s.recovering && s.applied_op == sl.applied_op && s.view == sl.view
+    });
+    assert!(caught_up, "the straggler did not rejoin: {:?}", net.status(straggler));
+    assert!(net.divergence.is_empty(), "divergence: {:?}", net.divergence);
+    let l = net.normal_leader().unwrap();
+    let digest = |r: ReplicaId| net.replicas[r as usize].as_ref().unwrap().state().digest();
+    assert_eq!(digest(straggler), digest(l));
+}
