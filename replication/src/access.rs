@@ -12,6 +12,10 @@
 //!   inactivity, and the table holds at most `sessions_max` (the least
 //!   recently active is evicted); a request on an unknown session gets
 //!   `SessionUnknown` and is not executed.
+//! - Only commands' replies are cached: a query ordered through the log (a
+//!   read barrier without the lease) leaves no trace but the session's
+//!   activity, because its answer may depend on the replica (statfs) and
+//!   the replicated state must be a function of the log alone.
 //! - At most `session_replies_max` replies are cached per session; the
 //!   client's low-water mark lets the cache drop replies it has seen.
 //! - Everything here is a deterministic function of the log.
@@ -30,6 +34,13 @@ use serde::{Deserialize, Serialize};
 use crate::message::{ClientId, Entry, Operation, Outcome, SessionId};
 use crate::state_machine::{ApplyContext, CheckpointError, StateMachine};
 use crate::{fnv64, Config, Millis, Op};
+
+/// Whether an executed request's reply enters the replicated cache.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Cache {
+    Reply,
+    Nothing,
+}
 
 /// One client session in the replicated table.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -140,12 +151,16 @@ impl<S: StateMachine> Sessions<S> {
                     Outcome::Registered(id)
                 }
                 Operation::Write(command) => {
-                    self.execute(request.session, request.seq, request.low_water, entry.timestamp_ms, |m| {
+                    self.execute(request.session, request.seq, request.low_water, entry.timestamp_ms, Cache::Reply, |m| {
                         m.apply(context, command)
                     })
                 }
+                // A query changes nothing, and its answer may depend on the
+                // replica (statfs: its own disk's free space): it must not
+                // enter the replicated reply cache. A retry runs it again,
+                // which is still linearizable (a read is idempotent).
                 Operation::Read(query) => {
-                    self.execute(request.session, request.seq, request.low_water, entry.timestamp_ms, |m| {
+                    self.execute(request.session, request.seq, request.low_water, entry.timestamp_ms, Cache::Nothing, |m| {
                         m.query(query)
                     })
                 }
@@ -163,6 +178,7 @@ impl<S: StateMachine> Sessions<S> {
         seq: u64,
         low_water: u64,
         now_ms: Millis,
+        cache: Cache,
         run: impl FnOnce(&mut S) -> Vec<u8>,
     ) -> Outcome {
         let Some(s) = self.table.get(&session) else { return Outcome::SessionUnknown };
@@ -181,7 +197,9 @@ impl<S: StateMachine> Sessions<S> {
         let replies_max = self.replies_max;
         let s = self.table.get_mut(&session).expect("session present");
         s.last_active_ms = now_ms;
-        s.replies.insert(seq, reply.clone());
+        if cache == Cache::Reply {
+            s.replies.insert(seq, reply.clone());
+        }
         // The client has seen everything up to its mark; never drop the reply
         // of the request being answered now.
         s.low_water = s.low_water.max(low_water.min(seq.saturating_sub(1)));
@@ -340,6 +358,60 @@ mod tests {
             }
             prop_assert!(a.session_count() <= 3);
         }
+    }
+
+    /// A machine whose queries answer from the host (like `statfs`, the free
+    /// space of the replica's own disk): the answer differs per replica.
+    struct HostDependent {
+        inner: KvStore,
+        host: u8,
+    }
+
+    impl StateMachine for HostDependent {
+        fn apply(&mut self, context: ApplyContext, command: &[u8]) -> Vec<u8> {
+            self.inner.apply(context, command)
+        }
+        fn query(&self, _query: &[u8]) -> Vec<u8> {
+            vec![self.host]
+        }
+        fn applied_index(&self) -> Op {
+            self.inner.applied_index()
+        }
+        fn checkpoint(&self) -> Vec<u8> {
+            self.inner.checkpoint()
+        }
+        fn restore(&mut self, index: Op, checkpoint: &[u8]) -> Result<(), CheckpointError> {
+            self.inner.restore(index, checkpoint)
+        }
+        fn digest(&self) -> u64 {
+            self.inner.digest()
+        }
+    }
+
+    /// Issue 12, finding 4: a query ordered through the log (no lease) must
+    /// not put its host-dependent answer into the replicated reply cache.
+    #[test]
+    fn ordered_queries_leave_the_replicated_state_a_function_of_the_log() {
+        let mut a = Sessions::new(HostDependent { inner: KvStore::new(), host: 1 }, &config());
+        let mut b = Sessions::new(HostDependent { inner: KvStore::new(), host: 2 }, &config());
+        let reg = Request { client: 1, session: 0, seq: 1, low_water: 0, epoch: 0, operation: Operation::Register };
+        let reg_entry = Entry { op: 1, view: 0, timestamp_ms: 1, requests: vec![reg] };
+        let Outcome::Registered(id) = a.apply_entry(&reg_entry)[0] else { panic!() };
+        b.apply_entry(&reg_entry);
+        let read = |seq| Request { client: 1, session: id, seq, low_water: seq - 1, epoch: 0, operation: Operation::Read(vec![]) };
+        let e2 = Entry { op: 2, view: 0, timestamp_ms: 2, requests: vec![read(1)] };
+        assert_eq!(a.apply_entry(&e2), vec![Outcome::Done(vec![1])]);
+        assert_eq!(b.apply_entry(&e2), vec![Outcome::Done(vec![2])]);
+        assert_eq!(a.digest(), b.digest(), "replicated state depends on the host");
+        assert_eq!(a.checkpoint(), b.checkpoint());
+        // A retry of the read runs the query again (a read is idempotent).
+        let e3 = Entry { op: 3, view: 0, timestamp_ms: 3, requests: vec![read(1)] };
+        assert_eq!(a.apply_entry(&e3), vec![Outcome::Done(vec![1])]);
+        assert_eq!(a.precheck(id, 1), None);
+        // The next request moves the low-water mark past it.
+        let e4 = Entry { op: 4, view: 0, timestamp_ms: 4, requests: vec![read(2)] };
+        a.apply_entry(&e4);
+        assert_eq!(a.precheck(id, 1), Some(Outcome::TooOld));
     }
 
     #[test]
