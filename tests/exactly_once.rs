@@ -7,7 +7,9 @@
 //! How: three `chorus server` replicas and one `chorus mount`, all started
 //! here. For each operation (create O_EXCL, mkdir, rename, unlink, append +
 //! fsync) the three replicas are restarted with the test hook
-//! `CHORUS_FAULT_DROP_REPLIES=1` (replication/shell/src/driver.rs): whichever
+//! `CHORUS_FAULT_DROP_REPLIES=1` (replication/shell/src/driver.rs; compiled in
+//! only with the cargo feature `fault-injection`, which this package's
+//! dev-dependency enables for test builds): whichever
 //! replica leads commits and applies the next write but does not send its
 //! reply. The test issues the operation through the mount in a thread, waits
 //! until a replica's log says it dropped the reply (so the write is
@@ -177,6 +179,10 @@ struct Case {
 
 #[test]
 fn mutations_whose_reply_is_lost_while_the_leader_dies_take_effect_exactly_once() {
+    assert!(
+        chorus_replication_shell::driver::FAULT_INJECTION_BUILT,
+        "this test needs the fault hooks: chorus-replication-shell's `fault-injection` feature (a dev-dependency feature of the root package)"
+    );
     let started = Instant::now();
     let mut dir = tempfile::Builder::new().prefix("chorus-once").tempdir_in("/var/tmp").unwrap();
     // CHORUS_KEEP_TEST_DIR=1 keeps the replicas' logs for a post-mortem.

@@ -19,8 +19,11 @@
 //! - A log writer failure stops the driver with an error (a replica that
 //!   cannot persist must not keep acknowledging anything).
 //!
-//! - Test hook, off by default: [`FAULT_DROP_REPLIES_ENV`] makes the replica
-//!   lose the replies to its next n client writes (see [`FaultDropReplies`]).
+//! - Test hook, compiled only with the cargo feature `fault-injection`
+//!   (which only the tests enable, as a dev-dependency feature):
+//!   [`FAULT_DROP_REPLIES_ENV`] makes the replica lose the replies to its
+//!   next n client writes (see [`FaultDropReplies`]). A build without the
+//!   feature (the shipped `chorus`) ignores the variable and says so.
 //!
 //! Assumes: the core is correct (it asserts its own invariants); one driver
 //! per data directory.
@@ -73,8 +76,9 @@ pub enum DriverError {
 
 type WaiterKey = (ClientId, SessionId, u64);
 
-/// Fault injection for tests, OFF unless this variable is set when the
-/// replica starts (read once): `CHORUS_FAULT_DROP_REPLIES=<n>` makes this
+/// Fault injection for tests, compiled in only with the cargo feature
+/// `fault-injection`, and OFF unless this variable is set when the replica
+/// starts (read once): `CHORUS_FAULT_DROP_REPLIES=<n>` makes this
 /// replica not send the replies to the next `n` client writes it answers
 /// with `Done` (as leader). The write is committed and applied and its reply
 /// cached exactly as usual; only that one reply is lost, as if the network
@@ -83,6 +87,10 @@ type WaiterKey = (ClientId, SessionId, u64);
 /// ("fault injection: dropped a write reply"). Used by tests/exactly_once.rs;
 /// documented in docs/operations.md ("Fault injection for tests").
 pub const FAULT_DROP_REPLIES_ENV: &str = "CHORUS_FAULT_DROP_REPLIES";
+
+/// Whether this build has the fault-injection hooks (cargo feature
+/// `fault-injection`; tests that need them assert it).
+pub const FAULT_INJECTION_BUILT: bool = cfg!(feature = "fault-injection");
 
 /// The state of the [`FAULT_DROP_REPLIES_ENV`] hook (inert when `left == 0`).
 #[derive(Default)]
@@ -97,11 +105,26 @@ struct FaultDropReplies {
 
 impl FaultDropReplies {
     fn from_env() -> FaultDropReplies {
-        let left = std::env::var(FAULT_DROP_REPLIES_ENV).ok().and_then(|v| v.trim().parse().ok()).unwrap_or(0);
+        Self::from_value(std::env::var(FAULT_DROP_REPLIES_ENV).ok().as_deref())
+    }
+
+    /// The hook for the variable's value (`None`: unset).
+    #[cfg(feature = "fault-injection")]
+    fn from_value(value: Option<&str>) -> FaultDropReplies {
+        let left = value.and_then(|v| v.trim().parse().ok()).unwrap_or(0);
         if left > 0 {
             warn!(left, "fault injection armed: {FAULT_DROP_REPLIES_ENV} (test only)");
         }
         FaultDropReplies { left, ..Default::default() }
+    }
+
+    /// Without the `fault-injection` feature the hook is never armed.
+    #[cfg(not(feature = "fault-injection"))]
+    fn from_value(value: Option<&str>) -> FaultDropReplies {
+        if value.is_some() {
+            warn!("{FAULT_DROP_REPLIES_ENV} is set but ignored: this build has no fault injection (cargo feature fault-injection)");
+        }
+        FaultDropReplies::default()
     }
 
     /// Whether the reply to `key` is to be dropped (consumes one drop).
@@ -434,6 +457,22 @@ mod tests {
     fn prepare(view: u64, commit: u64, ops: std::ops::RangeInclusive<u64>) -> Message {
         let entries = ops.map(|op| Entry { op, view, timestamp_ms: op, requests: vec![] }).collect();
         Message::Prepare { view, commit, sent_at_ms: 7, entries }
+    }
+
+    /// The shipped build (no `fault-injection` feature) ignores the variable.
+    #[cfg(not(feature = "fault-injection"))]
+    #[test]
+    fn fault_injection_is_not_built_without_the_feature() {
+        assert!(!FAULT_INJECTION_BUILT);
+        assert_eq!(FaultDropReplies::from_value(Some("3")).left, 0);
+    }
+
+    #[cfg(feature = "fault-injection")]
+    #[test]
+    fn fault_injection_arms_with_the_feature() {
+        assert!(FAULT_INJECTION_BUILT);
+        assert_eq!(FaultDropReplies::from_value(Some("3")).left, 3);
+        assert_eq!(FaultDropReplies::from_value(None).left, 0);
     }
 
     #[test]
