@@ -68,6 +68,7 @@ struct Rig {
 
 impl Rig {
     fn start(name: &str) -> Rig {
+        assert!(can_mount(), "{name}: needs root and /dev/fuse (a FUSE mount)");
         let dir = tempfile::Builder::new().prefix(&format!("chorus-{name}")).tempdir_in("/var/tmp").unwrap();
         let mnt = dir.path().join("mnt");
         std::fs::create_dir(&mnt).unwrap();
@@ -148,22 +149,19 @@ impl Rig {
 
     /// The leader of the view a majority of replicas report as normal.
     fn majority_leader(statuses: &[Option<NodeStatus>]) -> Option<(u64, usize)> {
-        let normal: Vec<&NodeStatus> = statuses.iter().flatten().filter(|s| s.status == "normal").collect();
-        for s in &normal {
-            let agree = normal.iter().filter(|t| (t.view, t.leader) == (s.view, s.leader)).count();
-            if agree > REPLICAS / 2 {
-                return Some((s.view, s.leader as usize));
-            }
-        }
-        None
+        common::majority_leader(statuses)
     }
 
+    /// The leader by the replicas' status RPC: a majority names it in a
+    /// normal view and it names itself leader of that view.
     fn leader(&self, timeout: Duration) -> (u64, usize) {
         let start = Instant::now();
         loop {
             let st = self.statuses();
-            if let Some(l) = Self::majority_leader(&st) {
-                return l;
+            if let Some((v, l)) = Self::majority_leader(&st) {
+                if st[l].as_ref().is_some_and(|s| s.status == "normal" && s.view == v && s.leader as usize == l) {
+                    return (v, l);
+                }
             }
             assert!(start.elapsed() < timeout, "no majority agrees on a leader within {timeout:?}: {st:#?}");
             std::thread::sleep(Duration::from_millis(100));
@@ -554,20 +552,42 @@ fn verify_files(dir: &Path, recs: &[OpRec]) {
     }
 }
 
+/// The promise (README, docs/architecture.md, docs/operations.md): a failed
+/// leader stalls the mount about half a second (the client's 500 ms
+/// attempt timeout, then the view change, ~50 ms).
+const FAILOVER_STALL_PROMISED: Duration = Duration::from_millis(500);
+/// Margin on top of a promise for scheduling noise on a loaded 2-core
+/// machine (measured: 0.51-0.56 s for a SIGSTOPped leader).
+const FAILOVER_STALL_MARGIN: Duration = Duration::from_millis(500);
+/// A hung follower must not stall the writer beyond the quiet stretch's
+/// longest gap plus this margin (the leader commits with the other follower).
+const NO_FAILOVER_STALL_MARGIN: Duration = Duration::from_millis(250);
+/// ... and never reaches the client's 500 ms attempt timeout, which would
+/// mean a request went unanswered as if the leader had failed.
+const CLIENT_ATTEMPT_TIMEOUT: Duration = Duration::from_millis(500);
+/// A leader cut off from both followers is a failed leader to them and to
+/// the mount (its requests time out there): the same promise as a crash.
+const PARTITION_STALL_PROMISED: Duration = FAILOVER_STALL_PROMISED;
+/// Margin as for a crash.
+const PARTITION_STALL_MARGIN: Duration = FAILOVER_STALL_MARGIN;
+
 /// SIGSTOPs the leader or a follower during the write stream for at least
 /// 6 s, measures the writer's longest stall, SIGCONTs it, and checks that
-/// the group converges and that every acknowledged file is intact.
-fn hang_one_replica(name: &str, stop_leader: bool, limit: Duration) {
+/// the group converges and that every acknowledged file is intact. A
+/// stopped leader must be replaced (a newer view, another leader) within
+/// the promised stall plus margin; a stopped follower must change nothing
+/// (same view and leader) and stall no more than the quiet stretch before.
+fn hang_one_replica(name: &str, stop_leader: bool) {
     let mut rig = Rig::start(name);
     let stream = rig.mnt.join("stream");
     std::fs::create_dir(&stream).unwrap();
     let mut writer = Writer::start(stream.clone());
     writer.wait_for("100 acknowledged creates", 100, Duration::from_secs(60));
+    let quiet_from = Instant::now();
+    std::thread::sleep(Duration::from_secs(2));
     let (view, leader) = rig.leader(Duration::from_secs(10));
     let victim = if stop_leader { leader } else { (leader + 1) % REPLICAS };
     let pid = rig.replica_pid(victim);
-    let quiet_from = Instant::now();
-    std::thread::sleep(Duration::from_secs(2));
     let fault = Instant::now();
     rig.sigstop(pid);
     eprintln!("{name}: view {view} leader {leader}; SIGSTOPped replica {victim} (pid {pid})");
@@ -590,36 +610,56 @@ fn hang_one_replica(name: &str, stop_leader: bool, limit: Duration) {
     let (q_gap, q_mean) = baseline(&recs, quiet_from, fault);
     let (stall, lat, n) = stall_after(&recs, fault, until);
     let (c_stall, c_lat, c_n) = stall_after(&recs, resumed, Instant::now());
+    let limit = if stop_leader {
+        FAILOVER_STALL_PROMISED + FAILOVER_STALL_MARGIN
+    } else {
+        (q_gap + NO_FAILOVER_STALL_MARGIN).min(CLIENT_ATTEMPT_TIMEOUT)
+    };
     eprintln!(
         "MEASURED {name}: SIGSTOP of {} {victim}: longest writer stall {stall:?} (longest op {lat:?}, {n} ops while stopped); \
          quiet before: longest gap {q_gap:?}, mean op {q_mean:?}; after SIGCONT: longest stall {c_stall:?} (longest op {c_lat:?}, {c_n} ops); limit {limit:?}",
         if stop_leader { "leader" } else { "follower" }
     );
     assert_no_errors(&recs);
+    let majority_during = Rig::majority_leader(&during);
     let after = rig.wait_converged(Duration::from_secs(60));
     eprintln!(
         "{name}: converged {:?} after the writer stopped: view {} leader {} commit_op {} digest {:016x}",
         after.0, after.1.view, after.1.leader, after.1.commit_op, after.1.digest
     );
     if stop_leader {
+        let (v, l) = majority_during.unwrap_or_else(|| panic!("no majority leader while the leader was stopped: {}", Rig::brief(&during)));
+        assert!(v > view && l != victim, "no failover while leader {victim} was stopped: majority view {v} leader {l} (before: view {view})");
         assert_ne!(after.1.leader as usize, victim, "the stopped leader is still the leader: no failover happened");
+    } else {
+        assert_eq!(
+            majority_during,
+            Some((view, leader)),
+            "a stopped follower moved the group while it was stopped: {}",
+            Rig::brief(&during)
+        );
+        assert_eq!(
+            (after.1.view, after.1.leader as usize),
+            (view, leader),
+            "the follower's return moved the group to another view or leader"
+        );
     }
     rig.cli_status_all_up();
     verify_files(&stream, &recs);
     let fresh = rig.fresh_mount("fresh");
     verify_files(&fresh.join("stream"), &recs);
-    assert!(stall < limit, "the writer stalled {stall:?} while replica {victim} was SIGSTOPped (limit {limit:?})");
+    assert!(stall <= limit, "the writer stalled {stall:?} while replica {victim} was SIGSTOPped (limit {limit:?}; quiet longest gap {q_gap:?})");
     rig.stop_cleanly();
 }
 
 #[test]
-fn leader_sigstopped_stalls_writes_about_a_second() {
-    hang_one_replica("leader-sigstop", true, Duration::from_secs(3));
+fn leader_sigstopped_stalls_writes_about_half_a_second() {
+    hang_one_replica("leader-sigstop", true);
 }
 
 #[test]
 fn follower_sigstopped_does_not_stall_writes() {
-    hang_one_replica("follower-sigstop", false, Duration::from_millis(1500));
+    hang_one_replica("follower-sigstop", false);
 }
 
 /// A client session of our own, sent directly to one replica (no redirects).
@@ -662,8 +702,8 @@ fn lookup_direct(rig: &Rig, replica: usize, s: &mut DirectSession, name: &str) -
 
 #[test]
 fn minority_partition_old_leader_stops_new_leader_serves() {
-    if !iptables_usable() {
-        eprintln!("SKIPPED minority_partition_old_leader_stops_new_leader_serves: `iptables -L INPUT` is not runnable here");
+    let test = "minority_partition_old_leader_stops_new_leader_serves";
+    if !usable_or_skip(test, iptables_usable(), "`iptables -w 5 -L INPUT -n` does not run here") {
         return;
     }
     let name = "partition";
@@ -758,7 +798,11 @@ fn minority_partition_old_leader_stops_new_leader_serves() {
     let fresh = rig.fresh_mount("fresh");
     verify_files(&fresh.join("stream"), &recs);
     assert_eq!(std::fs::read(fresh.join("marker-after-partition")).unwrap(), b"committed by the majority");
-    assert!(stall < Duration::from_secs(3), "the writer stalled {stall:?} after the leader was partitioned (limit 3 s)");
+    let limit = PARTITION_STALL_PROMISED + PARTITION_STALL_MARGIN;
+    assert!(
+        stall <= limit,
+        "the writer stalled {stall:?} after the leader was partitioned; promised about {PARTITION_STALL_PROMISED:?} (limit with margin {limit:?})"
+    );
     rig.stop_cleanly();
 }
 
@@ -790,8 +834,11 @@ fn reply_then_crash_change_survives() {
     std::fs::write(rig.mnt.join("after-failover"), b"x").expect("a create after the failover");
     let failover = killed.elapsed();
     let (new_view, new_leader) = rig.leader(Duration::from_secs(30));
-    eprintln!("MEASURED {name}: first create after the kill acknowledged {failover:?} later; new view {new_view} leader {new_leader}");
-    assert_ne!(new_leader, leader);
+    let limit = FAILOVER_STALL_PROMISED + FAILOVER_STALL_MARGIN;
+    eprintln!("MEASURED {name}: first create after the kill acknowledged {failover:?} later (limit {limit:?}); new view {new_view} leader {new_leader}");
+    assert_ne!(new_leader, leader, "the killed replica {leader} is still named leader");
+    assert!(new_view > view, "the view did not change after the leader was killed: {new_view} (before {view})");
+    assert!(failover <= limit, "the first create after killing the leader took {failover:?}; the docs promise about {FAILOVER_STALL_PROMISED:?} (limit with margin {limit:?})");
     let check = |root: &Path| {
         let d = root.join("made-just-before-the-crash");
         assert!(d.is_dir(), "the acknowledged mkdir is gone under {}", root.display());

@@ -4,6 +4,10 @@
 //! creates; then the killed replica is restarted (without
 //! --init-new-cluster) and must catch up: all three replicas report the same
 //! commit point and state digest, and `chorus status` shows them all up.
+//! The victim is the leader by the replicas' own status RPC (a majority
+//! names it and it names itself), the view must change, and the writer's
+//! longest stall must stay within the documented half second plus a
+//! stated margin.
 //! Bounded in time; kills only processes it started, by PID.
 
 mod common;
@@ -11,32 +15,20 @@ mod common;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
 
-/// The replica that most recently reported itself Normal as leader, from the
-/// replicas' logs: (timestamp, leader id).
-fn current_leader(data: &Path, replicas: usize) -> Option<usize> {
-    let mut best: Option<(String, usize)> = None;
-    for i in 0..replicas {
-        let log = std::fs::read_to_string(data.join(format!("replica-{i}/server.log"))).unwrap_or_default();
-        for line in log.lines().filter(|l| l.contains("status=Normal")) {
-            let ts = line.split_whitespace().next().unwrap_or("").to_string();
-            let Some(leader) = line.split("leader=").nth(1).and_then(|s| s.split_whitespace().next()?.parse().ok()) else {
-                continue;
-            };
-            if best.as_ref().is_none_or(|(t, _)| ts > *t) {
-                best = Some((ts, leader));
-            }
-        }
-    }
-    best.map(|(_, l)| l)
-}
-
+/// The promise (README, docs/architecture.md, docs/operations.md): killing
+/// the leader stalls the mount about half a second (the client's 500 ms
+/// attempt timeout, then the view change).
+const FAILOVER_STALL_PROMISED: Duration = Duration::from_millis(500);
+/// Margin on top of the promise for scheduling noise on a loaded 2-core
+/// machine (measured: 0.5-0.6 s).
+const FAILOVER_STALL_MARGIN: Duration = Duration::from_millis(500);
 
 /// On drop (also when the test fails): SIGKILLs, by PID, any replica
 /// process still serving one of this test's replica folders (the children
@@ -119,22 +111,56 @@ fn leader_killed_during_fsynced_creates_loses_nothing() {
         })
     };
     wait_until("100 acknowledged creates", Duration::from_secs(60), || acked.lock().unwrap().len() >= 100);
-    let leader = current_leader(&data, 3).expect("a leader in the logs");
+    let certs = data.join("certs");
+    let peers: Vec<SocketAddr> = (0..3u16).map(|i| SocketAddr::from(([127, 0, 0, 1], port_n + i))).collect();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let cluster = rt
+        .block_on(async { chorus_replication_shell::client::Cluster::new(&certs, peers.clone()) })
+        .expect("shell client");
+    // The leader by the replicas' status RPC: a majority names it in a
+    // normal view and it names itself (not a guess from the logs).
+    let mut before;
+    let asked_from = Instant::now();
+    let (view, leader) = loop {
+        before = statuses(&rt, &cluster);
+        if let Some((v, l)) = majority_leader(&before) {
+            if before[l].as_ref().is_some_and(|s| s.status == "normal" && s.view == v && s.leader as usize == l) {
+                break (v, l);
+            }
+        }
+        assert!(asked_from.elapsed() < Duration::from_secs(10), "no leader agreed on within 10 s: {before:#?}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
     let leader_dir = data.join(format!("replica-{leader}"));
     let pid = pid_of_replica(&leader_dir).expect("leader process");
     unsafe { libc::kill(pid, libc::SIGKILL) };
     let killed_at = Instant::now();
+    eprintln!("view {view}: leader {leader} (pid {pid}) SIGKILLed");
     let acked_at_kill = acked.lock().unwrap().len();
     wait_until("100 more creates after the kill", Duration::from_secs(60), || {
         acked.lock().unwrap().len() >= acked_at_kill + 100
     });
+    let observed_until = Instant::now();
+    // The view changed: the two survivors are normal in a newer view led by
+    // one of them.
+    let after = statuses(&rt, &cluster);
+    let (new_view, new_leader) = majority_leader(&after).unwrap_or_else(|| panic!("no majority leader after the kill: {after:#?}"));
+    assert!(new_view > view, "the view did not change after the leader was killed: view {new_view}, before {view}");
+    assert_ne!(new_leader, leader, "the killed replica {leader} is still named leader in view {new_view}");
     stop.store(true, Ordering::SeqCst);
     let errors = writer.join().unwrap();
     let acked = acked.lock().unwrap().clone();
-    // The first acknowledgement after the kill: how long the mount stalled.
-    let resumed = acked.iter().find(|(_, t)| *t > killed_at).map(|(_, t)| t.duration_since(killed_at));
-    eprintln!("leader {leader} killed; first create acknowledged {resumed:?} later");
+    // How long the mount stalled: the longest gap between acknowledgements
+    // from the kill through the 100 creates after it.
+    let times: Vec<Instant> = acked.iter().map(|(_, t)| *t).collect();
+    let stall = longest_gap(&times, killed_at, observed_until);
+    let limit = FAILOVER_STALL_PROMISED + FAILOVER_STALL_MARGIN;
+    eprintln!("MEASURED leader {leader} killed: longest stall of the create stream {stall:?} (limit {limit:?}); new view {new_view} leader {new_leader}");
     assert_eq!(errors, 0, "a create failed across the failover (FUSE must not see a transient leader change)");
+    assert!(
+        stall <= limit,
+        "the mount stalled {stall:?} after the leader was killed; the docs promise about {FAILOVER_STALL_PROMISED:?} (limit with margin {limit:?})"
+    );
     for (i, _) in &acked {
         let got = std::fs::read(stream.join(format!("f{i}")))
             .unwrap_or_else(|e| panic!("acknowledged file f{i} missing after failover: {e}"));
@@ -145,8 +171,6 @@ fn leader_killed_during_fsynced_creates_loses_nothing() {
     // --init-new-cluster: it recovers from its log and from the group. The
     // state stays small (a few hundred tiny files), far below the 16 MiB
     // state-transfer frame limit.
-    let certs = data.join("certs");
-    let peers: Vec<SocketAddr> = (0..3u16).map(|i| SocketAddr::from(([127, 0, 0, 1], port_n + i))).collect();
     let peer_list = peers.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(",");
     let leader_id = leader.to_string();
     let restarted_log = dir.path().join("restarted.log");
@@ -165,10 +189,6 @@ fn leader_killed_during_fsynced_creates_loses_nothing() {
         ],
         &restarted_log,
     );
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-    let cluster = rt
-        .block_on(async { chorus_replication_shell::client::Cluster::new(&certs, peers.clone()) })
-        .expect("shell client");
     let restarted_at = Instant::now();
     let mut last;
     let converged = loop {

@@ -257,3 +257,63 @@ pub fn statuses(
         out
     })
 }
+
+/// Set to `1` by `.ci/run`: a test that cannot run on this machine (not
+/// root, no /dev/fuse, no usable iptables) fails instead of skipping, so a
+/// CI run that silently tested nothing cannot be green.
+pub const REQUIRE_FAULTS_ENV: &str = "CHORUS_REQUIRE_FAULTS";
+
+/// Whether skips are forbidden (`CHORUS_REQUIRE_FAULTS=1`).
+pub fn skips_forbidden() -> bool {
+    std::env::var(REQUIRE_FAULTS_ENV).is_ok_and(|v| v.trim() == "1")
+}
+
+/// `true`: `test` can run (`usable`). Otherwise it is skipped with a note on
+/// stderr (`false`), or, under `CHORUS_REQUIRE_FAULTS=1`, it fails here.
+pub fn usable_or_skip(test: &str, usable: bool, missing: &str) -> bool {
+    if usable {
+        return true;
+    }
+    assert!(!skips_forbidden(), "{test}: {missing}, and {REQUIRE_FAULTS_ENV}=1 forbids skipping it");
+    eprintln!("SKIPPED {test}: {missing} (set {REQUIRE_FAULTS_ENV}=1 to make this a failure)");
+    false
+}
+
+/// Whether this process can make FUSE mounts (root and /dev/fuse).
+pub fn can_mount() -> bool {
+    (unsafe { libc::geteuid() }) == 0 && Path::new("/dev/fuse").exists()
+}
+
+/// The (view, leader) that a majority of `statuses` report while normal, if
+/// any: who leads, by the replicas' own status RPC rather than their logs.
+pub fn majority_leader(statuses: &[Option<chorus_replication_shell::api::NodeStatus>]) -> Option<(u64, usize)> {
+    let normal: Vec<_> = statuses.iter().flatten().filter(|s| s.status == "normal").collect();
+    for s in &normal {
+        let agree = normal.iter().filter(|t| (t.view, t.leader) == (s.view, s.leader)).count();
+        if agree > statuses.len() / 2 {
+            return Some((s.view, s.leader as usize));
+        }
+    }
+    None
+}
+
+/// The longest gap between consecutive times in `acks` (sorted) within
+/// `(from, until]`, the first one measured from the last time at or before
+/// `from` (or from `from`): the longest a stream of operations went without
+/// an acknowledgement after a fault at `from`. With no acknowledgement in
+/// the window it is the whole window.
+pub fn longest_gap(acks: &[Instant], from: Instant, until: Instant) -> Duration {
+    let mut prev = acks.iter().copied().filter(|t| *t <= from).max().unwrap_or(from);
+    let mut gap = Duration::ZERO;
+    let mut any = false;
+    for &t in acks.iter().filter(|t| **t > from && **t <= until) {
+        gap = gap.max(t.duration_since(prev));
+        prev = t;
+        any = true;
+    }
+    // No acknowledgement at all in the window: the stall lasted all of it.
+    if !any {
+        gap = until.saturating_duration_since(prev);
+    }
+    gap
+}

@@ -708,6 +708,8 @@ proptest! {
     fn permissions_match_linux(ops in prop::collection::vec(arb_pop(), 1..60)) {
         // SAFETY: geteuid and umask have no preconditions.
         if unsafe { libc::geteuid() } != 0 {
+            // .ci/run sets CHORUS_REQUIRE_FAULTS=1: there a skip is a failure.
+            assert!(std::env::var("CHORUS_REQUIRE_FAULTS").as_deref() != Ok("1"), "needs root; CHORUS_REQUIRE_FAULTS=1 forbids skipping");
             return Ok(());
         }
         unsafe { libc::umask(UMASK as libc::mode_t) };
@@ -910,6 +912,8 @@ proptest! {
     ) {
         // SAFETY: geteuid and umask have no preconditions.
         if unsafe { libc::geteuid() } != 0 {
+            // .ci/run sets CHORUS_REQUIRE_FAULTS=1: there a skip is a failure.
+            assert!(std::env::var("CHORUS_REQUIRE_FAULTS").as_deref() != Ok("1"), "needs root; CHORUS_REQUIRE_FAULTS=1 forbids skipping");
             return Ok(());
         }
         unsafe { libc::umask(UMASK as libc::mode_t) };

@@ -19,8 +19,12 @@ use chorus_replication_shell::machine::{command, Summary};
 const NODE: &str = env!("CARGO_BIN_EXE_chorus-repl-node");
 /// Commands committed before the kill.
 const COMMANDS_BEFORE: u64 = 60;
-/// Bound on "leader killed → first new commit" (default timeouts aim at < 1 s).
-const FAILOVER_BOUND: Duration = Duration::from_secs(5);
+/// The promise (README: "3 replica processes with failover in about 0.5 s";
+/// bench/RESULTS.md measures 0.45-0.62 s under load): leader killed → first
+/// new commit, as a client sees it.
+const FAILOVER_PROMISED: Duration = Duration::from_millis(500);
+/// Margin for scheduling noise on a loaded 2-core machine.
+const FAILOVER_MARGIN: Duration = Duration::from_millis(500);
 
 struct Nodes {
     children: Vec<Option<Child>>,
@@ -139,6 +143,13 @@ async fn kill_leader_new_view_keeps_committed_commands() {
     let all: Vec<usize> = (0..n).collect();
     let old_leader = leader(&cluster, &all, deadline).await;
     converged(&cluster, &all, deadline).await;
+    // The victim is the leader by its own status and the others' (same
+    // view, same leader), right before the kill.
+    let old_view = cluster.status(old_leader).await.expect("the leader's status").view;
+    for &id in &all {
+        let s = cluster.status(id).await.expect("status");
+        assert_eq!((s.status.as_str(), s.view, s.leader as usize), ("normal", old_view, old_leader), "replica {id} before the kill");
+    }
 
     nodes.kill(old_leader);
     let killed_at = Instant::now();
@@ -148,10 +159,16 @@ async fn kill_leader_new_view_keeps_committed_commands() {
         .await
         .expect("a new view commits");
     let failover = killed_at.elapsed();
-    eprintln!("failover (kill -9 of the leader -> first new commit): {failover:?}");
-    assert!(failover < FAILOVER_BOUND, "failover took {failover:?}");
+    let bound = FAILOVER_PROMISED + FAILOVER_MARGIN;
+    eprintln!("MEASURED failover (kill -9 of the leader -> first new commit): {failover:?} (limit {bound:?})");
     let new_leader = leader(&cluster, &survivors, Instant::now() + Duration::from_secs(10)).await;
     assert_ne!(new_leader, old_leader);
+    let new_view = cluster.status(new_leader).await.expect("the new leader's status").view;
+    assert!(new_view > old_view, "the view did not change: {new_view} (before {old_view})");
+    assert!(
+        failover <= bound,
+        "failover took {failover:?}; the README promises about {FAILOVER_PROMISED:?} (limit with margin {bound:?})"
+    );
 
     // Every write acknowledged before the kill is still there, read through
     // the new leader (linearizable read).
