@@ -87,7 +87,9 @@ impl chorus_client::Backend for RemoteBackend {
 /// order them), so the backend keeps a small pool of sessions; concurrent
 /// FUSE requests use different sessions. A session that expired while the
 /// mount was idle is refused as unknown *before* anything executes, so it is
-/// replaced and the request sent again.
+/// replaced and the request sent again; if the session ended while a
+/// request was being retransmitted, an earlier copy may have run, and the
+/// call fails with EIO instead of running it a second time.
 pub struct ReplicatedBackend {
     runtime: tokio::runtime::Handle,
     cluster: Arc<chorus_replication_shell::client::Cluster>,
@@ -142,8 +144,17 @@ impl ReplicatedBackend {
                     })
                 }
                 Err(ClientError::Refused(Outcome::SessionUnknown)) => {
-                    // Expired while idle; nothing ran. A fresh session retries.
+                    // The answer to the request's only transmission: the
+                    // session expired while idle and nothing ran. A fresh
+                    // session retries.
                     *guard = None;
+                }
+                Err(ClientError::OutcomeUnknown) => {
+                    // The session ended while this request was retried: it
+                    // may have run. Running it again could run it twice.
+                    warn!("the session ended during a retry; the operation's outcome is unknown (EIO)");
+                    *guard = None;
+                    return Err(Errno(libc::EIO));
                 }
                 Err(e) => {
                     warn!(error = %e, "replicated call failed");

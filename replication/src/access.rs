@@ -7,11 +7,19 @@
 //!   so they survive failover, restarts and state transfer. A retry whose
 //!   request already ran gets the original reply; a retry older than the
 //!   cache gets `TooOld`, never a second execution.
-//! - Sessions are opened by a committed `Register` (the id is derived from
-//!   the op, so unique), expire after `session_timeout_ms` of leader-stamped
-//!   inactivity, and the table holds at most `sessions_max` (the least
-//!   recently active is evicted); a request on an unknown session gets
-//!   `SessionUnknown` and is not executed.
+//! - Sessions are opened by a committed `Register`. The id is derived from
+//!   the op and the client's random registration nonce, so it is unique and
+//!   cannot be guessed by another client (it is the session's credential);
+//!   a retried `Register` (same client and nonce) gets the same session, it
+//!   never opens a second one. Sessions expire after `session_timeout_ms`
+//!   of leader-stamped inactivity. The table holds at most `sessions_max`:
+//!   a new session may evict the least recently active one only if that one
+//!   has been idle `session_evict_idle_ms` (longer than any client retries a
+//!   request), else the registration is refused with `Busy`. So a flood of
+//!   registrations cannot evict a session whose client is still retrying.
+//!   A request on an unknown session gets `SessionUnknown` and is not
+//!   executed; the client may take that as "nothing ran" only for a request
+//!   it has transmitted once (see the shell's client).
 //! - Only commands' replies are cached: a query ordered through the log (a
 //!   read barrier without the lease) leaves no trace but the session's
 //!   activity, because its answer may depend on the replica (statfs) and
@@ -46,6 +54,8 @@ enum Cache {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct Session {
     client: ClientId,
+    /// The `seq` (a random nonce) of the Register that opened it.
+    nonce: u64,
     last_active_ms: Millis,
     /// Requests at or below this seq are refused as too old.
     low_water: u64,
@@ -67,12 +77,26 @@ pub struct Sessions<S> {
     machine: S,
     table: BTreeMap<SessionId, Session>,
     by_activity: BTreeSet<(Millis, SessionId)>,
+    /// (client, registration nonce) → session, to answer retried Registers.
+    by_nonce: BTreeMap<(ClientId, u64), SessionId>,
     applied_op: Op,
     timestamp_ms: Millis,
     sessions_max: usize,
     replies_max: usize,
     timeout_ms: Millis,
+    evict_idle_ms: Millis,
     forget_reply_cache: bool,
+}
+
+/// The session id a Register at (`op`, `index`) by `client` with `nonce`
+/// gets, unless that value is taken (then the next free one).
+pub(crate) fn derive_session_id(op: Op, index: usize, client: ClientId, nonce: u64) -> SessionId {
+    let mut bytes = [0u8; 32];
+    bytes[..8].copy_from_slice(&op.to_le_bytes());
+    bytes[8..16].copy_from_slice(&(index as u64).to_le_bytes());
+    bytes[16..24].copy_from_slice(&client.to_le_bytes());
+    bytes[24..].copy_from_slice(&nonce.to_le_bytes());
+    fnv64(&bytes).rotate_left(29) ^ fnv64(&bytes[8..])
 }
 
 /// The state machine's part of a checkpoint image (a core `Checkpoint`'s
@@ -88,11 +112,13 @@ impl<S: StateMachine> Sessions<S> {
             machine,
             table: BTreeMap::new(),
             by_activity: BTreeSet::new(),
+            by_nonce: BTreeMap::new(),
             applied_op: 0,
             timestamp_ms: 0,
             sessions_max: config.sessions_max,
             replies_max: config.session_replies_max,
             timeout_ms: config.session_timeout_ms,
+            evict_idle_ms: config.session_evict_idle_ms,
             forget_reply_cache: config.bugs().forget_reply_cache,
         }
     }
@@ -144,12 +170,7 @@ impl<S: StateMachine> Sessions<S> {
         let mut outcomes = Vec::with_capacity(entry.requests.len());
         for (index, request) in entry.requests.iter().enumerate() {
             let outcome = match &request.operation {
-                Operation::Register => {
-                    // Unique forever: ops never repeat and a batch is bounded.
-                    let id = (entry.op << 16) | index as u64;
-                    self.open(id, request.client, entry.timestamp_ms);
-                    Outcome::Registered(id)
-                }
+                Operation::Register => self.register(entry.op, index, request.client, request.seq, entry.timestamp_ms),
                 Operation::Write(command) => {
                     self.execute(request.session, request.seq, request.low_water, entry.timestamp_ms, Cache::Reply, |m| {
                         m.apply(context, command)
@@ -212,13 +233,45 @@ impl<S: StateMachine> Sessions<S> {
         Outcome::Done(reply)
     }
 
-    fn open(&mut self, id: SessionId, client: ClientId, now_ms: Millis) {
-        let session = Session { client, last_active_ms: now_ms, low_water: 0, replies: BTreeMap::new() };
-        assert!(self.table.insert(id, session).is_none(), "session ids are unique");
+    fn register(&mut self, op: Op, index: usize, client: ClientId, nonce: u64, now_ms: Millis) -> Outcome {
+        if let Some(&id) = self.by_nonce.get(&(client, nonce)) {
+            return Outcome::Registered(id); // a retried Register
+        }
+        if self.table.len() >= self.sessions_max {
+            let oldest = self.by_activity.first().copied();
+            match oldest {
+                Some((last_active_ms, victim)) if last_active_ms.saturating_add(self.evict_idle_ms) <= now_ms => {
+                    self.remove(victim)
+                }
+                // Every session is in use: refuse rather than evict a
+                // session whose client may be retrying a request that ran.
+                _ => return Outcome::Busy,
+            }
+        }
+        let id = self.fresh_id(op, index, client, nonce);
+        let session = Session { client, nonce, last_active_ms: now_ms, low_water: 0, replies: BTreeMap::new() };
+        assert!(self.table.insert(id, session).is_none(), "fresh_id returns an unused id");
         self.by_activity.insert((now_ms, id));
-        while self.table.len() > self.sessions_max {
-            let (_, victim) = self.by_activity.pop_first().expect("non-empty");
-            self.table.remove(&victim);
+        self.by_nonce.insert((client, nonce), id);
+        Outcome::Registered(id)
+    }
+
+    /// A session id nobody can guess without the client's nonce: a hash of
+    /// the op, the place in its batch, the client and its random nonce. The
+    /// rare collision (or 0, which means "no session") moves to the next
+    /// free value, deterministically.
+    fn fresh_id(&self, op: Op, index: usize, client: ClientId, nonce: u64) -> SessionId {
+        let mut id = derive_session_id(op, index, client, nonce);
+        while id == 0 || self.table.contains_key(&id) {
+            id = id.wrapping_add(1);
+        }
+        id
+    }
+
+    fn remove(&mut self, id: SessionId) {
+        if let Some(s) = self.table.remove(&id) {
+            self.by_activity.remove(&(s.last_active_ms, id));
+            self.by_nonce.remove(&(s.client, s.nonce));
         }
     }
 
@@ -227,8 +280,7 @@ impl<S: StateMachine> Sessions<S> {
             if last_active_ms.saturating_add(self.timeout_ms) >= now_ms {
                 break;
             }
-            self.by_activity.pop_first();
-            self.table.remove(&id);
+            self.remove(id);
         }
     }
 
@@ -267,6 +319,7 @@ impl<S: StateMachine> Sessions<S> {
         }
         self.machine.restore(op, &image.machine)?;
         self.by_activity = image.table.iter().map(|(id, s)| (s.last_active_ms, *id)).collect();
+        self.by_nonce = image.table.iter().map(|(id, s)| ((s.client, s.nonce), *id)).collect();
         self.table = image.table;
         self.applied_op = image.applied_op;
         self.timestamp_ms = image.timestamp_ms;
@@ -306,6 +359,7 @@ mod tests {
         c.sessions_max = 3;
         c.session_replies_max = 2;
         c.session_timeout_ms = 500;
+        c.session_evict_idle_ms = 200;
         c
     }
 
@@ -320,12 +374,14 @@ mod tests {
                 1 | 2 => Operation::Write(KvCommand::Append { key: key % 2, value: op }.encode()),
                 _ => Operation::Read(KvCommand::Read { key: key % 2 }.encode()),
             };
-            if matches!(operation, Operation::Register) {
-                sessions.push(op << 16); // first (only) request of the batch
-            }
-            let session = sessions.get(*who as usize % sessions.len().max(1)).copied().unwrap_or(7);
             // seq repeats now and then: a retry of an earlier request.
             let seq = (*key as u64 % 5) + 1;
+            if matches!(operation, Operation::Register) {
+                // First (only) request of the batch; a retried Register
+                // (same client and nonce) names a session that never opens.
+                sessions.push(derive_session_id(op, 0, *who as u64, seq));
+            }
+            let session = sessions.get(*who as usize % sessions.len().max(1)).copied().unwrap_or(7);
             let request = Request { client: *who as u64, session, seq, low_water: 0, epoch: 0, operation };
             out.push(Entry { op, view: 0, timestamp_ms: op * 50, requests: vec![request] });
         }
@@ -412,6 +468,52 @@ mod tests {
         let e4 = Entry { op: 4, view: 0, timestamp_ms: 4, requests: vec![read(2)] };
         a.apply_entry(&e4);
         assert_eq!(a.precheck(id, 1), Some(Outcome::TooOld));
+    }
+
+    fn register(s: &mut Sessions<KvStore>, op: Op, client: u64, nonce: u64, at_ms: Millis) -> Outcome {
+        let reg = Request { client, session: 0, seq: nonce, low_water: 0, epoch: 0, operation: Operation::Register };
+        s.apply_entry(&Entry { op, view: 0, timestamp_ms: at_ms, requests: vec![reg] }).remove(0)
+    }
+
+    /// Issue 12, finding 3 / issue 10, finding 4: a flood of registrations
+    /// by other clients never evicts a session in use; it is refused instead.
+    #[test]
+    fn registrations_never_evict_a_session_in_use() {
+        let mut s = Sessions::new(KvStore::new(), &config()); // 3 sessions, evict after 200 ms idle
+        let Outcome::Registered(victim) = register(&mut s, 1, 1, 11, 10) else { panic!() };
+        let append = |seq| Request { client: 1, session: victim, seq, low_water: seq - 1, epoch: 0, operation: Operation::Write(KvCommand::Append { key: 0, value: seq }.encode()) };
+        // The victim's append runs; its reply is lost; it will retry.
+        s.apply_entry(&Entry { op: 2, view: 0, timestamp_ms: 20, requests: vec![append(1)] });
+        let mut refused = 0;
+        for i in 0..100u64 {
+            match register(&mut s, 3 + i, 1_000 + i, 99, 30 + i) {
+                Outcome::Registered(_) => {}
+                Outcome::Busy => refused += 1,
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(refused >= 98, "only {refused} registrations refused");
+        // The retry still gets the original reply, and nothing ran twice.
+        let retry = s.apply_entry(&Entry { op: 103, view: 0, timestamp_ms: 150, requests: vec![append(1)] });
+        assert_eq!(retry, vec![Outcome::Done(bincode::serialize(&1u64).unwrap())]);
+        assert_eq!(s.machine().lists()[&0], vec![1]);
+        // Once idle long enough, the session may go to make room.
+        assert!(matches!(register(&mut s, 104, 5_000, 1, 10_000), Outcome::Registered(_)));
+    }
+
+    #[test]
+    fn retried_register_gets_the_same_session_and_ids_are_not_sequential() {
+        let mut s = Sessions::new(KvStore::new(), &config());
+        let first = register(&mut s, 1, 7, 0xfeed, 1);
+        let again = register(&mut s, 2, 7, 0xfeed, 2);
+        assert_eq!(first, again, "a retried Register opened a second session");
+        assert_eq!(s.session_count(), 1);
+        let Outcome::Registered(a) = first else { panic!() };
+        let Outcome::Registered(b) = register(&mut s, 3, 7, 0xbeef, 3) else { panic!() };
+        assert_ne!(a, b);
+        assert!(a.abs_diff(b) > 1 << 32, "ids {a:#x} and {b:#x} look sequential");
+        // Without the nonce the id cannot be derived from the op alone.
+        assert_ne!(derive_session_id(3, 0, 7, 0xbeef), derive_session_id(3, 0, 7, 0xbeee));
     }
 
     #[test]

@@ -85,6 +85,10 @@ pub struct Bugs {
     /// install is durable (issue 12, finding 1): a crash can then make it
     /// form the same view twice with different entries.
     pub reveal_view_before_durable: bool,
+    /// The simulated client takes `SessionUnknown` as "nothing ran" even
+    /// after retransmissions (issue 12, finding 3): a request that ran before
+    /// its session expired runs again in a new session.
+    pub trust_session_unknown: bool,
 }
 
 impl Bugs {
@@ -97,6 +101,7 @@ impl Bugs {
         read_without_lease: false,
         ignore_suspicion: false,
         reveal_view_before_durable: false,
+        trust_session_unknown: false,
     };
 
     /// Whether any bug is switched on (internal assertions then stand aside
@@ -158,6 +163,12 @@ pub struct Config {
     pub session_replies_max: usize,
     /// A session idle this long (leader-stamped time) expires.
     pub session_timeout_ms: Millis,
+    /// When the table is full, a new session may evict only a session idle
+    /// at least this long; otherwise the registration is refused (`Busy`).
+    /// Must exceed the longest time a client keeps retrying one request, so
+    /// a session whose last request ran but whose reply was lost is never
+    /// evicted under a client that is still retrying it.
+    pub session_evict_idle_ms: Millis,
     /// Injected bugs; only honoured in tests and with the `sim` feature.
     pub bugs: Bugs,
 }
@@ -187,6 +198,7 @@ impl Config {
             sessions_max: 10_000,
             session_replies_max: 64,
             session_timeout_ms: 3_600_000,
+            session_evict_idle_ms: 120_000,
             bugs: Bugs::NONE,
         }
     }
@@ -221,6 +233,9 @@ impl Config {
             || self.repair_bytes_max == 0
         {
             return Err(ConfigError("message and checkpoint bounds must be positive".into()));
+        }
+        if self.session_evict_idle_ms > self.session_timeout_ms {
+            return Err(ConfigError("session_evict_idle_ms must not exceed session_timeout_ms".into()));
         }
         if self.sessions_max == 0 || self.session_replies_max == 0 {
             return Err(ConfigError("session bounds must be positive".into()));

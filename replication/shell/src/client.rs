@@ -47,8 +47,16 @@ pub enum ClientError {
     #[error("no committed answer within {0:?}")]
     Timeout(Duration),
     /// The core refused the request for good (session unknown, too old).
+    /// `Refused(SessionUnknown)` means the request did not run: it answers
+    /// the request's only transmission.
     #[error("refused: {0:?}")]
     Refused(Outcome),
+    /// The session expired or was evicted while the request was being
+    /// retransmitted: an earlier copy may have run before that. Running it
+    /// again in a new session could run it twice, so the caller must report
+    /// the unknown outcome instead.
+    #[error("the session ended while the request was retried: it may or may not have run")]
+    OutcomeUnknown,
     /// Setting up the endpoint failed.
     #[error("setup: {0}")]
     Setup(String),
@@ -215,7 +223,15 @@ impl Cluster {
     /// following NotLeader redirections and rotating on failures. A replica
     /// that just failed an attempt is avoided for [`SUSPECT_FOR`], even if a
     /// follower that has not yet noticed names it as the leader.
-    async fn submit(&self, mut request: Request, deadline: Instant) -> Result<Reply, ClientError> {
+    async fn submit(&self, request: Request, deadline: Instant) -> Result<Reply, ClientError> {
+        self.submit_counted(request, deadline).await.map(|(reply, _)| reply)
+    }
+
+    /// [`submit`](Self::submit), also saying whether the reply answers the
+    /// only copy of the request that may have reached a leader (no earlier
+    /// attempt went unanswered).
+    async fn submit_counted(&self, mut request: Request, deadline: Instant) -> Result<(Reply, bool), ClientError> {
+        let mut unanswered_attempts = 0u32;
         let started = Instant::now();
         let n = self.peers.len();
         let mut failed_at: Vec<Option<Instant>> = vec![None; n];
@@ -246,11 +262,13 @@ impl Cluster {
                         Outcome::Busy => tokio::time::sleep(RETRY_PAUSE).await,
                         _ => {
                             self.leader_hint.store(target, Ordering::Relaxed);
-                            return Ok(reply);
+                            return Ok((reply, unanswered_attempts == 0));
                         }
                     }
                 }
                 _ => {
+                    // No answer: this copy may still run (or have run).
+                    unanswered_attempts += 1;
                     let failed = target;
                     failed_at[failed] = Some(Instant::now());
                     target = next_candidate(&failed_at, failed);
@@ -265,7 +283,9 @@ impl Cluster {
     /// Opens a session (registered through the log).
     pub async fn session(self: &Arc<Self>, deadline: Instant) -> Result<Session, ClientError> {
         let client = self.client_ids.fetch_add(1, Ordering::Relaxed);
-        let request = Request { client, session: 0, seq: client, low_water: 0, epoch: 0, operation: Operation::Register };
+        // The nonce makes the session id unguessable (the core derives the
+        // id from it) and lets a retried Register find its session.
+        let request = Request { client, session: 0, seq: random_nonce(), low_water: 0, epoch: 0, operation: Operation::Register };
         let reply = self.submit(request, deadline).await?;
         match reply.outcome {
             Outcome::Registered(session) => Ok(Session { cluster: self.clone(), client, session, seq: 0, epoch: reply.view }),
@@ -299,10 +319,11 @@ impl Session {
             epoch: self.epoch,
             operation,
         };
-        let reply = self.cluster.submit(request, deadline).await?;
+        let (reply, only_copy) = self.cluster.submit_counted(request, deadline).await?;
         self.epoch = self.epoch.max(reply.view);
         match reply.outcome {
             Outcome::Done(bytes) => Ok((bytes, reply.view)),
+            Outcome::SessionUnknown if !only_copy => Err(ClientError::OutcomeUnknown),
             other => Err(ClientError::Refused(other)),
         }
     }
@@ -321,6 +342,14 @@ impl Session {
     pub async fn read(&mut self, query: Vec<u8>, deadline: Instant) -> Result<Vec<u8>, ClientError> {
         Ok(self.run(Operation::Read(query), deadline).await?.0)
     }
+}
+
+/// 64 random bits from the OS (through std's hash seeds: no extra crate).
+fn random_nonce() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
+    h.finish()
 }
 
 /// Gathers the requests waiting for `replica` into batch RPCs.

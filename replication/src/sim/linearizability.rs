@@ -48,17 +48,29 @@ pub const OPS_PER_KEY_MAX: usize = 128;
 
 /// Checks one key's history; `Err` explains the first contradiction found.
 pub fn check(history: &[HistoryOp]) -> Result<(), String> {
+    check_with_final(history, None)
+}
+
+/// Like [`check`], also given the key's final list (read after every
+/// operation ended, once the group converged). It decides each pending
+/// append (it ran if and only if its value is in the final list) and fixes
+/// the order of all appends (the list's order), which keeps the search
+/// linear where unknown fates would make it exponential. The final list is
+/// an observation like any read: a wrong one makes the check fail.
+pub fn check_with_final(history: &[HistoryOp], final_list: Option<&[u64]>) -> Result<(), String> {
+    let in_final = |value: &u64| final_list.is_none_or(|l| l.contains(value));
     let ops: Vec<&HistoryOp> = history
         .iter()
         .filter(|op| !matches!(op.kind, Kind::Read { list: None }))
+        .filter(|op| op.complete_ms.is_some() || !matches!(op.kind, Kind::Append { value, .. } if !in_final(&value)))
         .collect();
     assert!(ops.len() <= OPS_PER_KEY_MAX, "history too long for the checker");
     let completed: u128 = ops
         .iter()
         .enumerate()
-        .filter(|(_, op)| op.complete_ms.is_some())
+        .filter(|(_, op)| op.complete_ms.is_some() || final_list.is_some())
         .fold(0, |m, (i, _)| m | (1u128 << i));
-    let mut search = Search { ops: &ops, completed, seen: HashSet::new(), steps: 0 };
+    let mut search = Search { ops: &ops, completed, seen: HashSet::new(), steps: 0, final_list };
     if search.explore(0, &mut Vec::new()) {
         Ok(())
     } else {
@@ -71,6 +83,7 @@ struct Search<'a> {
     completed: u128,
     seen: HashSet<(u128, u64)>,
     steps: u64,
+    final_list: Option<&'a [u64]>,
 }
 
 impl Search<'_> {
@@ -96,6 +109,9 @@ impl Search<'_> {
             match &self.ops[i].kind {
                 Kind::Append { value, len } => {
                     if len.is_some_and(|l| l != list.len() as u64 + 1) {
+                        continue;
+                    }
+                    if self.final_list.is_some_and(|f| f.get(list.len()) != Some(value)) {
                         continue;
                     }
                     list.push(*value);

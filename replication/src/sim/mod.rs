@@ -158,6 +158,7 @@ pub fn sim_config(replica_count: u8, bugs: Bugs) -> Config {
         sessions_max: 16,
         session_replies_max: 4,
         session_timeout_ms: 1_000_000,
+        session_evict_idle_ms: 150,
         bugs,
     }
 }
@@ -194,6 +195,9 @@ enum Ev {
     Timer { replica: ReplicaId, incarnation: u64 },
     ClientWake { client: usize, token: u64, wake: Wake },
     Fault,
+    /// A crash aimed at a moment (a new leader's install in flight).
+    CrashAt { replica: ReplicaId, incarnation: u64 },
+    Restart { replica: ReplicaId },
     Heal,
     Check,
 }
@@ -250,6 +254,8 @@ struct Node {
     slow: bool,
     /// Writes submitted before this time complete no earlier than it.
     disk_stalled_until_ms: Millis,
+    /// Highest view this node was seen leading.
+    led_view: u64,
     /// Lost its disk and has not yet durably recovered.
     wiped: bool,
     down_since_ms: Millis,
@@ -259,6 +265,9 @@ struct Node {
 struct PendingOp {
     request: Request,
     history: Option<usize>,
+    /// Times this request was sent: a `SessionUnknown` answer proves that
+    /// nothing ran only if it answers the one and only transmission.
+    transmissions: u32,
 }
 
 struct Client {
@@ -270,6 +279,9 @@ struct Client {
     target: ReplicaId,
     current: Option<PendingOp>,
     token: u64,
+    /// An operation refused with SessionUnknown that provably did not run:
+    /// sent again in the next session, as the real client does.
+    rerun: Option<(Operation, Option<usize>)>,
 }
 
 struct Record {
@@ -332,8 +344,19 @@ impl Sim {
             config.checkpoint_interval_bytes = 160;
         }
         let aggressive = options.faults == FaultProfile::Aggressive;
-        let client_count = rng.gen_range(2..=4);
-        let ops = if aggressive { rng.gen_range(15..=30) } else { rng.gen_range(8..=20) };
+        let mut client_count = rng.gen_range(2..=4);
+        if options.seed % 5 == 4 {
+            // Every fifth seed: more clients than the session table holds,
+            // and sessions that expire during the faults, so eviction,
+            // refused registrations and expiry under retries all happen.
+            client_count = rng.gen_range(4..=6);
+            config.sessions_max = 3;
+            config.session_timeout_ms = 400;
+        }
+        let mut ops = if aggressive { rng.gen_range(15..=30) } else { rng.gen_range(8..=20) };
+        if client_count > 4 {
+            ops = ops.min(20); // the checker takes at most 128 ops per key
+        }
         let fault_until_ms = match options.faults {
             FaultProfile::None => 0,
             FaultProfile::Standard => rng.gen_range(300..=1_000),
@@ -386,6 +409,7 @@ impl Sim {
                 timer_ms: None,
                 slow: false,
                 disk_stalled_until_ms: 0,
+                led_view: 0,
                 wiped: false,
                 down_since_ms: 0,
                 applied_seen: 0,
@@ -405,6 +429,7 @@ impl Sim {
                 target,
                 current: None,
                 token: 0,
+                rerun: None,
             });
             let start = sim.rng.gen_range(0..30);
             sim.schedule(start, Ev::ClientWake { client: c, token: 0, wake: Wake::Next });
@@ -435,6 +460,17 @@ impl Sim {
                 Ev::Timer { replica, incarnation } => self.timer(replica, incarnation),
                 Ev::ClientWake { client, token, wake } => self.client_wake(client, token, wake),
                 Ev::Fault => self.fault(),
+                Ev::CrashAt { replica, incarnation } => {
+                    let node = &self.nodes[replica as usize];
+                    if !self.healed && node.replica.is_some() && node.incarnation == incarnation {
+                        self.crash(replica as usize, Crash::LoseUnsynced);
+                    }
+                }
+                Ev::Restart { replica } => {
+                    if !self.healed && self.nodes[replica as usize].replica.is_none() {
+                        self.restart(replica as usize);
+                    }
+                }
                 Ev::Heal => self.heal(),
                 Ev::Check => self.check_done(),
             }
@@ -530,6 +566,24 @@ impl Sim {
         let node = &mut self.nodes[id as usize];
         let Some(replica) = node.replica.as_ref() else { return };
         let status = replica.status();
+        if status.status == Status::Normal && status.leader == id && status.view > node.led_view {
+            // A view change is where unsynced state matters most: now and
+            // then the new leader crashes within a few ms of its install
+            // (often before the install is durable) and comes back soon.
+            node.led_view = status.view;
+            let incarnation = node.incarnation;
+            if self.faults != FaultProfile::None && !self.healed && self.rng.gen_bool(0.2) {
+                // Its disk hangs meanwhile, so the install is still in flight
+                // (while its messages go out) when it dies.
+                let at = self.now_ms + self.rng.gen_range(0..=30);
+                node.disk_stalled_until_ms = node.disk_stalled_until_ms.max(at + 1);
+                self.schedule(at, Ev::CrashAt { replica: id, incarnation });
+                let back = at + self.rng.gen_range(10..=80);
+                self.schedule(back, Ev::Restart { replica: id });
+            }
+        }
+        let node = &mut self.nodes[id as usize];
+        let Some(replica) = node.replica.as_ref() else { return };
         if status.recovering {
             node.wiped = node.wiped || status.status == Status::Recovering;
         } else {
@@ -651,8 +705,14 @@ impl Sim {
         let now = self.now_ms;
         let keys = self.keys;
         let client = &mut self.clients[c];
+        let mut history = None;
         let (operation, record) = match client.session {
             None => (Operation::Register, None),
+            Some(_) if client.rerun.is_some() => {
+                let (operation, h) = client.rerun.take().expect("checked");
+                history = h;
+                (operation, None)
+            }
             Some(_) if client.ops_left == 0 => return,
             Some(_) => {
                 client.ops_left -= 1;
@@ -678,17 +738,18 @@ impl Sim {
             epoch: client.known_view,
             operation,
         };
-        let history = record.map(|r| {
+        if let Some(r) = record {
             self.history.push(r);
-            self.history.len() - 1
-        });
-        self.clients[c].current = Some(PendingOp { request, history });
+            history = Some(self.history.len() - 1);
+        }
+        self.clients[c].current = Some(PendingOp { request, history, transmissions: 0 });
         self.client_send(c);
     }
 
     fn client_send(&mut self, c: usize) {
         let client = &mut self.clients[c];
         let Some(current) = client.current.as_mut() else { return };
+        current.transmissions += 1;
         client.token += 1;
         let (target, token, request) = (client.target, client.token, current.request.clone());
         self.send(Addr::Client(c), Addr::Replica(target), Payload::Request(request));
@@ -707,6 +768,7 @@ impl Sim {
             client.known_view = reply.view;
         }
         let history = current.history;
+        let sent_once = current.transmissions == 1 || self.config.bugs().trust_session_unknown;
         let retry_after = match reply.outcome {
             Outcome::Registered(session) => {
                 client.session = Some(session);
@@ -731,9 +793,12 @@ impl Sim {
             }
             Outcome::Busy => Some(10),
             Outcome::SessionUnknown => {
-                // Definitely not executed: drop it from the history, register again.
-                if let Some(h) = history {
-                    self.history[h].kind = Kind::Read { list: None };
+                // The answer to its only transmission: nothing ran. After
+                // retransmissions an earlier copy may have run before the
+                // session expired: unknown fate, it stays pending. Either
+                // way the client registers again for its next operation.
+                if sent_once {
+                    client.rerun = Some((current.request.operation.clone(), history));
                 }
                 client.session = None;
                 client.current = None;
@@ -775,7 +840,14 @@ impl Sim {
             40..=64 => {
                 let up: Vec<usize> = (0..n).filter(|&i| self.nodes[i].replica.is_some()).collect();
                 if !up.is_empty() {
-                    let victim = up[self.rng.gen_range(0..up.len())];
+                    // Half the time the victim is one with writes in flight:
+                    // the crash points where unsynced state can be lost.
+                    let writing: Vec<usize> = up.iter().copied().filter(|&i| !self.nodes[i].pending.is_empty()).collect();
+                    let victim = if !writing.is_empty() && self.rng.gen_bool(0.5) {
+                        writing[self.rng.gen_range(0..writing.len())]
+                    } else {
+                        up[self.rng.gen_range(0..up.len())]
+                    };
                     let unhealthy = self.nodes.iter().filter(|n| n.wiped).count();
                     let kind = match self.rng.gen_range(0..10) {
                         0..=3 => Crash::Intact,
@@ -915,7 +987,8 @@ impl Sim {
         if !self.healed || self.done {
             return;
         }
-        let clients_done = self.clients.iter().all(|c| c.ops_left == 0 && c.current.is_none() && c.session.is_some());
+        let clients_done =
+            self.clients.iter().all(|c| c.ops_left == 0 && c.current.is_none() && c.rerun.is_none() && c.session.is_some());
         if clients_done && self.converged() {
             self.done = true;
             return;
@@ -1010,6 +1083,18 @@ impl Sim {
 
     fn check_linearizability(&mut self) {
         let mut found = Vec::new();
+        // The final lists, from the most advanced healthy replica, once the
+        // group converged (otherwise unknown: the plain search decides).
+        let finals = self
+            .done
+            .then(|| {
+                self.nodes
+                    .iter()
+                    .filter_map(|n| n.replica.as_ref())
+                    .max_by_key(|r| r.status().applied_op)
+                    .map(|r| r.state().machine().lists().clone())
+            })
+            .flatten();
         for key in 0..self.keys {
             let ops: Vec<HistoryOp> = self
                 .history
@@ -1017,7 +1102,8 @@ impl Sim {
                 .filter(|r| r.key == key)
                 .map(|r| HistoryOp { invoke_ms: r.invoke_ms, complete_ms: r.complete_ms, kind: r.kind.clone() })
                 .collect();
-            if let Err(e) = linearizability::check(&ops) {
+            let final_list = finals.as_ref().map(|f| f.get(&key).map(|l| l.as_slice()).unwrap_or(&[]));
+            if let Err(e) = linearizability::check_with_final(&ops, final_list) {
                 found.push(format!("key {key}: {e}"));
             }
         }

@@ -47,6 +47,7 @@ fn simulate_seeds() {
     let failures: Mutex<Vec<String>> = Mutex::new(Vec::new());
     let totals = Mutex::new((0u64, 0u64, 0u32, 0u32, 0usize));
     let faults = Mutex::new(FaultTotals::default());
+    let slowest = Mutex::new((std::time::Duration::ZERO, 0u64));
     let messages: Mutex<BTreeMap<&'static str, u64>> = Mutex::new(BTreeMap::new());
     let started = Instant::now();
     // Two workers: the CI machine has two cores.
@@ -57,7 +58,15 @@ fn simulate_seeds() {
                 if seed >= base + count {
                     break;
                 }
-                match run_caught(&Options::new(seed)) {
+                let seed_started = Instant::now();
+                let result = run_caught(&Options::new(seed));
+                {
+                    let mut slow = slowest.lock().unwrap();
+                    if seed_started.elapsed() > slow.0 {
+                        *slow = (seed_started.elapsed(), seed);
+                    }
+                }
+                match result {
                     Ok(report) => {
                         let mut t = totals.lock().unwrap();
                         t.0 += report.events;
@@ -98,6 +107,8 @@ fn simulate_seeds() {
     println!("messages delivered: {:?}", messages.lock().unwrap());
     let faults = faults.into_inner().unwrap();
     println!("faults: {faults:?}");
+    let (slow_time, slow_seed) = *slowest.lock().unwrap();
+    println!("slowest seed: {slow_seed} ({slow_time:.1?})");
     let failures = failures.into_inner().unwrap();
     for f in failures.iter().take(20) {
         println!("{f}");
@@ -164,9 +175,14 @@ fn the_seed_loop_notices_when_faults_are_off() {
 
 /// Runs seeds with `bugs` on until `checker` fails; panics if it never does.
 fn expect_caught(bugs: Bugs, checker: Checker, seeds_max: u64) {
+    let mut panics = Vec::new();
     for seed in 0..seeds_max {
         let options = Options { seed, faults: FaultProfile::Aggressive, bugs };
-        if let Ok(report) = run_caught(&options) {
+        let result = run_caught(&options);
+        if let Err(p) = &result {
+            panics.push((seed, p.clone()));
+        }
+        if let Ok(report) = result {
             if report.failed(checker) {
                 let v = report.violations.iter().find(|v| v.checker == checker).unwrap();
                 println!("{bugs:?} caught by {checker:?} at seed {seed}: {}", v.detail);
@@ -174,7 +190,7 @@ fn expect_caught(bugs: Bugs, checker: Checker, seeds_max: u64) {
             }
         }
     }
-    panic!("{checker:?} never caught {bugs:?} in {seeds_max} seeds");
+    panic!("{checker:?} never caught {bugs:?} in {seeds_max} seeds ({} panicked, first: {:?})", panics.len(), panics.first());
 }
 
 #[test]
@@ -189,7 +205,7 @@ fn checker_prefix_agreement_catches_commit_on_one_ack() {
 
 #[test]
 fn checker_acked_lost_catches_ack_before_durable() {
-    expect_caught(Bugs { ack_before_durable: true, ..Bugs::NONE }, Checker::AckedLost, 500);
+    expect_caught(Bugs { ack_before_durable: true, ..Bugs::NONE }, Checker::AckedLost, 5_000);
 }
 
 #[test]
@@ -217,6 +233,13 @@ fn checker_prefix_agreement_catches_view_revealed_before_durable() {
     // Issue 12, finding 1, reached by the random faults alone (disk stalls,
     // crashes losing unsynced writes): no hand-made schedule.
     expect_caught(Bugs { reveal_view_before_durable: true, ..Bugs::NONE }, Checker::PrefixAgreement, 20_000);
+}
+
+#[test]
+fn checker_double_execution_catches_trusting_session_unknown_after_retries() {
+    // Issue 12, finding 3: a client that reruns a request in a new session
+    // after its old session answered SessionUnknown to a retransmission.
+    expect_caught(Bugs { trust_session_unknown: true, ..Bugs::NONE }, Checker::DoubleExecution, 20_000);
 }
 
 #[test]
