@@ -88,6 +88,10 @@ macro_rules! invariant {
     };
 }
 
+/// A NewState carrying a checkpoint goes to one replica at most once per
+/// this many retry intervals.
+const STATE_RESEND_RETRIES: Millis = 10;
+
 /// One replica of the group, generic over the state machine it replicates.
 pub struct Replica<S: StateMachine> {
     config: Config,
@@ -135,6 +139,8 @@ pub struct Replica<S: StateMachine> {
     /// The first op of the repair run last asked for (to spot its answer).
     repair_from: Option<Op>,
     state_request_sent_ms: Option<Millis>,
+    /// Leader: when a NewState with a checkpoint last went to each replica.
+    state_sent_ms: Vec<Option<Millis>>,
     join_sent_ms: Option<Millis>,
     view_change_retry_ms: Millis,
 
@@ -217,6 +223,7 @@ impl<S: StateMachine> Replica<S> {
             leader_op_seen: (0, 0),
             repair_from: None,
             state_request_sent_ms: None,
+            state_sent_ms: vec![None; n as usize],
             join_sent_ms: None,
             view_change_retry_ms: now_ms,
             held: Vec::new(),
@@ -857,8 +864,7 @@ impl<S: StateMachine> Replica<S> {
         }
         if first <= self.log.base() {
             // Compacted away: the follower needs a state transfer.
-            let state = self.state_transfer(None);
-            self.send(from, Message::NewState { view: self.view, state });
+            self.send_state(from, None);
             return;
         }
         let entries = self.log.entries_from(first, self.config.entries_per_message_max, self.config.repair_bytes_max);
@@ -1290,8 +1296,25 @@ impl<S: StateMachine> Replica<S> {
         if view != self.view || !self.is_leader_normal() || !self.view_durable() {
             return;
         }
-        let state = self.state_transfer(Some(commit));
-        self.send(from, Message::NewState { view: self.view, state });
+        self.send_state(from, Some(commit));
+    }
+
+    /// NewState to `to`. One that carries a checkpoint (and up to an interval
+    /// of log) goes to a replica at most once per `STATE_RESEND_RETRIES`
+    /// retry intervals: the asker retries every interval while it installs
+    /// (or fetches the checkpoint's files), and each answer would otherwise
+    /// cost a whole state (issue 12, finding 6).
+    fn send_state(&mut self, to: ReplicaId, commit: Option<Op>) {
+        let state = self.state_transfer(commit);
+        if state.checkpoint.is_some() {
+            let gap_ms = self.config.retry_interval_ms * STATE_RESEND_RETRIES;
+            let last = &mut self.state_sent_ms[to as usize];
+            if last.is_some_and(|t| self.now_ms < t + gap_ms) {
+                return;
+            }
+            *last = Some(self.now_ms);
+        }
+        self.send(to, Message::NewState { view: self.view, state });
     }
 
     /// Our state for a replica whose commit point is `commit` (None: unknown).

@@ -33,6 +33,9 @@ struct Net {
     applied: BTreeMap<Op, (u64, ReplicaId)>,
     applied_seen: Vec<Op>,
     divergence: Vec<String>,
+    /// Messages of this kind to this replica are dropped (and counted).
+    drop_kind_to: Option<(&'static str, ReplicaId)>,
+    dropped: u64,
 }
 
 impl Net {
@@ -51,6 +54,8 @@ impl Net {
             applied: BTreeMap::new(),
             applied_seen: vec![0; n as usize],
             divergence: Vec::new(),
+            drop_kind_to: None,
+            dropped: 0,
             config,
         };
         for r in 0..n {
@@ -136,6 +141,10 @@ impl Net {
         let batch: Vec<_> = self.in_flight.drain(..).collect();
         for (from, to, message) in batch {
             if self.isolated[from as usize] || self.isolated[to as usize] {
+                continue;
+            }
+            if self.drop_kind_to == Some((message.kind(), to)) {
+                self.dropped += 1;
                 continue;
             }
             self.step(to, Event::Message { from, message });
@@ -291,4 +300,30 @@ fn damaged_checkpoint_with_a_higher_durable_view_recovers() {
     let l = net.normal_leader().unwrap();
     let digest = |r: ReplicaId| net.replicas[r as usize].as_ref().unwrap().state().digest();
     assert_eq!(digest(straggler), digest(l));
+}
+
+/// Issue 12, finding 6: a member below the leader's log base asks for
+/// entries every retry interval; each ask must not cost a whole NewState
+/// (checkpoint and up to an interval of log).
+#[test]
+fn a_member_below_the_log_base_gets_a_bounded_number_of_new_states() {
+    let mut config = three();
+    config.checkpoint_interval_ops = 4;
+    let mut net = Net::new(config);
+    assert!(net.run_until(3_000, |n| n.normal_leader().is_some()), "no leader at start");
+    let leader = net.normal_leader().unwrap();
+    let behind = (0..3).find(|&r| r != leader).unwrap();
+    net.isolated[behind as usize] = true;
+    for seq in 1..=40 {
+        net.submit(leader, 1, seq);
+        net.run_ms(10);
+    }
+    assert!(net.status(leader).log_base > net.status(behind).op, "the leader did not compact past the member");
+    // It can never install what it gets, so it keeps asking.
+    net.drop_kind_to = Some(("new_state", behind));
+    net.isolated[behind as usize] = false;
+    net.run_ms(3_000);
+    let retry_ms = net.config.retry_interval_ms;
+    assert!(net.dropped >= 1, "no NewState at all");
+    assert!(net.dropped <= 3_000 / (10 * retry_ms) + 1, "{} NewStates in 3 s (one ask per {retry_ms} ms)", net.dropped);
 }
