@@ -43,7 +43,7 @@ pub(crate) fn open_existing(ctx: &mut Ctx, ino: Ino, flags: i32) -> R<(Attr, u64
         node.perm = perm_after_write(node.perm, node.gid, ctx.caller);
         node.modified(ctx.now);
     }
-    let fh = ctx.open_handle(&mut node, flags);
+    let fh = ctx.open_handle(&mut node, flags)?;
     ctx.save(&node);
     Ok((node.attr(), fh))
 }

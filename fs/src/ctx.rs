@@ -48,22 +48,36 @@ impl<'a> Ctx<'a> {
             .put_record(Table::Inodes, inode_key(inode.ino), inode);
     }
 
-    /// A new inode numbered from the counter (not yet saved).
-    pub(crate) fn alloc_inode(&mut self, kind: FileKind, perm: u32, uid: u32, gid: u32) -> Inode {
+    /// A new inode numbered from the counter (not yet saved); ENOSPC when
+    /// the numbers are used up (never reused, so a limit exists).
+    pub(crate) fn alloc_inode(
+        &mut self,
+        kind: FileKind,
+        perm: u32,
+        uid: u32,
+        gid: u32,
+    ) -> R<Inode> {
         let ino = self.meta.next_ino;
-        self.meta.next_ino = ino.checked_add(1).expect("inode numbers exhausted");
+        let Some(next) = ino.checked_add(1) else {
+            return errno(libc::ENOSPC);
+        };
+        self.meta.next_ino = next;
         self.meta.inodes_live += 1;
-        Inode::new(ino, kind, perm, uid, gid, self.now)
+        Ok(Inode::new(ino, kind, perm, uid, gid, self.now))
     }
 
     /// Opens `inode` (not saved here: the caller saves it): a new handle.
-    pub(crate) fn open_handle(&mut self, inode: &mut Inode, flags: i32) -> u64 {
+    /// ENFILE when the handle numbers or the inode's open count (u32: a
+    /// client can open one file 2^32 times) are used up.
+    pub(crate) fn open_handle(&mut self, inode: &mut Inode, flags: i32) -> R<u64> {
         let fh = self.meta.next_fh;
-        self.meta.next_fh = fh.checked_add(1).expect("file handles exhausted");
-        inode.open_count = inode
-            .open_count
-            .checked_add(1)
-            .expect("open count overflow");
+        let (Some(next_fh), Some(open_count)) =
+            (fh.checked_add(1), inode.open_count.checked_add(1))
+        else {
+            return errno(libc::ENFILE);
+        };
+        self.meta.next_fh = next_fh;
+        inode.open_count = open_count;
         self.tx.put_record(
             Table::Handles,
             u64_key(fh),
@@ -72,7 +86,7 @@ impl<'a> Ctx<'a> {
                 flags,
             },
         );
-        fh
+        Ok(fh)
     }
 
     /// The handle `fh` if it is open on `ino`, else EBADF.

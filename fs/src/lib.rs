@@ -33,6 +33,7 @@ mod attrs;
 mod ctx;
 mod data;
 mod error;
+mod fsck;
 mod image;
 mod keys;
 mod namespace;

@@ -94,10 +94,10 @@ pub(crate) fn create(
         return errno(libc::EINVAL);
     }
     let (perm, uid, gid) = new_owner(&dir, ctx.caller, FileKind::File, mode & !umask);
-    let mut node = ctx.alloc_inode(FileKind::File, perm, uid, gid);
+    let mut node = ctx.alloc_inode(FileKind::File, perm, uid, gid)?;
     // A file created by this open is not checked against its own mode (Linux
     // skips may_open for FMODE_CREATED) and is empty, so O_TRUNC is moot.
-    let fh = ctx.open_handle(&mut node, flags);
+    let fh = ctx.open_handle(&mut node, flags)?;
     insert_new(ctx, dir, name, &node)?;
     Ok(Reply::Created {
         attr: node.attr(),
@@ -129,7 +129,7 @@ pub(crate) fn mknod(
         return errno(libc::EPERM);
     }
     let (perm, uid, gid) = new_owner(&dir, ctx.caller, kind, mode & !umask);
-    let mut node = ctx.alloc_inode(kind, perm, uid, gid);
+    let mut node = ctx.alloc_inode(kind, perm, uid, gid)?;
     node.rdev = if device { rdev } else { 0 };
     insert_new(ctx, dir, name, &node)?;
     Ok(Reply::Entry(node.attr()))
@@ -143,7 +143,7 @@ pub(crate) fn mkdir(ctx: &mut Ctx, parent: Ino, name: &[u8], mode: u32, umask: u
     // vfs_mkdir keeps only rwx and sticky bits of the requested mode.
     let requested = mode & !umask & (0o777 | libc::S_ISVTX);
     let (perm, uid, gid) = new_owner(&dir, ctx.caller, FileKind::Dir, requested);
-    let mut node = ctx.alloc_inode(FileKind::Dir, perm, uid, gid);
+    let mut node = ctx.alloc_inode(FileKind::Dir, perm, uid, gid)?;
     node.parent = parent;
     insert_new(ctx, dir, name, &node)?;
     Ok(Reply::Entry(node.attr()))
@@ -156,9 +156,14 @@ pub(crate) fn symlink(ctx: &mut Ctx, parent: Ino, name: &[u8], target: &[u8]) ->
     if target.len() > SYMLINK_MAX_BYTES {
         return errno(libc::ENAMETOOLONG);
     }
+    // A kernel ends the target at its first NUL; a stored NUL would read
+    // back as another link than the one created.
+    if target.contains(&0) {
+        return errno(libc::EINVAL);
+    }
     let dir = prepare_new_entry(ctx, parent, name)?;
     let (perm, uid, gid) = new_owner(&dir, ctx.caller, FileKind::Symlink, 0o777);
-    let mut node = ctx.alloc_inode(FileKind::Symlink, perm, uid, gid);
+    let mut node = ctx.alloc_inode(FileKind::Symlink, perm, uid, gid)?;
     node.target = target.to_vec();
     node.size = target.len() as u64;
     insert_new(ctx, dir, name, &node)?;
@@ -289,6 +294,14 @@ pub(crate) fn rename(
     let Some(src) = get_dirent(&ctx.tx, parent, name)? else {
         return errno(libc::ENOENT);
     };
+    // Linux looks no name up in a removed directory (IS_DEADDIR): ENOENT.
+    // A removed directory kept alive by a handle has no entries (so `src`
+    // above is never in one) and its `parent` may be freed: moving anything
+    // into it would cut it off from the tree, and the loop check below would
+    // walk into the freed parent.
+    if new_dir.nlink == 0 {
+        return errno(libc::ENOENT);
+    }
     let dst = get_dirent(&ctx.tx, newparent, newname)?;
     if noreplace && dst.is_some() {
         return errno(libc::EEXIST);

@@ -72,6 +72,14 @@ pub(crate) fn get_dirent(view: &impl View, parent: Ino, name: &[u8]) -> R<Option
 }
 
 /// True when `ancestor` is `ino` or one of its ancestors (walks ".." links).
+///
+/// Assumes `ino` is a linked directory (nlink > 0; callers check it, see
+/// `rename`). The parent chain of a linked directory runs through linked
+/// directories up to the root: rmdir removes only empty directories and
+/// rename moves only into linked ones. A removed directory (kept alive by a
+/// handle) is the exception: its `parent` may be freed, so a walk from one
+/// is refused here instead of wandering into a missing inode. Anything else
+/// off the chain is a corrupt state: a panic, never reachable by a command.
 pub(crate) fn is_ancestor(view: &impl View, ancestor: Ino, ino: Ino) -> R<bool> {
     let mut current = ino;
     for _ in 0..DEPTH_MAX {
@@ -85,8 +93,8 @@ pub(crate) fn is_ancestor(view: &impl View, ancestor: Ino, ino: Ino) -> R<bool> 
             panic!("directory {current} on a parent chain is missing");
         };
         assert!(
-            inode.is_dir(),
-            "parent chain reaches non-directory {current}"
+            inode.is_dir() && inode.nlink > 0,
+            "parent chain from {ino} reaches {current}, not a linked directory"
         );
         current = inode.parent;
     }

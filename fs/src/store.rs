@@ -291,6 +291,11 @@ impl FsStore {
         }
     }
 
+    /// The database, for the read-only checks of `fsck`.
+    pub(crate) fn db(&self) -> &Db {
+        &self.db
+    }
+
     pub fn applied_index(&self) -> u64 {
         self.applied.load(Ordering::Acquire)
     }

@@ -27,19 +27,34 @@ enum Namespace {
     Security,
 }
 
+/// The namespace of `name` (Linux `xattr_resolve_name`): ERANGE for an
+/// empty or too long name, EOPNOTSUPP for an unsupported prefix, EINVAL for
+/// nothing after the prefix or a NUL anywhere (a kernel ends names at the
+/// first NUL, so only a hostile client sends one; stored, it would also
+/// break the NUL-separated list of `listxattr`).
 fn namespace(name: &[u8]) -> R<Namespace> {
     if name.is_empty() || name.len() > XATTR_NAME_MAX_BYTES {
         return errno(libc::ERANGE);
     }
-    if name.starts_with(b"user.") {
-        Ok(Namespace::User)
-    } else if name.starts_with(b"trusted.") {
-        Ok(Namespace::Trusted)
-    } else if name.starts_with(b"security.") {
-        Ok(Namespace::Security)
-    } else {
-        errno(libc::EOPNOTSUPP)
+    let prefixes: [(&[u8], Namespace); 3] = [
+        (b"user.", Namespace::User),
+        (b"trusted.", Namespace::Trusted),
+        (b"security.", Namespace::Security),
+    ];
+    for (prefix, space) in prefixes {
+        if let Some(suffix) = name.strip_prefix(prefix) {
+            if suffix.is_empty() || suffix.contains(&0) {
+                return errno(libc::EINVAL);
+            }
+            return Ok(space);
+        }
     }
+    errno(libc::EOPNOTSUPP)
+}
+
+/// Name rules alone (length, namespace), as `setxattr` checks them.
+pub(crate) fn check_name(name: &[u8]) -> R<()> {
+    namespace(name).map(drop)
 }
 
 /// `xattr_permission` for a read (`write == false`) or a write.

@@ -3,6 +3,7 @@
 //! cases, a model-based property test and determinism / persistence tests.
 
 mod bench;
+mod hostile;
 mod linux;
 mod model;
 mod persist;

@@ -520,6 +520,8 @@ proptest! {
         }
         prop_assert_eq!(store_tree(&h), model.seen());
         prop_assert_eq!(h.store.count_keys(crate::keys::Table::Handles), 0);
+        let problems = h.store.fsck().unwrap();
+        prop_assert!(problems.is_empty(), "inconsistent state: {:#?}", problems);
 
         // Determinism and persistence: the same log elsewhere gives the same digest.
         let digest = h.store.digest().unwrap();
