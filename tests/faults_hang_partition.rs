@@ -62,6 +62,9 @@ struct Rig {
     stopped: Vec<i32>,
     /// iptables rule specs (after `-I INPUT`) we added and not yet deleted.
     rules: Vec<Vec<String>>,
+    /// Whether this test added iptables rules at all (then, on drop, an
+    /// `ip filter` table left empty is deleted: iptables-nft leaves it).
+    used_iptables: bool,
     rt: Option<tokio::runtime::Runtime>,
     cluster: Option<Arc<ShellCluster>>,
 }
@@ -86,6 +89,7 @@ impl Rig {
             extra_mounts: Vec::new(),
             stopped: Vec::new(),
             rules: Vec::new(),
+            used_iptables: false,
             rt: None,
             cluster: None,
         };
@@ -302,6 +306,7 @@ impl Rig {
         // Recorded first: a rule that was added although the command failed
         // is still removed on drop.
         self.rules.push(full.clone());
+        self.used_iptables = true;
         run_ok(Command::new("iptables").args(["-w", "5", "-I", "INPUT"]).args(&full));
     }
 
@@ -318,6 +323,16 @@ impl Rig {
                     let _ = Command::new("iptables").args(["-w", "5", "-D", "INPUT"]).args(&args).output();
                 }
             }
+        }
+    }
+
+    /// Deletes the `ip filter` table if no rule and no chain of its own is
+    /// left in it (iptables-nft leaves the empty table behind); a table
+    /// with anyone's rules in it is left alone.
+    fn delete_empty_filter_table(&self) {
+        let Ok(out) = Command::new("iptables").args(["-w", "5", "-S"]).output() else { return };
+        if out.status.success() && String::from_utf8_lossy(&out.stdout).lines().all(|l| l.starts_with("-P ")) {
+            let _ = Command::new("nft").args(["delete", "table", "ip", "filter"]).output();
         }
     }
 
@@ -390,6 +405,9 @@ impl Rig {
 impl Drop for Rig {
     fn drop(&mut self) {
         self.remove_rules();
+        if self.used_iptables {
+            self.delete_empty_filter_table();
+        }
         for pid in std::mem::take(&mut self.stopped) {
             unsafe { libc::kill(pid, libc::SIGCONT) };
         }
@@ -575,8 +593,10 @@ const PARTITION_STALL_MARGIN: Duration = FAILOVER_STALL_MARGIN;
 /// 6 s, measures the writer's longest stall, SIGCONTs it, and checks that
 /// the group converges and that every acknowledged file is intact. A
 /// stopped leader must be replaced (a newer view, another leader) within
-/// the promised stall plus margin; a stopped follower must change nothing
-/// (same view and leader) and stall no more than the quiet stretch before.
+/// the promised stall plus margin; a stopped follower must not move the
+/// group while stopped (same view and leader), must leave the same leader
+/// after its return, and must stall the writer no more than the quiet
+/// stretch before it plus a margin.
 fn hang_one_replica(name: &str, stop_leader: bool) {
     let mut rig = Rig::start(name);
     let stream = rig.mnt.join("stream");
@@ -638,11 +658,10 @@ fn hang_one_replica(name: &str, stop_leader: bool) {
             "a stopped follower moved the group while it was stopped: {}",
             Rig::brief(&during)
         );
-        assert_eq!(
-            (after.1.view, after.1.leader as usize),
-            (view, leader),
-            "the follower's return moved the group to another view or leader"
-        );
+        // On its return the straggler may Join, and the leader then moves
+        // the group to the next view it leads (docs/protocol.md V1b): a
+        // newer view is allowed, another leader is not.
+        assert_eq!(after.1.leader as usize, leader, "the follower's return moved the group to another leader (view {} -> {})", view, after.1.view);
     }
     rig.cli_status_all_up();
     verify_files(&stream, &recs);
