@@ -114,7 +114,8 @@ fn encode_raw_envelope(kind: u8, id: u64, body: &[u8]) -> Result<Vec<u8>, WireEr
 }
 
 /// Splits a frame payload into (kind, id); the body is `payload[ENVELOPE_HEADER_BYTES..]`.
-fn parse_envelope(payload: &[u8]) -> Result<(u8, u64), String> {
+/// Public for the fuzz targets (fuzz/wire); never panics.
+pub fn parse_envelope(payload: &[u8]) -> Result<(u8, u64), String> {
     if payload.len() < ENVELOPE_HEADER_BYTES {
         return Err(format!("envelope of {} bytes is shorter than its {ENVELOPE_HEADER_BYTES}-byte header", payload.len()));
     }
