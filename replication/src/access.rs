@@ -17,6 +17,14 @@
 //!   has been idle `session_evict_idle_ms` (longer than any client retries a
 //!   request), else the registration is refused with `Busy`. So a flood of
 //!   registrations cannot evict a session whose client is still retrying.
+//! - Session time is a clock of the log, not of any one machine: it
+//!   advances by the difference of consecutive entries' timestamps only
+//!   while both come from the same view (one leader process, one monotonic
+//!   clock), and not at all across a view change. A new leader whose wall
+//!   clock is hours ahead therefore cannot expire or evict anything early;
+//!   what the session clock loses is the view-change gaps (expiry comes
+//!   late, which is safe). Within a view, a leader clock that runs fast by
+//!   the assumed drift (< 10 %) shortens a timeout by that much.
 //!   A request on an unknown session gets `SessionUnknown` and is not
 //!   executed; the client may take that as "nothing ran" only for a request
 //!   it has transmitted once (see the shell's client).
@@ -67,9 +75,30 @@ struct Session {
 struct Image {
     applied_op: Op,
     timestamp_ms: Millis,
+    session_clock: SessionClock,
     table: BTreeMap<SessionId, Session>,
     #[serde(with = "serde_bytes")]
     machine: Vec<u8>,
+}
+
+/// The session layer's clock (see the module comment): derived from the
+/// log's (view, timestamp) pairs alone.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct SessionClock {
+    now_ms: Millis,
+    last_view: u64,
+    last_timestamp_ms: Millis,
+}
+
+impl SessionClock {
+    fn advance(&mut self, view: u64, timestamp_ms: Millis) -> Millis {
+        if view == self.last_view {
+            self.now_ms += timestamp_ms.saturating_sub(self.last_timestamp_ms);
+        }
+        self.last_view = view;
+        self.last_timestamp_ms = timestamp_ms;
+        self.now_ms
+    }
 }
 
 /// The user's state machine wrapped in the session layer.
@@ -81,6 +110,7 @@ pub struct Sessions<S> {
     by_nonce: BTreeMap<(ClientId, u64), SessionId>,
     applied_op: Op,
     timestamp_ms: Millis,
+    clock: SessionClock,
     sessions_max: usize,
     replies_max: usize,
     timeout_ms: Millis,
@@ -115,6 +145,7 @@ impl<S: StateMachine> Sessions<S> {
             by_nonce: BTreeMap::new(),
             applied_op: 0,
             timestamp_ms: 0,
+            clock: SessionClock::default(),
             sessions_max: config.sessions_max,
             replies_max: config.session_replies_max,
             timeout_ms: config.session_timeout_ms,
@@ -165,14 +196,15 @@ impl<S: StateMachine> Sessions<S> {
     pub fn apply_entry(&mut self, entry: &Entry) -> Vec<Outcome> {
         assert_eq!(entry.op, self.applied_op + 1, "entries apply in order, exactly once");
         assert!(entry.timestamp_ms >= self.timestamp_ms, "leader clock went back in the log");
-        self.expire(entry.timestamp_ms);
+        let session_now_ms = self.clock.advance(entry.view, entry.timestamp_ms);
+        self.expire(session_now_ms);
         let context = ApplyContext { op: entry.op, timestamp_ms: entry.timestamp_ms };
         let mut outcomes = Vec::with_capacity(entry.requests.len());
         for (index, request) in entry.requests.iter().enumerate() {
             let outcome = match &request.operation {
-                Operation::Register => self.register(entry.op, index, request.client, request.seq, entry.timestamp_ms),
+                Operation::Register => self.register(entry.op, index, request.client, request.seq, session_now_ms),
                 Operation::Write(command) => {
-                    self.execute(request.session, request.seq, request.low_water, entry.timestamp_ms, Cache::Reply, |m| {
+                    self.execute(request.session, request.seq, request.low_water, session_now_ms, Cache::Reply, |m| {
                         m.apply(context, command)
                     })
                 }
@@ -181,7 +213,7 @@ impl<S: StateMachine> Sessions<S> {
                 // enter the replicated reply cache. A retry runs it again,
                 // which is still linearizable (a read is idempotent).
                 Operation::Read(query) => {
-                    self.execute(request.session, request.seq, request.low_water, entry.timestamp_ms, Cache::Nothing, |m| {
+                    self.execute(request.session, request.seq, request.low_water, session_now_ms, Cache::Nothing, |m| {
                         m.query(query)
                     })
                 }
@@ -289,6 +321,7 @@ impl<S: StateMachine> Sessions<S> {
         let image = Image {
             applied_op: self.applied_op,
             timestamp_ms: self.timestamp_ms,
+            session_clock: self.clock,
             table: self.table.clone(),
             machine: self.machine.checkpoint(),
         };
@@ -323,13 +356,14 @@ impl<S: StateMachine> Sessions<S> {
         self.table = image.table;
         self.applied_op = image.applied_op;
         self.timestamp_ms = image.timestamp_ms;
+        self.clock = image.session_clock;
         Ok(())
     }
 
     /// The digest as a job to run off the event loop (see
     /// [`StateMachine::digest_job`]); the session part is taken now.
     pub fn digest_job(&self) -> Box<dyn FnOnce() -> u64 + Send + 'static> {
-        let table = fnv64(&bincode::serialize(&(self.applied_op, &self.table)).expect("serialize table"));
+        let table = fnv64(&bincode::serialize(&(self.applied_op, self.clock, &self.table)).expect("serialize table"));
         match self.machine.digest_job() {
             Some(job) => Box::new(move || table ^ job().rotate_left(17)),
             None => {
@@ -341,7 +375,7 @@ impl<S: StateMachine> Sessions<S> {
 
     /// Digest of the replicated state (sessions and machine).
     pub fn digest(&self) -> u64 {
-        let table = bincode::serialize(&(self.applied_op, &self.table)).expect("serialize table");
+        let table = bincode::serialize(&(self.applied_op, self.clock, &self.table)).expect("serialize table");
         fnv64(&table) ^ self.machine.digest().rotate_left(17)
     }
 }
@@ -514,6 +548,22 @@ mod tests {
         assert!(a.abs_diff(b) > 1 << 32, "ids {a:#x} and {b:#x} look sequential");
         // Without the nonce the id cannot be derived from the op alone.
         assert_ne!(derive_session_id(3, 0, 7, 0xbeef), derive_session_id(3, 0, 7, 0xbeee));
+    }
+
+    /// Issue 12, finding 3: a new leader whose clock is far ahead (or a
+    /// cluster back after hours down) must not expire sessions at once.
+    #[test]
+    fn a_clock_jump_at_a_view_change_expires_nothing() {
+        let mut s = Sessions::new(KvStore::new(), &config()); // timeout 500 ms
+        let Outcome::Registered(id) = register(&mut s, 1, 1, 5, 1_000) else { panic!() };
+        let append = |seq| Request { client: 1, session: id, seq, low_water: seq - 1, epoch: 0, operation: Operation::Write(KvCommand::Append { key: 0, value: seq }.encode()) };
+        // View 1's leader stamps ten hours later than view 0's.
+        let later = 1_000 + 36_000_000;
+        let out = s.apply_entry(&Entry { op: 2, view: 1, timestamp_ms: later, requests: vec![append(1)] });
+        assert_eq!(out, vec![Outcome::Done(bincode::serialize(&1u64).unwrap())], "the session expired at the view change");
+        // Within view 1, time counts again: 600 ms idle expires it.
+        let out = s.apply_entry(&Entry { op: 3, view: 1, timestamp_ms: later + 600, requests: vec![append(2)] });
+        assert_eq!(out, vec![Outcome::SessionUnknown]);
     }
 
     #[test]

@@ -133,6 +133,9 @@ pub struct Replica<S: StateMachine> {
     /// Leader: when it installed its current view (its first heartbeat in
     /// the view waits for the install to be durable).
     view_installed_ms: Millis,
+    /// Leader: how far its clock was behind the log's last time stamp when
+    /// it installed the view (added to its clock for new stamps).
+    clock_behind_ms: Millis,
     repair_sent_ms: Option<Millis>,
     /// (view, op): the highest op this follower saw its leader hold.
     leader_op_seen: (ViewNumber, Op),
@@ -219,6 +222,7 @@ impl<S: StateMachine> Replica<S> {
             leader_sent_at_ms: 0,
             heartbeat_sent_ms: 0,
             view_installed_ms: 0,
+            clock_behind_ms: 0,
             repair_sent_ms: None,
             leader_op_seen: (0, 0),
             repair_from: None,
@@ -662,7 +666,7 @@ impl<S: StateMachine> Replica<S> {
             let entry = Entry {
                 op: self.log.op() + 1,
                 view: self.view,
-                timestamp_ms: self.now_ms.max(self.log.last_timestamp_ms()),
+                timestamp_ms: (self.now_ms + self.clock_behind_ms).max(self.log.last_timestamp_ms()),
                 requests,
             };
             self.log.append(entry.clone());
@@ -1118,6 +1122,11 @@ impl<S: StateMachine> Replica<S> {
         }
         self.view_start_op = self.log.op();
         self.view_installed_ms = self.now_ms;
+        // A leader whose clock is behind the log's last stamp continues from
+        // that stamp at its own rate, instead of stamping it again until its
+        // clock catches up (which would stop the session clock, and with it
+        // expiry and eviction, for as long as the clocks disagree).
+        self.clock_behind_ms = self.log.last_timestamp_ms().saturating_sub(self.now_ms);
         self.acks.reset();
         self.lease.clear_echoes();
         self.sequencer.clear();

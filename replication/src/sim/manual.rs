@@ -11,9 +11,9 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use super::kv::KvStore;
+use super::kv::{KvCommand, KvStore};
 use crate::log::{Durable, Write};
-use crate::message::{Action, Event, Message, Operation, Request};
+use crate::message::{Action, Event, Message, Operation, Outcome, Reply, Request};
 use crate::{fnv64, Config, Millis, Op, Replica, ReplicaId, Status};
 
 struct Net {
@@ -36,6 +36,12 @@ struct Net {
     /// Messages of this kind to this replica are dropped (and counted).
     drop_kind_to: Option<(&'static str, ReplicaId)>,
     dropped: u64,
+    /// Each replica's clock: (real ms, local ms) at its last rate change,
+    /// and its rate in percent of real time (100: exact).
+    clock_base: Vec<(Millis, Millis)>,
+    rate_pct: Vec<u64>,
+    /// Replies sent, by the replica that sent them.
+    replies: Vec<(ReplicaId, Reply)>,
 }
 
 impl Net {
@@ -56,6 +62,9 @@ impl Net {
             divergence: Vec::new(),
             drop_kind_to: None,
             dropped: 0,
+            clock_base: vec![(0, 0); n as usize],
+            rate_pct: vec![100; n as usize],
+            replies: Vec::new(),
             config,
         };
         for r in 0..n {
@@ -66,7 +75,8 @@ impl Net {
 
     fn start(&mut self, r: ReplicaId) {
         let seed = 77 + r as u64 + 1_000 * self.incarnation[r as usize];
-        let replica = Replica::new(self.config.clone(), r, self.durable[r as usize].clone(), KvStore::new(), seed, self.now_ms);
+        let now = self.local_now(r);
+        let replica = Replica::new(self.config.clone(), r, self.durable[r as usize].clone(), KvStore::new(), seed, now);
         self.applied_seen[r as usize] = replica.status().applied_op;
         self.replicas[r as usize] = Some(replica);
         self.drain(r);
@@ -87,7 +97,7 @@ impl Net {
                 Action::Send { to, message } => self.in_flight.push_back((r, to, message)),
                 Action::Persist { seq, write } => self.queued[r as usize].push_back((seq, write)),
                 Action::SetTimer { at_ms } => self.timers[r as usize] = Some(at_ms),
-                Action::Reply { .. } => {}
+                Action::Reply { reply, .. } => self.replies.push((r, reply)),
                 Action::FetchCheckpoint { .. } => panic!("image checkpoints need no fetch"),
             }
         }
@@ -113,8 +123,19 @@ impl Net {
         self.applied_seen[r as usize] = applied_op;
     }
 
+    fn local_now(&self, r: ReplicaId) -> Millis {
+        let (real, local) = self.clock_base[r as usize];
+        local + (self.now_ms - real) * self.rate_pct[r as usize] / 100
+    }
+
+    /// From now on `r`'s clock runs at `pct` % of real time (no jump).
+    fn set_rate(&mut self, r: ReplicaId, pct: u64) {
+        self.clock_base[r as usize] = (self.now_ms, self.local_now(r));
+        self.rate_pct[r as usize] = pct;
+    }
+
     fn step(&mut self, r: ReplicaId, event: Event) {
-        let now = self.now_ms;
+        let now = self.local_now(r);
         let Some(replica) = self.replicas[r as usize].as_mut() else { return };
         replica.step(now, event);
         self.drain(r);
@@ -150,7 +171,7 @@ impl Net {
             self.step(to, Event::Message { from, message });
         }
         for r in 0..n {
-            if self.timers[r as usize].is_some_and(|t| t <= self.now_ms) {
+            if self.timers[r as usize].is_some_and(|t| t <= self.local_now(r)) {
                 self.timers[r as usize] = None;
                 self.step(r, Event::Tick);
             }
@@ -326,4 +347,81 @@ fn a_member_below_the_log_base_gets_a_bounded_number_of_new_states() {
     let retry_ms = net.config.retry_interval_ms;
     assert!(net.dropped >= 1, "no NewState at all");
     assert!(net.dropped <= 3_000 / (10 * retry_ms) + 1, "{} NewStates in 3 s (one ask per {retry_ms} ms)", net.dropped);
+}
+
+/// What a read at the deposed leader answers after the new leader committed
+/// an append: Some(list) if it answered from its lease. The leader's clock
+/// runs at `leader_pct` % of real time, the followers' at `follower_pct` %.
+fn read_at_deposed_leader(leader_pct: u64, follower_pct: u64) -> Option<Vec<u64>> {
+    let mut net = Net::new(three());
+    assert!(net.run_until(5_000, |n| n.normal_leader().is_some()), "no leader at start");
+    let old = net.normal_leader().unwrap();
+    for r in 0..3 {
+        net.set_rate(r, if r == old { leader_pct } else { follower_pct });
+    }
+    net.run_ms(500);
+    assert_eq!(net.normal_leader(), Some(old), "the leader changed before the cut");
+    net.submit(old, 1, 1);
+    net.run_ms(50);
+    let session = net
+        .replies
+        .iter()
+        .find_map(|(_, r)| match r.outcome {
+            Outcome::Registered(id) => Some(id),
+            _ => None,
+        })
+        .expect("registered");
+    let request = |seq: u64, operation: Operation| Request { client: 1, session, seq, low_water: seq - 1, epoch: 0, operation };
+    let append = |value| Operation::Write(KvCommand::Append { key: 0, value }.encode());
+    net.step(old, Event::Request(request(1, append(10))));
+    net.run_ms(50);
+    // The leader is cut off from its followers (clients still reach it).
+    net.isolated[old as usize] = true;
+    let mut sent = false;
+    for _ in 0..10_000 {
+        net.tick();
+        let new_leader = (0..3).filter(|&r| r != old).find(|&r| {
+            let s = net.status(r);
+            s.status == Status::Normal && s.leader == r
+        });
+        if let Some(new) = new_leader {
+            if !sent {
+                net.step(new, Event::Request(request(2, append(20))));
+                sent = true;
+            }
+        }
+        let committed = net.replies.iter().any(|(r, reply)| *r != old && reply.seq == 2 && matches!(reply.outcome, Outcome::Done(_)));
+        if committed {
+            // The append is acknowledged: a read that starts now must see it.
+            let before = net.replies.len();
+            net.isolated[old as usize] = false; // the client reaches the old leader...
+            let read = request(3, Operation::Read(KvCommand::Read { key: 0 }.encode()));
+            let now = net.local_now(old);
+            net.replicas[old as usize].as_mut().unwrap().step(now, Event::Request(read));
+            net.isolated[old as usize] = true; // ...but the old leader still hears no replica
+            net.drain(old);
+            let stale = net.replies[before..].iter().find_map(|(r, reply)| match (&reply.outcome, *r == old) {
+                (Outcome::Done(bytes), true) => Some(bincode::deserialize::<Vec<u64>>(bytes).unwrap()),
+                _ => None,
+            });
+            return stale;
+        }
+    }
+    panic!("the majority never committed the append");
+}
+
+/// The lease is built for clocks whose rates differ by less than 10 % (its
+/// margin is a tenth of the lease). At that bound a deposed leader never
+/// answers a read from its lease once another leader committed a write;
+/// far beyond it (its clock at a third of real speed, the others' 60 %
+/// fast) it does, and the read is stale.
+#[test]
+fn the_lease_holds_within_the_drift_bound_and_breaks_beyond_it() {
+    let within = read_at_deposed_leader(95, 105);
+    assert_eq!(within, None, "a deposed leader answered from its lease within the drift bound");
+    let beyond = read_at_deposed_leader(33, 160);
+    match beyond {
+        Some(list) => assert_eq!(list, vec![10], "expected the stale list"),
+        None => panic!("no stale read even far beyond the drift bound: the test no longer shows the limit"),
+    }
 }

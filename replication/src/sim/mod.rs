@@ -57,14 +57,23 @@ pub struct Options {
     pub faults: FaultProfile,
     /// Injected bugs.
     pub bugs: Bugs,
+    /// Each replica's clock runs at (1 ± up to this) × real time, in parts
+    /// per million. The lease assumes relative drift under 10 %
+    /// (`lease_drift_margin_ms` = lease / 10): the default, ±5 % per clock,
+    /// reaches that bound between two clocks.
+    pub clock_drift_ppm_max: i64,
 }
+
+/// Default [`Options::clock_drift_ppm_max`]: ±5 % per clock, so two clocks
+/// drift apart by up to 10 %, the bound the lease is built for.
+pub const CLOCK_DRIFT_PPM_DEFAULT: i64 = 50_000;
 
 impl Options {
     /// No bug; one seed in four runs the aggressive fault mix, the rest the
     /// standard one (derived from the seed, so the seed alone replays it).
     pub fn new(seed: u64) -> Options {
         let faults = if seed % 4 == 3 { FaultProfile::Aggressive } else { FaultProfile::Standard };
-        Options { seed, faults, bugs: Bugs::NONE }
+        Options { seed, faults, bugs: Bugs::NONE, clock_drift_ppm_max: CLOCK_DRIFT_PPM_DEFAULT }
     }
 }
 
@@ -81,6 +90,9 @@ pub enum Checker {
     DoubleExecution,
     /// After the heal, the group did not finish the work and converge in time.
     Progress,
+    /// A session ended (SessionUnknown) though its client used it well
+    /// within the eviction and expiry times of real time.
+    SessionExpiry,
 }
 
 /// One checker failure.
@@ -246,6 +258,11 @@ enum Crash {
 
 struct Node {
     replica: Option<Replica<KvStore>>,
+    /// This replica's clock: local = offset + t × (1 + ppm / 10⁶), for
+    /// virtual (real) time t. Different offsets model wall clocks that
+    /// disagree; the rate models drift.
+    clock_offset_ms: Millis,
+    clock_ppm: i64,
     incarnation: u64,
     durable: Durable,
     /// In-flight writes: (seq, write, completion time).
@@ -268,11 +285,31 @@ struct PendingOp {
     /// Times this request was sent: a `SessionUnknown` answer proves that
     /// nothing ran only if it answers the one and only transmission.
     transmissions: u32,
+    /// When it was first sent: if it ran, it ran after this.
+    first_sent_ms: Millis,
+}
+
+/// Local time of a clock with `offset` and `ppm` at virtual time `t`.
+fn clock_local(offset: Millis, ppm: i64, t: Millis) -> Millis {
+    offset + (t as i128 * (1_000_000 + ppm) as i128 / 1_000_000) as Millis
+}
+
+/// The first virtual time at which that clock reads at least `local`.
+fn clock_virtual(offset: Millis, ppm: i64, local: Millis) -> Millis {
+    let rate = (1_000_000 + ppm) as i128;
+    let t = ((local.saturating_sub(offset) as i128) * 1_000_000 + rate - 1) / rate;
+    let mut t = t as Millis;
+    while clock_local(offset, ppm, t) < local {
+        t += 1;
+    }
+    t
 }
 
 struct Client {
     id: u64,
     session: Option<SessionId>,
+    /// Virtual time of the last answer that showed the session alive.
+    session_seen_ms: Millis,
     next_seq: u64,
     ops_left: u32,
     known_view: u64,
@@ -397,11 +434,20 @@ impl Sim {
             config,
             rng,
         };
+        // Clocks come from their own stream, so the rest of a seed's
+        // schedule does not depend on them.
+        let mut clocks = ChaCha8Rng::seed_from_u64(options.seed ^ 0xc10c_c10c_c10c_c10c);
+        let drift = options.clock_drift_ppm_max;
         for id in 0..replicas {
             let durable = Durable::initial(id, replicas);
             let seed = sim.rng.gen();
-            let replica = Replica::new(sim.config.clone(), id, durable.clone(), KvStore::new(), seed, 0);
+            let clock_offset_ms = clocks.gen_range(0..=5_000);
+            let clock_ppm = if drift > 0 { clocks.gen_range(-drift..=drift) } else { 0 };
+            let now = clock_local(clock_offset_ms, clock_ppm, 0);
+            let replica = Replica::new(sim.config.clone(), id, durable.clone(), KvStore::new(), seed, now);
             sim.nodes.push(Node {
+                clock_offset_ms,
+                clock_ppm,
                 replica: Some(replica),
                 incarnation: 0,
                 durable,
@@ -423,6 +469,7 @@ impl Sim {
             sim.clients.push(Client {
                 id: 1_000 + c as u64,
                 session: None,
+                session_seen_ms: 0,
                 next_seq: 1,
                 ops_left: ops,
                 known_view: 0,
@@ -476,9 +523,22 @@ impl Sim {
             }
         }
         if !self.done {
-            let unfinished = self.clients.iter().filter(|c| c.ops_left > 0 || c.current.is_some()).count();
+            let unfinished: Vec<String> = self
+                .clients
+                .iter()
+                .filter(|c| c.ops_left > 0 || c.current.is_some() || c.rerun.is_some())
+                .map(|c| {
+                    let doing = match c.current.as_ref().map(|p| &p.request.operation) {
+                        None => "nothing",
+                        Some(Operation::Register) => "register",
+                        Some(Operation::Write(_)) => "write",
+                        Some(Operation::Read(_)) => "read",
+                    };
+                    format!("{} ({} left, session {}, doing {doing})", c.id, c.ops_left, c.session.is_some())
+                })
+                .collect();
             let detail = format!(
-                "no progress within {PROGRESS_BOUND_MS} ms of the heal at {} ms: {unfinished} clients unfinished; replicas: {}",
+                "no progress within {PROGRESS_BOUND_MS} ms of the heal at {} ms: clients unfinished: {unfinished:?}; replicas: {}",
                 self.fault_until_ms,
                 self.describe_replicas()
             );
@@ -519,8 +579,14 @@ impl Sim {
 
     // ------------------------------------------------------------ replicas
 
+    /// Replica `id`'s clock now.
+    fn local_now(&self, id: ReplicaId) -> Millis {
+        let node = &self.nodes[id as usize];
+        clock_local(node.clock_offset_ms, node.clock_ppm, self.now_ms)
+    }
+
     fn step(&mut self, id: ReplicaId, event: Event) {
-        let now = self.now_ms;
+        let now = self.local_now(id);
         let Some(replica) = self.nodes[id as usize].replica.as_mut() else { return };
         replica.step(now, event);
         self.drain(id);
@@ -552,8 +618,10 @@ impl Sim {
                     panic!("the simulated machines checkpoint by image: nothing to fetch")
                 }
                 Action::SetTimer { at_ms } => {
-                    self.nodes[id as usize].timer_ms = Some(at_ms);
-                    self.schedule(at_ms, Ev::Timer { replica: id, incarnation });
+                    let node = &mut self.nodes[id as usize];
+                    node.timer_ms = Some(at_ms);
+                    let at = clock_virtual(node.clock_offset_ms, node.clock_ppm, at_ms);
+                    self.schedule(at, Ev::Timer { replica: id, incarnation });
                 }
             }
         }
@@ -616,7 +684,7 @@ impl Sim {
             return;
         }
         match node.timer_ms {
-            Some(t) if t <= self.now_ms => self.step(id, Event::Tick),
+            Some(t) if t <= self.local_now(id) => self.step(id, Event::Tick),
             _ => {}
         }
     }
@@ -742,7 +810,7 @@ impl Sim {
             self.history.push(r);
             history = Some(self.history.len() - 1);
         }
-        self.clients[c].current = Some(PendingOp { request, history, transmissions: 0 });
+        self.clients[c].current = Some(PendingOp { request, history, transmissions: 0, first_sent_ms: now });
         self.client_send(c);
     }
 
@@ -769,13 +837,22 @@ impl Sim {
         }
         let history = current.history;
         let sent_once = current.transmissions == 1 || self.config.bugs().trust_session_unknown;
+        // The session was last active no earlier than this (a cached reply
+        // may answer a request that ran long before the answer came).
+        let active_since_ms = current.first_sent_ms;
         let retry_after = match reply.outcome {
             Outcome::Registered(session) => {
                 client.session = Some(session);
+                client.session_seen_ms = active_since_ms;
                 client.current = None;
                 None
             }
             Outcome::Done(bytes) => {
+                // Leased reads are answered without touching the session:
+                // only a write that ran shows the session alive.
+                if matches!(current.request.operation, Operation::Write(_)) {
+                    client.session_seen_ms = active_since_ms;
+                }
                 client.current = None;
                 if let Some(h) = history {
                     let record = &mut self.history[h];
@@ -793,6 +870,21 @@ impl Sim {
             }
             Outcome::Busy => Some(10),
             Outcome::SessionUnknown => {
+                // Sessions end only after `session_evict_idle_ms` or
+                // `session_timeout_ms` of inactivity in log time; half of
+                // the shorter one in real time leaves room for drift and
+                // message delays, not for a clock that jumped.
+                let idle_ms = now - client.session_seen_ms;
+                let floor_ms = self.config.session_evict_idle_ms.min(self.config.session_timeout_ms) / 2;
+                if idle_ms < floor_ms {
+                    let id = client.id;
+                    self.violations.push(Violation {
+                        checker: Checker::SessionExpiry,
+                        detail: format!("client {id}: session ended after {idle_ms} ms idle (real time), less than {floor_ms}"),
+                    });
+                }
+                let client = &mut self.clients[c];
+                let current = client.current.as_ref().expect("checked above");
                 // The answer to its only transmission: nothing ran. After
                 // retransmissions an earlier copy may have run before the
                 // session expired: unknown fate, it stays pending. Either
@@ -957,7 +1049,8 @@ impl Sim {
     fn restart(&mut self, r: usize) {
         let seed = self.rng.gen();
         let node = &mut self.nodes[r];
-        let replica = Replica::new(self.config.clone(), r as ReplicaId, node.durable.clone(), KvStore::new(), seed, self.now_ms);
+        let now = clock_local(node.clock_offset_ms, node.clock_ppm, self.now_ms);
+        let replica = Replica::new(self.config.clone(), r as ReplicaId, node.durable.clone(), KvStore::new(), seed, now);
         node.applied_seen = replica.status().applied_op;
         node.replica = Some(replica);
         node.timer_ms = None;

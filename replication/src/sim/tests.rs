@@ -28,7 +28,7 @@ fn run_caught(options: &Options) -> Result<Report, String> {
 
 #[test]
 fn no_faults_smoke() {
-    let report = run(&Options { seed: 1, faults: FaultProfile::None, bugs: Bugs::NONE });
+    let report = run(&Options { seed: 1, faults: FaultProfile::None, bugs: Bugs::NONE, clock_drift_ppm_max: CLOCK_DRIFT_PPM_DEFAULT });
     assert!(report.violations.is_empty(), "{:?}", report.violations);
     assert!(report.completed_ops > 0);
 }
@@ -167,7 +167,7 @@ impl FaultTotals {
 fn the_seed_loop_notices_when_faults_are_off() {
     let mut totals = FaultTotals::default();
     for seed in 0..200 {
-        totals.add(&run(&Options { seed, faults: FaultProfile::None, bugs: Bugs::NONE }));
+        totals.add(&run(&Options { seed, faults: FaultProfile::None, bugs: Bugs::NONE, clock_drift_ppm_max: CLOCK_DRIFT_PPM_DEFAULT }));
     }
     let caught = catch_unwind(AssertUnwindSafe(|| totals.assert_every_kind_happened(200)));
     assert!(caught.is_err(), "200 fault-free runs passed the fault check: {totals:?}");
@@ -177,7 +177,7 @@ fn the_seed_loop_notices_when_faults_are_off() {
 fn expect_caught(bugs: Bugs, checker: Checker, seeds_max: u64) {
     let mut panics = Vec::new();
     for seed in 0..seeds_max {
-        let options = Options { seed, faults: FaultProfile::Aggressive, bugs };
+        let options = Options { seed, faults: FaultProfile::Aggressive, bugs, clock_drift_ppm_max: CLOCK_DRIFT_PPM_DEFAULT };
         let result = run_caught(&options);
         if let Err(p) = &result {
             panics.push((seed, p.clone()));
