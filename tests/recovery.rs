@@ -953,6 +953,67 @@ fn replica_behind_truncation_is_rebuilt_by_state_transfer() {
     verify_files(&kept);
 }
 
+/// Waits for a process that should exit on its own (at most `timeout`).
+fn wait_exit(p: &mut Proc, timeout: Duration) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(st) = p.child.try_wait().expect("wait") {
+            return st;
+        }
+        assert!(start.elapsed() < timeout, "{} still running after {timeout:?}", p.name);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Issue 12, finding 5: an emptied data folder started with
+/// --init-new-cluster would vote with an empty log. It is refused, by the
+/// initialisation record in the certificates folder and, without that
+/// record, by a peer that serves a cluster with a checkpoint; started
+/// without the flag, the same replica recovers from the group.
+#[test]
+fn wiped_replica_started_as_a_new_cluster_is_refused() {
+    let mut g = Group::new(&["--checkpoint-interval-ops", "50"]);
+    g.mount();
+    let kept: Vec<(PathBuf, Vec<u8>)> = (0..120u64)
+        .map(|i| {
+            let path = g.mnt.join(format!("f{i}"));
+            let content = small_content(0, i);
+            std::fs::write(&path, &content).unwrap();
+            (path, content)
+        })
+        .collect();
+    let leader = g.wait_leader(Duration::from_secs(30));
+    let victim = follower_of(leader);
+    g.kill9(victim);
+    std::fs::remove_dir_all(g.data(victim)).unwrap();
+    eprintln!("leader {leader}; follower {victim} killed and its data folder deleted");
+
+    let marker = g.certs.join(format!("replica-{victim}.initialized"));
+    assert!(marker.exists(), "initialisation left no record at {}", marker.display());
+    let mark = g.log_len(victim);
+    let mut p = g.spawn_replica(victim, true);
+    let status = wait_exit(&mut p, Duration::from_secs(30));
+    let said = g.log(victim)[mark..].to_string();
+    assert!(!status.success(), "--init-new-cluster on a wiped replica was accepted:\n{said}");
+    assert!(said.contains("refusing --init-new-cluster") && said.contains("initialised before"), "unclear refusal:\n{said}");
+
+    // Without the record (a certificates folder copied from elsewhere), the
+    // peers still tell: they serve a cluster that has checkpointed.
+    std::fs::remove_file(&marker).unwrap();
+    let mark = g.log_len(victim);
+    let mut p = g.spawn_replica(victim, true);
+    let status = wait_exit(&mut p, Duration::from_secs(30));
+    let said = g.log(victim)[mark..].to_string();
+    assert!(!status.success(), "--init-new-cluster was accepted with peers serving a used cluster:\n{said}");
+    assert!(said.contains("is serving a cluster that is not new"), "unclear refusal:\n{said}");
+    assert!(!g.data(victim).join("log").read_dir().is_ok_and(|mut d| d.next().is_some()), "a refused start wrote a log");
+
+    // The right way: no flag, recovery from the group.
+    g.start(victim, false);
+    g.wait_converged("the wiped replica recovered", Duration::from_secs(120), true);
+    verify_files(&kept);
+}
+
 /// The newest complete checkpoint directory of a replica.
 fn newest_checkpoint(data: &Path) -> PathBuf {
     let mut dirs: Vec<PathBuf> = std::fs::read_dir(data.join("checkpoints"))

@@ -18,9 +18,14 @@
 //! makes the replica recover from the others (state transfer).
 //!
 //! Assumes: `peers` lists every replica of the universe, identically on all
-//! of them; `init_new_cluster` is given only when creating a new cluster
-//! (a replica whose disk was lost must NOT be initialised: it recovers from
-//! the group instead).
+//! of them. `init_new_cluster` is for creating a new cluster; a replica
+//! whose disk was lost must not be initialised (it would vote with an empty
+//! log and could, with one lagging replica, form a majority that lost
+//! committed entries), so `init_new_cluster` on an empty log is refused when
+//! (a) the certificates folder records that this replica was initialised
+//! before (`replica-N.initialized`, written at initialisation), or (b) a
+//! peer answers with a checkpoint (a cluster that has been in use is not
+//! new). Without the flag an empty log recovers from the group.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -68,13 +73,22 @@ pub async fn run(cfg: ReplicaConfig, shutdown: impl std::future::Future<Output =
         "--checkpoint-interval-bytes may be at most 24 MiB (log suffixes must fit a peer message)"
     );
     let log_dir = cfg.data_dir.join("log");
-    let (id, init, log_dir2, data_dir2) = (cfg.id, cfg.init_new_cluster, log_dir.clone(), cfg.data_dir.clone());
+    std::fs::create_dir_all(&log_dir).with_context(|| format!("cannot create {}", log_dir.display()))?;
+    let empty = std::fs::read_dir(&log_dir)?.next().is_none();
+    let init = cfg.init_new_cluster && empty;
+    if init {
+        refuse_if_not_new(&cfg).await?;
+    }
+    let (id, log_dir2, data_dir2, certs2) = (cfg.id, log_dir.clone(), cfg.data_dir.clone(), cfg.certs_dir.clone());
     let machine = tokio::task::spawn_blocking(move || -> anyhow::Result<FsMachine> {
-        std::fs::create_dir_all(&log_dir2).with_context(|| format!("cannot create {}", log_dir2.display()))?;
-        let empty = std::fs::read_dir(&log_dir2)?.next().is_none();
-        if init && empty {
+        if init {
             chorus_replication_shell::disk::init(&log_dir2, SEGMENT_BYTES_DEFAULT, id, count)
                 .context("cannot write the initial replication log")?;
+            let marker = init_marker(&certs2, id);
+            let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
+            if let Err(e) = std::fs::write(&marker, format!("replica {id} initialised a new cluster at unix time {stamp}\n")) {
+                tracing::warn!(marker = %marker.display(), error = %e, "cannot record the initialisation; a wiped data folder will not be recognised by it");
+            }
             info!(replica = id, "initialised the log of a new cluster");
         }
         FsMachine::open_replica(&data_dir2, id).context("cannot open the state store")
@@ -106,6 +120,60 @@ pub async fn run(cfg: ReplicaConfig, shutdown: impl std::future::Future<Output =
     }
     let _ = stop_tx.send(true);
     node.await
+}
+
+/// Where `init_new_cluster` records that replica `id` was initialised.
+pub fn init_marker(certs_dir: &std::path::Path, id: u8) -> PathBuf {
+    certs_dir.join(format!("replica-{id}.initialized"))
+}
+
+/// How long the peers are asked whether the cluster is new.
+const PEER_PROBE_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Refuses `--init-new-cluster` on a replica of a cluster that is not new.
+async fn refuse_if_not_new(cfg: &ReplicaConfig) -> anyhow::Result<()> {
+    let what_to_do = format!(
+        "a replica whose data folder was lost must recover from the others: start it without \
+         --init-new-cluster (or use `chorus recover --id {}`)",
+        cfg.id
+    );
+    let marker = init_marker(&cfg.certs_dir, cfg.id);
+    if let Ok(text) = std::fs::read_to_string(&marker) {
+        anyhow::bail!(
+            "refusing --init-new-cluster: the log folder {} is empty, but {} records that this replica \
+             was initialised before ({}); {what_to_do}",
+            cfg.data_dir.join("log").display(),
+            marker.display(),
+            text.trim()
+        );
+    }
+    let others: Vec<usize> = (0..cfg.peers.len()).filter(|&i| i != cfg.id as usize).collect();
+    let cluster = match chorus_replication_shell::client::Cluster::new(&cfg.certs_dir, cfg.peers.clone()) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot ask the peers whether the cluster is new (no client certificate?)");
+            return Ok(());
+        }
+    };
+    let probes: Vec<_> = others
+        .iter()
+        .map(|&i| {
+            let c = cluster.clone();
+            tokio::spawn(async move { (i, tokio::time::timeout(PEER_PROBE_WAIT, c.status(i)).await.ok().flatten()) })
+        })
+        .collect();
+    for probe in probes {
+        let Ok((i, status)) = probe.await else { continue };
+        if let Some(s) = status.filter(|s| s.checkpoint_op > 0) {
+            anyhow::bail!(
+                "refusing --init-new-cluster: replica {i} is serving a cluster that is not new (view {}, \
+                 checkpoint at op {}); {what_to_do}",
+                s.view,
+                s.checkpoint_op
+            );
+        }
+    }
+    Ok(())
 }
 
 /// The core's random source only spreads timeouts; any per-process value
