@@ -89,9 +89,17 @@ wait_writes() { # LOG N: wait until the log has N more lines (deadline 120 s)
   done
 }
 
-# leader_view: "VIEW LEADER" from `chorus status`'s headline (a majority's view).
+# leader_view: "VIEW LEADER" from `chorus status`'s headline (a majority's
+# view); asks again for up to 10 s (a restarted replica's Join moves the
+# group through a view change, when no majority agrees for a moment).
 leader_view() {
-  "$BIN" status --data "$work/data" --port "$PORT" 2>/dev/null | sed -n 's/^view \([0-9]*\), leader \([0-9]*\).*/\1 \2/p' | head -1
+  local out
+  for _ in $(seq 50); do
+    out=$("$BIN" status --data "$work/data" --port "$PORT" 2>/dev/null | sed -n 's/^view \([0-9]*\), leader \([0-9]*\).*/\1 \2/p' | head -1)
+    [ -n "$out" ] && { echo "$out"; return 0; }
+    sleep 0.2
+  done
+  return 1
 }
 
 leader_pid() { # LEADER
