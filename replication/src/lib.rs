@@ -111,6 +111,12 @@ impl Bugs {
     }
 }
 
+/// Default [`Config::pending_bytes_max`]: 64 MiB, about fifty full batches
+/// (`batch_bytes_max` 1.25 MiB) waiting behind a full pipeline: room for
+/// group commit under load, while a flood of 16 MiB requests cannot make
+/// the leader hold more than this (the count bound alone allowed 4096 × 16 MiB).
+pub const PENDING_BYTES_MAX_DEFAULT: usize = 64 * 1024 * 1024;
+
 /// Static configuration of one replica; identical on every replica of U.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -147,6 +153,10 @@ pub struct Config {
     pub pipeline_depth_max: u64,
     /// Client requests queued at the leader waiting for a batch slot.
     pub pending_requests_max: usize,
+    /// Payload bytes of the requests queued at the leader (see
+    /// [`PENDING_BYTES_MAX_DEFAULT`]); beyond it a request is answered
+    /// `Busy`, except that an empty queue takes any one request.
+    pub pending_bytes_max: usize,
     /// Entries carried by one Prepare sent for repair.
     pub entries_per_message_max: usize,
     /// Payload bytes carried by one Prepare sent for repair (at least one entry).
@@ -191,6 +201,7 @@ impl Config {
             batch_bytes_max: 1_280 * 1024,
             pipeline_depth_max: 8,
             pending_requests_max: 4_096,
+            pending_bytes_max: PENDING_BYTES_MAX_DEFAULT,
             entries_per_message_max: 64,
             repair_bytes_max: 16 * 1024 * 1024,
             checkpoint_interval_ops: 4_096,
@@ -225,6 +236,9 @@ impl Config {
         }
         if self.batch_requests_max == 0 || self.pipeline_depth_max == 0 {
             return Err(ConfigError("batch and pipeline bounds must be positive".into()));
+        }
+        if self.pending_requests_max == 0 || self.pending_bytes_max == 0 {
+            return Err(ConfigError("pending request bounds must be positive".into()));
         }
         if self.entries_per_message_max == 0
             || self.checkpoint_interval_ops == 0

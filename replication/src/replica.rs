@@ -615,6 +615,28 @@ impl<S: StateMachine> Replica<S> {
             self.reply(&request, Outcome::NotLeader);
             return;
         }
+        // A Write or Read on a session absent from the applied table is
+        // refused before it costs a log entry or a local read (issue 10 #5),
+        // but only when applied state is
+        // known to be complete: the commit point has reached the op this
+        // view started with (else a Register committed by the previous
+        // leader may not be applied here yet) and the lease holds (else
+        // a newer view may have registered it). A session id is only
+        // learnt from an applied Register, and a session never comes
+        // back once gone, so apply would answer SessionUnknown as well
+        // (R3); the request did not run, which R4d needs.
+        // `precheck(session, 0)` answers TooOld exactly for a session in
+        // the table (every low-water mark is ≥ 0).
+        let applied_state_complete = self.commit_op >= self.view_start_op
+            && self.lease.holds(self.id, self.members, self.config.majority(), self.now_ms);
+        if request.operation != Operation::Register
+            && applied_state_complete
+            && !self.config.bugs().forget_reply_cache
+            && self.machine.precheck(request.session, 0).is_none()
+        {
+            self.reply(&request, Outcome::SessionUnknown);
+            return;
+        }
         if let Operation::Read(query) = &request.operation {
             if self.can_read_locally() {
                 let answer = self.machine.query(query);
@@ -631,7 +653,7 @@ impl<S: StateMachine> Replica<S> {
         if self.sequencer.contains(&request) || self.in_uncommitted_log(&request) {
             return; // already on its way; the reply follows the commit
         }
-        if !self.sequencer.push(request.clone()) {
+        if !self.sequencer.push(request.clone(), self.config.pending_bytes_max) {
             self.reply(&request, Outcome::Busy);
             return;
         }

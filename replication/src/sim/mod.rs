@@ -163,6 +163,7 @@ pub fn sim_config(replica_count: u8, bugs: Bugs) -> Config {
         batch_bytes_max: 4096,
         pipeline_depth_max: 4,
         pending_requests_max: 32,
+        pending_bytes_max: 2048,
         entries_per_message_max: 8,
         repair_bytes_max: 8192,
         checkpoint_interval_ops: 8,
