@@ -69,8 +69,14 @@ pub struct NodeStatus {
     pub clients: u64,
     /// Log durable up to here.
     pub durable_op: Op,
-    /// Digest of the replicated state (sessions + registers).
+    /// Digest of the replicated state (sessions + registers) at `applied_op`.
+    /// Computed at most once per spacing (shell `driver::DigestCache`): a
+    /// `Status` answer may be a snapshot of up to about a second ago, its
+    /// fields all of one moment.
     pub digest: u64,
+    /// Digests this replica computed since it started (bounded whatever
+    /// the number of `Status` requests).
+    pub digests_computed: u64,
     /// fdatasync batches so far (group commit).
     pub log_syncs: u64,
     /// Time spent in fdatasync so far, µs.

@@ -170,6 +170,7 @@ pub async fn run<S: StateMachine + Send + 'static>(
         fault: FaultDropReplies::from_env(),
         fetcher,
         clock_ms: clock.now_ms(),
+        digests: Arc::new(std::sync::Mutex::new(DigestCache::default())),
     };
     let mut last_sweep = Instant::now();
     let mut last_view = (replica.status().view, replica.status().status);
@@ -276,6 +277,42 @@ impl Clock {
     }
 }
 
+/// Status requests may arrive from any client: each used to start its own
+/// digest, which reads the whole state on a blocking thread (issue 10 #5:
+/// a client could keep every core hashing). Now at most one digest runs;
+/// requests arriving meanwhile wait for it (at most
+/// [`STATUS_DIGEST_WAITERS_MAX`]); a request at the same applied op gets
+/// the last digest (exact); and a new digest starts at most
+/// [`DigestCache::spacing`] after the previous one finished (the last
+/// snapshot answers in between), so digests take at most a fifth of one
+/// core whatever the clients do.
+#[derive(Default)]
+struct DigestCache {
+    /// The last computed status with its digest.
+    last: Option<NodeStatus>,
+    /// When it finished, and how long it took.
+    finished: Option<Instant>,
+    took: Duration,
+    /// Whether a digest is being computed, and who waits for it.
+    running: bool,
+    waiters: Vec<oneshot::Sender<NodeStatus>>,
+    /// Digests computed since start.
+    computed: u64,
+}
+
+/// Status requests waiting for the running digest; more get NoReply.
+pub const STATUS_DIGEST_WAITERS_MAX: usize = 1024;
+/// Least time between the end of one digest and the start of the next.
+pub const STATUS_DIGEST_SPACING_MIN: Duration = Duration::from_millis(500);
+/// The next digest waits at least this many times the last one's duration.
+pub const STATUS_DIGEST_DUTY_FACTOR: u32 = 4;
+
+impl DigestCache {
+    fn spacing(&self) -> Duration {
+        STATUS_DIGEST_SPACING_MIN.max(self.took * STATUS_DIGEST_DUTY_FACTOR)
+    }
+}
+
 struct Executor {
     transport: Arc<Transport<Message>>,
     waiters: HashMap<WaiterKey, Vec<oneshot::Sender<Reply>>>,
@@ -290,6 +327,8 @@ struct Executor {
     fetcher: Option<Arc<Fetcher>>,
     /// Wall time of the last status request (checkpoint age).
     clock_ms: Millis,
+    /// The last state digest and the one being computed (see [`DigestCache`]).
+    digests: Arc<std::sync::Mutex<DigestCache>>,
 }
 
 impl Executor {
@@ -305,10 +344,47 @@ impl Executor {
             Call::Status(tx) => {
                 self.clock_ms = clock.now_ms();
                 let status = self.status(replica);
+                let mut cache = self.digests.lock().unwrap_or_else(|e| e.into_inner());
+                let status = NodeStatus { digests_computed: cache.computed, ..status };
+                if let Some(last) = cache.last.as_ref().filter(|l| l.applied_op == status.applied_op) {
+                    // Same applied op, same state: the digest is exact.
+                    let _ = tx.send(NodeStatus { digest: last.digest, ..status });
+                    return;
+                }
+                if cache.running {
+                    if cache.waiters.len() < STATUS_DIGEST_WAITERS_MAX {
+                        cache.waiters.push(tx); // answered by the running digest
+                    }
+                    return; // else dropped: the node answers NoReply
+                }
+                if let Some((last, finished)) = cache.last.as_ref().zip(cache.finished) {
+                    if finished.elapsed() < cache.spacing() {
+                        // Too soon for another: the last snapshot, whole
+                        // (status and digest of one moment), at most a
+                        // spacing old.
+                        let _ = tx.send(NodeStatus { digests_computed: cache.computed, ..last.clone() });
+                        return;
+                    }
+                }
+                cache.running = true;
+                cache.waiters.push(tx);
+                drop(cache);
                 // The digest may read the whole state: never on this loop.
                 let job = replica.state().digest_job();
+                let digests = self.digests.clone();
                 tokio::task::spawn_blocking(move || {
-                    let _ = tx.send(NodeStatus { digest: job(), ..status });
+                    let started = Instant::now();
+                    let digest = job();
+                    let mut cache = digests.lock().unwrap_or_else(|e| e.into_inner());
+                    cache.running = false;
+                    cache.computed += 1;
+                    cache.took = started.elapsed();
+                    cache.finished = Some(Instant::now());
+                    let done = NodeStatus { digest, digests_computed: cache.computed, ..status };
+                    for waiter in cache.waiters.drain(..) {
+                        let _ = waiter.send(done.clone());
+                    }
+                    cache.last = Some(done);
                 });
             }
             Call::Request(request, tx) => {
@@ -353,6 +429,7 @@ impl Executor {
             clients: 0, // the node fills it in (it owns the connections)
             durable_op: r.durable_op,
             digest: 0, // filled in off the loop, see take_call
+            digests_computed: 0, // filled in from the DigestCache
             log_syncs: self.syncs,
             log_sync_us_total: self.sync_us_total,
             log_writes: self.writes,
