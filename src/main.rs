@@ -67,6 +67,11 @@ enum Command {
         /// ...or after this many bytes of commands (at most 24 MiB).
         #[arg(long, default_value_t = chorus_server::replicated::CHECKPOINT_INTERVAL_BYTES_DEFAULT)]
         checkpoint_interval_bytes: u64,
+        /// With --peers: MiB kept free on the data folder's disk; below it
+        /// the leader refuses writes that need space (ENOSPC) so replicas
+        /// never run out mid-entry. Deleting files still works.
+        #[arg(long, default_value_t = chorus_replication_shell::node::DISK_RESERVE_BYTES_DEFAULT >> 20)]
+        disk_reserve_mib: u64,
     },
     /// Mount a ChorusFS cluster at a folder (runs until unmounted or Ctrl-C).
     #[command(after_help = "Examples:\n  chorus mount --certs ./certs --server 127.0.0.1:7870 /mnt/chorus\n  chorus mount --certs ./certs --server 127.0.0.1:7870,127.0.0.1:7871,127.0.0.1:7872 /mnt/chorus")]
@@ -213,7 +218,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("created cluster CA and certificates for {replicas} replicas, a client and an admin in {}", certs.display());
             Ok(())
         }
-        Command::Server { certs, data, id, listen, peers, init_new_cluster, checkpoint_interval_ops, checkpoint_interval_bytes } => {
+        Command::Server { certs, data, id, listen, peers, init_new_cluster, checkpoint_interval_ops, checkpoint_interval_bytes, disk_reserve_mib } => {
             let rt = runtime()?;
             if peers.is_empty() {
                 rt.block_on(async move {
@@ -234,6 +239,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         init_new_cluster,
                         checkpoint_interval_ops,
                         checkpoint_interval_bytes,
+                        disk_reserve_bytes: disk_reserve_mib << 20,
                     };
                     chorus_server::replicated::run(cfg, shutdown_signal()).await
                 })

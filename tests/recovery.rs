@@ -55,7 +55,12 @@ impl Group {
 
     /// Like [`new`](Self::new) with `n` replicas (odd).
     fn with_replicas(n: usize, extra: &[&str]) -> Group {
-        let dir = tempfile::Builder::new().prefix("chorus-recovery").tempdir_in("/var/tmp").unwrap();
+        Group::in_folder(n, extra, Path::new("/var/tmp"))
+    }
+
+    /// Like [`with_replicas`](Self::with_replicas), everything under `parent`.
+    fn in_folder(n: usize, extra: &[&str], parent: &Path) -> Group {
+        let dir = tempfile::Builder::new().prefix("chorus-recovery").tempdir_in(parent).unwrap();
         let certs = dir.path().join("certs");
         let replicas = n.to_string();
         run_ok(std::process::Command::new(chorus_bin()).args(["init", "--replicas", &replicas, "--certs"]).arg(&certs));
@@ -1301,4 +1306,126 @@ fn nemesis_kill_stop_partition_restart_loses_nothing_acknowledged() {
     assert!(faults.len() >= (secs / 6) as usize, "too few faults: {faults:?}");
     assert!(acked.len() >= 20, "the writers made no progress: {} acknowledged", acked.len());
     verify_files(&acked);
+}
+
+// ---------------------------------------------------------------- disk full
+
+/// A tmpfs of `size_mib` mounted at a folder, unmounted on drop.
+struct Tmpfs {
+    path: PathBuf,
+}
+
+impl Tmpfs {
+    fn mount(path: &Path, size_mib: u64) -> Tmpfs {
+        std::fs::create_dir_all(path).unwrap();
+        run_ok(std::process::Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size_mib}m")]).arg("tmpfs").arg(path));
+        Tmpfs { path: path.to_path_buf() }
+    }
+
+    fn resize(&self, size_mib: u64) {
+        run_ok(std::process::Command::new("mount").args(["-o", &format!("remount,size={size_mib}m")]).arg(&self.path));
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.path).output();
+    }
+}
+
+/// Writes 1 MiB files into `dir` until one fails; (files written, error).
+fn fill(dir: &Path, limit: u64) -> (Vec<(PathBuf, Vec<u8>)>, Option<std::io::Error>) {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut written = Vec::new();
+    for i in 0..limit {
+        let p = dir.join(format!("fill{i}"));
+        let c = big_content(i, 1 << 20);
+        let r = (|| -> std::io::Result<()> {
+            let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(&p)?;
+            f.write_all(&c)?;
+            f.sync_all()
+        })();
+        match r {
+            Ok(()) => written.push((p, c)),
+            Err(e) => return (written, Some(e)),
+        }
+    }
+    (written, None)
+}
+
+/// Issue 10, finding 7: the leader refuses writes that need space with
+/// ENOSPC once its disk is below the reserve, before any replica runs out;
+/// the cluster keeps serving, deleting still works, nothing diverges.
+#[test]
+fn disk_below_the_reserve_refuses_writes_with_enospc_and_keeps_serving() {
+    if !usable_or_skip("disk full", can_mount(), "needs root to mount a tmpfs") {
+        return;
+    }
+    let base = tempfile::Builder::new().prefix("chorus-diskfull").tempdir_in("/var/tmp").unwrap();
+    let _fs = Tmpfs::mount(base.path(), 700);
+    let mut g = Group::in_folder(3, &["--disk-reserve-mib", "400"], base.path());
+    g.mount();
+    let (written, err) = fill(&g.mnt.join("fill"), 600);
+    let err = err.expect("the disk never filled up");
+    eprintln!("MEASURED {} MiB written before: {err}", written.len());
+    assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "expected ENOSPC, got {err}");
+    assert!(written.len() >= 10, "refused too early: {} files", written.len());
+    for i in 0..3 {
+        assert!(g.running(i), "replica {i} stopped:\n{}", g.tail(i));
+    }
+    // Deleting frees space and is never refused.
+    std::fs::remove_file(&written.last().unwrap().0).unwrap();
+    let (_, s) = g.wait_converged("digests with the disk at its reserve", Duration::from_secs(60), true);
+    eprintln!("after ENOSPC: {}", brief(&s));
+    verify_files(&written[..written.len() - 1]);
+    drop(g);
+}
+
+/// Issue 10, finding 7: a follower whose own disk fills up (smaller than
+/// the leader's) stops cleanly (no panic, a message saying what to do),
+/// the others keep serving, and once space is freed it comes back by
+/// recovery with an equal state.
+#[test]
+fn replica_that_runs_out_of_space_stops_cleanly_and_recovers_once_freed() {
+    if !usable_or_skip("disk full", can_mount(), "needs root to mount a tmpfs") {
+        return;
+    }
+    let mut g = Group::new(&[]);
+    g.mount();
+    let leader = g.wait_leader(Duration::from_secs(30));
+    let victim = follower_of(leader);
+    g.kill9(victim);
+    std::fs::remove_dir_all(g.data(victim)).unwrap();
+    let fs = Tmpfs::mount(&g.data(victim), 48);
+    g.start(victim, false);
+    g.wait_converged("the follower on a small disk", Duration::from_secs(60), true);
+    let mark = g.log_len(victim);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut written = Vec::new();
+    let mut i = 0u64;
+    while g.running(victim) {
+        assert!(Instant::now() < deadline, "the follower never ran out of space:\n{}", g.tail(victim));
+        let p = g.mnt.join(format!("big{i}"));
+        let c = big_content(i, 1 << 20);
+        std::fs::write(&p, &c).unwrap_or_else(|e| panic!("write {} failed while a follower was full: {e}", p.display()));
+        written.push((p, c));
+        i += 1;
+    }
+    let said = g.log(victim)[mark..].to_string();
+    eprintln!("MEASURED follower {victim} stopped after {} MiB", written.len());
+    assert!(!said.contains("panicked"), "the full follower panicked:\n{said}");
+    assert!(
+        said.contains("stopping this replica") || said.contains("stopping: the log cannot persist"),
+        "no clear stop message:\n{said}"
+    );
+    // The others go on.
+    let extra = g.mnt.join("after");
+    std::fs::write(&extra, b"written while a follower is down").unwrap();
+    fs.resize(2048);
+    g.procs[victim].take();
+    g.start(victim, false);
+    g.wait_converged("the follower after space was freed", Duration::from_secs(120), true);
+    verify_files(&written);
+    drop(g);
+    drop(fs);
 }

@@ -149,6 +149,8 @@ pub struct Replica<S: StateMachine> {
 
     /// Messages waiting for the write with this seq (and all before) to be durable.
     held: Vec<(u64, ReplicaId, Message)>,
+    /// The shell's latest word on the disk (see `set_disk_low`).
+    disk_low: bool,
     actions: Vec<Action>,
     timer_ms: Option<Millis>,
 }
@@ -231,6 +233,7 @@ impl<S: StateMachine> Replica<S> {
             join_sent_ms: None,
             view_change_retry_ms: now_ms,
             held: Vec::new(),
+            disk_low: false,
             actions: Vec::new(),
             timer_ms: None,
         };
@@ -291,6 +294,14 @@ impl<S: StateMachine> Replica<S> {
     /// When the core next wants a Tick.
     pub fn poll_timeout(&self) -> Option<Millis> {
         self.timer_ms
+    }
+
+    /// Tells the core whether this replica's disk is below its reserve (the
+    /// shell samples it): while it is, the leader refuses commands that
+    /// would grow the state (`StateMachine::refusal_when_disk_low`) before
+    /// the replicas run out.
+    pub fn set_disk_low(&mut self, low: bool) {
+        self.disk_low = low;
     }
 
     /// A snapshot of the protocol state.
@@ -652,6 +663,14 @@ impl<S: StateMachine> Replica<S> {
         }
         if self.sequencer.contains(&request) || self.in_uncommitted_log(&request) {
             return; // already on its way; the reply follows the commit
+        }
+        if let (true, Operation::Write(command)) = (self.disk_low, &request.operation) {
+            // After the reply cache and the in-flight checks: a retry of a
+            // command that ran, or is running, still gets its real answer.
+            if let Some(refusal) = self.machine.machine().refusal_when_disk_low(command) {
+                self.reply(&request, Outcome::Done(refusal));
+                return;
+            }
         }
         if !self.sequencer.push(request.clone(), self.config.pending_bytes_max) {
             self.reply(&request, Outcome::Busy);

@@ -74,4 +74,14 @@ pub trait StateMachine {
         let _ = checkpoint;
         true
     }
+
+    /// The reply to `command` while the leader's disk is below its reserve,
+    /// if running it would make the state grow; `None`: it may run (it frees
+    /// or keeps space, so a full cluster can still be cleaned up). Asked at
+    /// the leader before a command is ordered, never in `apply` (the answer
+    /// depends on one host's disk, not on the log).
+    fn refusal_when_disk_low(&self, command: &[u8]) -> Option<Vec<u8>> {
+        let _ = command;
+        None
+    }
 }

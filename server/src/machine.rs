@@ -282,6 +282,26 @@ impl FsMachine {
     }
 }
 
+/// The store cannot take a committed entry (disk full, I/O error). Every
+/// replica must apply every entry, so this one cannot go on: it stops at
+/// once with a clear message, its log intact (the store is derived state,
+/// rebuilt from the checkpoint and the log), and once the disk is fixed a
+/// restart recovers it by replay. The others keep serving. Not a panic: no
+/// backtrace for an operator's disk problem.
+fn stop_on_storage_failure(what: &str, e: &dyn std::fmt::Display) -> ! {
+    let msg = format!(
+        "stopping this replica: the state store cannot {what}: {e}. Free space (or fix the disk) \
+         under this replica's data folder and start it again: it recovers from its log and the other replicas."
+    );
+    tracing::error!("{msg}");
+    eprintln!("chorus: {msg}");
+    std::process::exit(STORAGE_FAILURE_EXIT)
+}
+
+/// Exit status of a replica stopped by [`stop_on_storage_failure`]
+/// (EX_IOERR of sysexits.h).
+pub const STORAGE_FAILURE_EXIT: i32 = 74;
+
 fn einval() -> Vec<u8> {
     encode_result(&Err(Errno(libc::EINVAL)))
 }
@@ -301,13 +321,30 @@ impl StateMachine for FsMachine {
         let tag = AppliedTag { op: context.op, last_now: now };
         let index = self.store.applied_index() + 1;
         let command = chorus_fs::ops::Command { now, caller, op };
-        let result = self
-            .store
-            .apply_tagged(index, &command, &tag)
-            .unwrap_or_else(|e| panic!("storage failure applying entry {}: {e}", context.op));
+        let result = match self.store.apply_tagged(index, &command, &tag) {
+            Ok(result) => result,
+            Err(e) => stop_on_storage_failure(&format!("apply log entry {}", context.op), &e),
+        };
         assert_eq!(self.store.applied_index(), index, "one command, one index");
         assert_eq!(self.store.tag(), Some(tag), "the tag lands with the command");
         encode_result(&result)
+    }
+
+    fn refusal_when_disk_low(&self, command: &[u8]) -> Option<Vec<u8>> {
+        use chorus_fs::ops::Op;
+        let Ok(Request::Mutate { op, .. }) = decode_request(command) else { return None };
+        let grows = matches!(
+            op,
+            Op::Create { .. }
+                | Op::Mknod { .. }
+                | Op::Mkdir { .. }
+                | Op::Symlink { .. }
+                | Op::Link { .. }
+                | Op::Write { .. }
+                | Op::Fallocate { .. }
+                | Op::SetXattr { .. }
+        );
+        grows.then(|| encode_result(&Err(Errno(libc::ENOSPC))))
     }
 
     fn query(&self, query: &[u8]) -> Vec<u8> {
@@ -330,9 +367,9 @@ impl StateMachine for FsMachine {
         if let Some(refs) = &self.refs {
             return self
                 .checkpoint_by_reference(refs)
-                .unwrap_or_else(|e| panic!("cannot checkpoint the store: {e}"));
+                .unwrap_or_else(|e| stop_on_storage_failure("take a checkpoint", &e));
         }
-        self.store.export_image().unwrap_or_else(|e| panic!("cannot checkpoint the store: {e}")).to_bytes()
+        self.store.export_image().unwrap_or_else(|e| stop_on_storage_failure("take a checkpoint", &e)).to_bytes()
     }
 
     fn restore(&mut self, index: Op, checkpoint: &[u8]) -> Result<(), CheckpointError> {
@@ -365,7 +402,7 @@ impl StateMachine for FsMachine {
     fn digest_job(&self) -> Option<Box<dyn FnOnce() -> u64 + Send + 'static>> {
         let store = self.store.clone();
         Some(Box::new(move || {
-            let digest = store.digest().unwrap_or_else(|e| panic!("cannot digest the store: {e}"));
+            let digest = store.digest().unwrap_or_else(|e| stop_on_storage_failure("compute its digest", &e));
             u64::from_be_bytes(digest[..8].try_into().expect("8 bytes"))
         }))
     }
@@ -379,7 +416,7 @@ impl StateMachine for FsMachine {
     }
 
     fn digest(&self) -> u64 {
-        let digest = self.store.digest().unwrap_or_else(|e| panic!("cannot digest the store: {e}"));
+        let digest = self.store.digest().unwrap_or_else(|e| stop_on_storage_failure("compute its digest", &e));
         u64::from_be_bytes(digest[..8].try_into().expect("8 bytes"))
     }
 }

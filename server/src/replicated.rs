@@ -53,6 +53,9 @@ pub struct ReplicaConfig {
     pub checkpoint_interval_ops: u64,
     /// ...or this many bytes of commands, whichever comes first.
     pub checkpoint_interval_bytes: u64,
+    /// Free space kept in reserve on the data folder's disk: below it the
+    /// leader refuses writes that need space with ENOSPC.
+    pub disk_reserve_bytes: u64,
 }
 
 /// Default of [`ReplicaConfig::checkpoint_interval_ops`].
@@ -107,6 +110,7 @@ pub async fn run(cfg: ReplicaConfig, shutdown: impl std::future::Future<Output =
         },
         seed: seed_for(cfg.id),
         checkpoints_dir: machine.checkpoints_dir(),
+        disk_reserve_bytes: cfg.disk_reserve_bytes,
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     info!(replica = cfg.id, listen = %cfg.peers[cfg.id as usize], replicas = count, "serving (replicated)");

@@ -155,6 +155,7 @@ pub async fn run<S: StateMachine + Send + 'static>(
     mut calls: mpsc::Receiver<Call>,
     mut shutdown: watch::Receiver<bool>,
     fetcher: Option<Arc<Fetcher>>,
+    disk: crate::disk_space::DiskGuard,
 ) -> Result<(), DriverError> {
     let clock = Clock::new();
     let mut writer = LogWriter::start(log, CoreJournal::new(durable.clone()));
@@ -171,6 +172,7 @@ pub async fn run<S: StateMachine + Send + 'static>(
         fetcher,
         clock_ms: clock.now_ms(),
         digests: Arc::new(std::sync::Mutex::new(DigestCache::default())),
+        disk,
     };
     let mut last_sweep = Instant::now();
     let mut last_view = (replica.status().view, replica.status().status);
@@ -329,6 +331,8 @@ struct Executor {
     clock_ms: Millis,
     /// The last state digest and the one being computed (see [`DigestCache`]).
     digests: Arc<std::sync::Mutex<DigestCache>>,
+    /// This replica's disk reserve (sampled before client writes).
+    disk: crate::disk_space::DiskGuard,
 }
 
 impl Executor {
@@ -404,6 +408,9 @@ impl Executor {
                     self.fault.writes.insert(key);
                 }
                 self.waiters.entry(key).or_default().push(tx);
+                if matches!(request.operation, Operation::Write(_)) {
+                    replica.set_disk_low(self.disk.low());
+                }
                 replica.step(clock.now_ms(), Event::Request(request));
             }
         }

@@ -25,6 +25,7 @@ pub mod api;
 pub mod checkpoint;
 pub mod client;
 pub mod disk;
+pub mod disk_space;
 pub mod driver;
 pub mod fastenc;
 pub mod log;

@@ -95,7 +95,14 @@ pub struct NodeConfig {
     /// [`crate::checkpoint`]): served to other replicas, fetched into for
     /// state transfer. None for machines whose checkpoints are images.
     pub checkpoints_dir: Option<PathBuf>,
+    /// Free bytes this replica keeps in reserve on the disk of `data_dir`:
+    /// below it, as leader, it refuses commands that would grow the state
+    /// (ENOSPC for the file system), so replicas do not run out.
+    pub disk_reserve_bytes: u64,
 }
+
+/// Default [`NodeConfig::disk_reserve_bytes`].
+pub const DISK_RESERVE_BYTES_DEFAULT: u64 = 256 * 1024 * 1024;
 
 /// Runs a node until `shutdown` becomes true.
 pub async fn run<S: StateMachine + Send + 'static>(cfg: NodeConfig, machine: S, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
@@ -117,7 +124,8 @@ pub async fn run<S: StateMachine + Send + 'static>(cfg: NodeConfig, machine: S, 
     let (calls_tx, calls_rx) = mpsc::channel(CLIENT_CALLS_QUEUE_MAX);
     let fetcher = cfg.checkpoints_dir.clone().map(|root| Fetcher::new(root, ep.clone(), cfg.peers.clone()));
     let accept = tokio::spawn(accept_loop(ep.clone(), transport.clone(), calls_tx, cfg.checkpoints_dir.clone()));
-    let result = driver::run(cfg.core, cfg.id, durable, log, machine, cfg.seed, transport, inbound, calls_rx, shutdown, fetcher).await;
+    let disk = crate::disk_space::DiskGuard::new(cfg.data_dir.clone(), cfg.disk_reserve_bytes);
+    let result = driver::run(cfg.core, cfg.id, durable, log, machine, cfg.seed, transport, inbound, calls_rx, shutdown, fetcher, disk).await;
     accept.abort();
     ep.close(0u32.into(), b"replica stopping");
     result.map_err(Into::into)

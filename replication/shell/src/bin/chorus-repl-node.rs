@@ -69,7 +69,7 @@ fn main() -> anyhow::Result<()> {
             if let Some(c) = checkpoint_interval {
                 core.checkpoint_interval_ops = c;
             }
-            let cfg = NodeConfig { id, peers, certs_dir: certs, data_dir: data, core, seed: std::process::id() as u64 ^ ((id as u64) << 32), checkpoints_dir: None };
+            let cfg = NodeConfig { id, peers, certs_dir: certs, data_dir: data, core, seed: std::process::id() as u64 ^ ((id as u64) << 32), checkpoints_dir: None, disk_reserve_bytes: chorus_replication_shell::node::DISK_RESERVE_BYTES_DEFAULT };
             let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
             runtime.block_on(async move {
                 let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
