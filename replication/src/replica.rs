@@ -393,6 +393,15 @@ impl<S: StateMachine> Replica<S> {
     }
 
     fn send(&mut self, to: ReplicaId, message: Message) {
+        // D2b, asserted where it is kept: a leader reveals its view to no
+        // one before the install is durable.
+        if self.is_leader() && self.status == Status::Normal {
+            let reveals = match &message {
+                Message::Prepare { view, .. } | Message::Commit { view, .. } | Message::StartView { view, .. } | Message::NewState { view, .. } => *view == self.view,
+                _ => false,
+            };
+            invariant!(self, !reveals || self.view_durable(), "view {} revealed ({}) before its install is durable", self.view, message.kind());
+        }
         if to != self.id {
             self.actions.push(Action::Send { to, message });
         }
@@ -401,7 +410,7 @@ impl<S: StateMachine> Replica<S> {
     fn broadcast(&mut self, message: Message) {
         for to in 0..self.n() {
             if to != self.id {
-                self.actions.push(Action::Send { to, message: message.clone() });
+                self.send(to, message.clone());
             }
         }
     }
