@@ -31,6 +31,8 @@ done
 # per input (~100s of executions/s), so it gets the larger share.
 declare -A crate=([fs_apply]=fs [wire_frame]=wire)
 declare -A ci_seconds=([fs_apply]=40 [wire_frame]=15)
+# Longest input: fs_apply reads at most 64 steps of a few bytes each.
+declare -A max_len=([fs_apply]=512 [wire_frame]=4096)
 [ ${#targets[@]} -eq 0 ] && targets=(wire_frame fs_apply)
 
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -59,13 +61,16 @@ for target in "${targets[@]}"; do
   seconds="${FUZZ_SECONDS:-${ci_seconds[$target]}}"
   [ "$long" = 1 ] && seconds="${FUZZ_SECONDS:-600}"
   scratch="$CARGO_TARGET_DIR/corpus/$target"
+  # Hand-made inputs (fuzz/fs/make_seeds.py), kept apart from the minimized corpus.
+  seeds=""
+  [ -d "$dir/seeds" ] && seeds="$dir/seeds"
   mkdir -p "$scratch" "$dir/corpus/$target"
   start=$(date +%s)
   cargo +nightly fuzz build "${flags[@]}" --fuzz-dir "$dir" "$target"
   echo "fuzz: $target built in $(( $(date +%s) - start ))s; running ${seconds}s"
   log="$CARGO_TARGET_DIR/$target.log"
-  if cargo +nightly fuzz run "${flags[@]}" --fuzz-dir "$dir" "$target" "$scratch" "$dir/corpus/$target" -- \
-      -max_total_time="$seconds" -timeout=20 -rss_limit_mb=4096 -print_final_stats=1 >"$log" 2>&1; then
+  if cargo +nightly fuzz run "${flags[@]}" --fuzz-dir "$dir" "$target" "$scratch" "$dir/corpus/$target" $seeds -- \
+      -max_total_time="$seconds" -max_len="${max_len[$target]}" -len_control=0 -timeout=20 -rss_limit_mb=4096 -print_final_stats=1 >"$log" 2>&1; then
     runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' || echo '?')
     echo "fuzz: $target ok: $runs executions in ${seconds}s, no crash"
   else

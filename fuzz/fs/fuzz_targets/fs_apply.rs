@@ -13,7 +13,7 @@
 
 use arbitrary::{Arbitrary, Result, Unstructured};
 use chorus_fs::ops::*;
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 
 use chorus_fs::{FsStore, StoreImage, StoreOptions};
 use libfuzzer_sys::fuzz_target;
@@ -280,26 +280,64 @@ fn action(step: &Step) -> Action {
     match step.clone() {
         Step::Create(w, p, n, m, um, f, excl) => Apply(
             w.caller(),
-            Op::Create { parent: p.0, name: n.0, mode: m.0, umask: um.0, flags: f.0, excl },
+            Op::Create {
+                parent: p.0,
+                name: n.0,
+                mode: m.0,
+                umask: um.0,
+                flags: f.0,
+                excl,
+            },
         ),
         Step::Mknod(w, p, n, m, rdev) => Apply(
             w.caller(),
-            Op::Mknod { parent: p.0, name: n.0, mode: m.0, umask: 0o022, rdev },
+            Op::Mknod {
+                parent: p.0,
+                name: n.0,
+                mode: m.0,
+                umask: 0o022,
+                rdev,
+            },
         ),
         Step::Mkdir(w, p, n, m) => Apply(
             w.caller(),
-            Op::Mkdir { parent: p.0, name: n.0, mode: m.0, umask: 0o022 },
+            Op::Mkdir {
+                parent: p.0,
+                name: n.0,
+                mode: m.0,
+                umask: 0o022,
+            },
         ),
         Step::Symlink(w, p, n, t) => Apply(
             w.caller(),
-            Op::Symlink { parent: p.0, name: n.0, target: t.0 },
+            Op::Symlink {
+                parent: p.0,
+                name: n.0,
+                target: t.0,
+            },
         ),
         Step::Link(w, i, p, n) => Apply(
             w.caller(),
-            Op::Link { ino: i.0, newparent: p.0, newname: n.0 },
+            Op::Link {
+                ino: i.0,
+                newparent: p.0,
+                newname: n.0,
+            },
         ),
-        Step::Unlink(w, p, n) => Apply(w.caller(), Op::Unlink { parent: p.0, name: n.0 }),
-        Step::Rmdir(w, p, n) => Apply(w.caller(), Op::Rmdir { parent: p.0, name: n.0 }),
+        Step::Unlink(w, p, n) => Apply(
+            w.caller(),
+            Op::Unlink {
+                parent: p.0,
+                name: n.0,
+            },
+        ),
+        Step::Rmdir(w, p, n) => Apply(
+            w.caller(),
+            Op::Rmdir {
+                parent: p.0,
+                name: n.0,
+            },
+        ),
         Step::Rename(w, p, n, q, m, f) => {
             let flags = match f % 5 {
                 0 | 1 => 0,
@@ -309,10 +347,26 @@ fn action(step: &Step) -> Action {
             };
             Apply(
                 w.caller(),
-                Op::Rename { parent: p.0, name: n.0, newparent: q.0, newname: m.0, flags },
+                Op::Rename {
+                    parent: p.0,
+                    name: n.0,
+                    newparent: q.0,
+                    newname: m.0,
+                    flags,
+                },
             )
         }
-        Step::SetAttr { who, ino, mode, uid, gid, size, atime, mtime, fh } => Apply(
+        Step::SetAttr {
+            who,
+            ino,
+            mode,
+            uid,
+            gid,
+            size,
+            atime,
+            mtime,
+            fh,
+        } => Apply(
             who.caller(),
             Op::SetAttr {
                 ino: ino.0,
@@ -328,59 +382,157 @@ fn action(step: &Step) -> Action {
                 },
             },
         ),
-        Step::Open(w, i, f) => Apply(w.caller(), Op::Open { ino: i.0, flags: f.0 }),
+        Step::Open(w, i, f) => Apply(
+            w.caller(),
+            Op::Open {
+                ino: i.0,
+                flags: f.0,
+            },
+        ),
         Step::Release(w, i, f) => Apply(w.caller(), Op::Release { ino: i.0, fh: f.0 }),
         Step::Write(w, i, f, o, d, fl) => Apply(
             w.caller(),
-            Op::Write { ino: i.0, fh: f.0, offset: o.0, data: d.0, flags: fl.0 },
+            Op::Write {
+                ino: i.0,
+                fh: f.0,
+                offset: o.0,
+                data: d.0,
+                flags: fl.0,
+            },
         ),
         Step::Fallocate(w, i, f, o, l, m) => {
-            use libc::{FALLOC_FL_KEEP_SIZE as KEEP, FALLOC_FL_PUNCH_HOLE as PUNCH, FALLOC_FL_ZERO_RANGE as ZERO};
-            let mode = [0, KEEP, PUNCH | KEEP, ZERO, ZERO | KEEP, PUNCH, i32::from(m)][usize::from(m) % 7];
+            use libc::{
+                FALLOC_FL_KEEP_SIZE as KEEP, FALLOC_FL_PUNCH_HOLE as PUNCH,
+                FALLOC_FL_ZERO_RANGE as ZERO,
+            };
+            let mode = [
+                0,
+                KEEP,
+                PUNCH | KEEP,
+                ZERO,
+                ZERO | KEEP,
+                PUNCH,
+                i32::from(m),
+            ][usize::from(m) % 7];
             Apply(
                 w.caller(),
-                Op::Fallocate { ino: i.0, fh: f.0, offset: o.0, length: l.0, mode },
+                Op::Fallocate {
+                    ino: i.0,
+                    fh: f.0,
+                    offset: o.0,
+                    length: l.0,
+                    mode,
+                },
             )
         }
         Step::SetXattr(w, i, n, v, f) => {
-            let flags = [0, libc::XATTR_CREATE, libc::XATTR_REPLACE, i32::from(f)][usize::from(f) % 4];
+            let flags =
+                [0, libc::XATTR_CREATE, libc::XATTR_REPLACE, i32::from(f)][usize::from(f) % 4];
             let mut value = v.0;
             value.truncate(64);
-            Apply(w.caller(), Op::SetXattr { ino: i.0, name: n.0, value, flags })
+            Apply(
+                w.caller(),
+                Op::SetXattr {
+                    ino: i.0,
+                    name: n.0,
+                    value,
+                    flags,
+                },
+            )
         }
-        Step::RemoveXattr(w, i, n) => Apply(w.caller(), Op::RemoveXattr { ino: i.0, name: n.0 }),
-        Step::Fsync(w, i) => Apply(w.caller(), Op::Fsync { ino: i.0, datasync: false }),
-        Step::Lookup(w, p, n) => Q(w.caller(), Query::Lookup { parent: p.0, name: n.0 }),
+        Step::RemoveXattr(w, i, n) => Apply(
+            w.caller(),
+            Op::RemoveXattr {
+                ino: i.0,
+                name: n.0,
+            },
+        ),
+        Step::Fsync(w, i) => Apply(
+            w.caller(),
+            Op::Fsync {
+                ino: i.0,
+                datasync: false,
+            },
+        ),
+        Step::Lookup(w, p, n) => Q(
+            w.caller(),
+            Query::Lookup {
+                parent: p.0,
+                name: n.0,
+            },
+        ),
         Step::GetAttr(i) => Q(Caller::root(), Query::GetAttr { ino: i.0 }),
-        Step::Read(i, o, size) => Q(Caller::root(), Query::Read { ino: i.0, offset: o.0, size }),
+        Step::Read(i, o, size) => Q(
+            Caller::root(),
+            Query::Read {
+                ino: i.0,
+                offset: o.0,
+                size,
+            },
+        ),
         Step::ReadLink(i) => Q(Caller::root(), Query::ReadLink { ino: i.0 }),
         Step::ReadDir(i, cookie, max, plus) => Q(
             Caller::root(),
             Query::ReadDir {
                 ino: i.0,
-                cookie: if cookie == 255 { u64::MAX } else { u64::from(cookie % 8) },
+                cookie: if cookie == 255 {
+                    u64::MAX
+                } else {
+                    u64::from(cookie % 8)
+                },
                 max_entries: u32::from(max),
                 plus,
             },
         ),
-        Step::GetXattr(w, i, n) => Q(w.caller(), Query::GetXattr { ino: i.0, name: n.0 }),
+        Step::GetXattr(w, i, n) => Q(
+            w.caller(),
+            Query::GetXattr {
+                ino: i.0,
+                name: n.0,
+            },
+        ),
         Step::ListXattr(w, i) => Q(w.caller(), Query::ListXattr { ino: i.0 }),
     }
 }
 
-/// The stores of this process, reused by every input: opening a RocksDB per
-/// input costs ~100 ms, a reset to the fresh state (`import_image`: every
-/// key deleted, the root written, the digest checked) well under one.
+/// The stores of this process, reused by a run of inputs: opening a RocksDB
+/// per input costs ~100 ms, a reset to the fresh state (`import_image`:
+/// every key deleted, the root written, the digest checked) well under one.
+/// Each reset leaves range tombstones in the memtable that every later read
+/// wades through, so the stores are replaced every `INPUTS_PER_STORE` inputs.
 struct Stores {
-    _dir: tempfile::TempDir,
     one: FsStore,
     two: FsStore,
     fresh: StoreImage,
+    inputs: u64,
+    // Dropped after the stores (fields drop in declaration order).
+    _dir: tempfile::TempDir,
+}
+
+const INPUTS_PER_STORE: u64 = 64;
+
+impl Stores {
+    fn new() -> Stores {
+        let dir = scratch_dir();
+        let one = open_store(&dir.path().join("one"));
+        let two = open_store(&dir.path().join("two"));
+        let fresh = one.export_image().expect("image of a fresh store");
+        Stores {
+            one,
+            two,
+            fresh,
+            inputs: 0,
+            _dir: dir,
+        }
+    }
 }
 
 fn open_store(dir: &std::path::Path) -> FsStore {
     // No WAL: nothing outlives the process.
-    let options = StoreOptions { skip_wal: true, ..StoreOptions::default() };
+    let options = StoreOptions {
+        skip_wal: true,
+        ..StoreOptions::default()
+    };
     FsStore::open(dir, options).expect("open a fresh store")
 }
 
@@ -395,28 +547,34 @@ fn scratch_dir() -> tempfile::TempDir {
     tempfile::tempdir().expect("tempdir")
 }
 
-fn stores() -> &'static Mutex<Stores> {
-    static STORES: OnceLock<Mutex<Stores>> = OnceLock::new();
-    STORES.get_or_init(|| {
-        let dir = scratch_dir();
-        let one = open_store(&dir.path().join("one"));
-        let two = open_store(&dir.path().join("two"));
-        let fresh = one.export_image().expect("image of a fresh store");
-        Mutex::new(Stores { _dir: dir, one, two, fresh })
-    })
-}
+static STORES: Mutex<Option<Stores>> = Mutex::new(None);
 
 fuzz_target!(|input: Input| {
     // A panic poisons the lock, but a panic also ends the process.
-    let stores = stores().lock().expect("stores lock");
-    let Stores { one: store, two: replica, fresh, .. } = &*stores;
+    let mut slot = STORES.lock().expect("stores lock");
+    if slot.as_ref().is_none_or(|s| s.inputs >= INPUTS_PER_STORE) {
+        *slot = None; // closes the old RocksDBs before new ones open
+        *slot = Some(Stores::new());
+    }
+    let stores = slot.as_mut().expect("stores just made");
+    stores.inputs += 1;
+    let Stores {
+        one: store,
+        two: replica,
+        fresh,
+        ..
+    } = &*stores;
     store.import_image(fresh).expect("reset to the fresh state");
     let mut log: Vec<(Command, OpResult)> = Vec::new();
     for step in input.steps.iter().take(STEPS_MAX) {
         match action(step) {
             Action::Apply(caller, op) => {
                 let index = log.len() as u64 + 1;
-                let cmd = Command { now: Timestamp::new(1_000 + index as i64, 7), caller, op };
+                let cmd = Command {
+                    now: Timestamp::new(1_000 + index as i64, 7),
+                    caller,
+                    op,
+                };
                 let reply = store.apply(index, &cmd).expect("apply: store error");
                 log.push((cmd, reply));
             }
@@ -426,13 +584,30 @@ fuzz_target!(|input: Input| {
         }
     }
     let problems = store.fsck().expect("fsck: store error");
-    assert!(problems.is_empty(), "inconsistent state after {} commands: {problems:#?}", log.len());
+    assert!(
+        problems.is_empty(),
+        "inconsistent state after {} commands: {problems:#?}",
+        log.len()
+    );
     if input.replay {
-        replica.import_image(fresh).expect("reset to the fresh state");
+        replica
+            .import_image(fresh)
+            .expect("reset to the fresh state");
         for (i, (cmd, reply)) in log.iter().enumerate() {
-            let again = replica.apply(i as u64 + 1, cmd).expect("replay: store error");
-            assert_eq!(&again, reply, "replay answered command {} differently", i + 1);
+            let again = replica
+                .apply(i as u64 + 1, cmd)
+                .expect("replay: store error");
+            assert_eq!(
+                &again,
+                reply,
+                "replay answered command {} differently",
+                i + 1
+            );
         }
-        assert_eq!(replica.digest().unwrap(), store.digest().unwrap(), "replay diverged");
+        assert_eq!(
+            replica.digest().unwrap(),
+            store.digest().unwrap(),
+            "replay diverged"
+        );
     }
 });

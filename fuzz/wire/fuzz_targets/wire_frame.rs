@@ -21,8 +21,15 @@ use tokio::io::{AsyncRead, ReadBuf};
 /// variants, byte blobs, strings, options, nested sequences, signed times).
 #[derive(Serialize, Deserialize, Debug, PartialEq)]
 enum Msg {
-    Mutate { caller: Caller, op: Op },
-    Query { caller: Caller, ino: u64, name: Vec<u8> },
+    Mutate {
+        caller: Caller,
+        op: Op,
+    },
+    Query {
+        caller: Caller,
+        ino: u64,
+        name: Vec<u8>,
+    },
     Reply(Result<Vec<Entry>, i32>),
     Blob(#[serde(with = "serde_bytes")] Vec<u8>),
 }
@@ -37,8 +44,21 @@ struct Caller {
 
 #[derive(Serialize, Deserialize, Debug, PartialEq)]
 enum Op {
-    Write { ino: u64, fh: u64, offset: u64, #[serde(with = "serde_bytes")] data: Vec<u8>, flags: i32 },
-    Rename { parent: u64, name: Vec<u8>, newparent: u64, newname: Vec<u8>, flags: u32 },
+    Write {
+        ino: u64,
+        fh: u64,
+        offset: u64,
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+        flags: i32,
+    },
+    Rename {
+        parent: u64,
+        name: Vec<u8>,
+        newparent: u64,
+        newname: Vec<u8>,
+        flags: u32,
+    },
     SetTime(Option<(i64, u32)>),
     Name(String),
 }
@@ -58,7 +78,11 @@ struct Chunked<'a> {
 }
 
 impl AsyncRead for Chunked<'_> {
-    fn poll_read(mut self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         let n = self.chunk.min(self.data.len()).min(buf.remaining());
         buf.put_slice(&self.data[..n]);
         self.data = &self.data[n..];
@@ -79,7 +103,9 @@ fn run_ready<F: Future>(future: F) -> F::Output {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&chunk, data)) = data.split_first() else { return };
+    let Some((&chunk, data)) = data.split_first() else {
+        return;
+    };
     // The slice decoder: frames back to back until the bytes end or one fails.
     let mut frames: Vec<&[u8]> = Vec::new();
     let mut rest = data;
@@ -99,20 +125,32 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     // The stream reader must see the same frames, whatever the read sizes.
-    let mut reader = Chunked { data, chunk: usize::from(chunk).max(1) };
+    let mut reader = Chunked {
+        data,
+        chunk: usize::from(chunk).max(1),
+    };
     for (i, expected) in frames.iter().enumerate() {
-        let got = run_ready(frame::read_frame(&mut reader)).expect("stream reader failed where decode did not");
+        let got = run_ready(frame::read_frame(&mut reader))
+            .expect("stream reader failed where decode did not");
         assert_eq!(got.as_deref(), Some(*expected), "frame {i} differs");
     }
     let last = run_ready(frame::read_frame(&mut reader));
     if clean_end {
-        assert!(matches!(last, Ok(None)), "clean end of stream read as {last:?}");
+        assert!(
+            matches!(last, Ok(None)),
+            "clean end of stream read as {last:?}"
+        );
     } else {
-        assert!(last.is_err(), "a frame the decoder refused was read: {last:?}");
+        assert!(
+            last.is_err(),
+            "a frame the decoder refused was read: {last:?}"
+        );
     }
     // Envelopes and bodies.
     for payload in frames {
-        let Ok((_kind, _id)) = rpc::parse_envelope(payload) else { continue };
+        let Ok((_kind, _id)) = rpc::parse_envelope(payload) else {
+            continue;
+        };
         let body = &payload[rpc::ENVELOPE_HEADER_BYTES..];
         if let Ok(msg) = codec::from_bytes::<Msg>(body) {
             let again = codec::to_bytes(&msg).expect("a decoded message encodes");
