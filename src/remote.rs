@@ -103,10 +103,15 @@ pub const SESSIONS_PER_MOUNT: usize = 8;
 impl ReplicatedBackend {
     pub async fn connect(certs: &std::path::Path, peers: Vec<SocketAddr>) -> anyhow::Result<Arc<Self>> {
         let cluster = chorus_replication_shell::client::Cluster::new(certs, peers)?;
-        // One session now, so a dead cluster is reported at mount time.
-        let first = cluster.session(std::time::Instant::now() + CALL_TIMEOUT).await?;
-        let mut sessions = vec![tokio::sync::Mutex::new(Some(first))];
-        sessions.extend((1..SESSIONS_PER_MOUNT).map(|_| tokio::sync::Mutex::new(None)));
+        // Every session now: a dead cluster is reported at mount time, and a
+        // mount that holds its sessions keeps working while another client
+        // floods the session table (new registrations are then refused
+        // until the flood's sessions have idled, docs/protocol.md R4b).
+        let deadline = std::time::Instant::now() + CALL_TIMEOUT;
+        let mut sessions = Vec::with_capacity(SESSIONS_PER_MOUNT);
+        for _ in 0..SESSIONS_PER_MOUNT {
+            sessions.push(tokio::sync::Mutex::new(Some(cluster.session(deadline).await?)));
+        }
         Ok(Arc::new(ReplicatedBackend {
             runtime: tokio::runtime::Handle::current(),
             cluster,
