@@ -470,7 +470,7 @@ fn check_layout(data: &Path, replicas: usize) -> anyhow::Result<bool> {
 }
 
 fn up_replicated(mountpoint: PathBuf, data: PathBuf, port: u16, replicas: usize) -> anyhow::Result<()> {
-    if replicas % 2 == 0 || replicas > 63 {
+    if replicas.is_multiple_of(2) || replicas > 63 {
         bail!("--replicas must be odd and at most 63 (got {replicas})");
     }
     std::fs::create_dir_all(&data).with_context(|| format!("cannot create data folder {}", data.display()))?;

@@ -178,6 +178,7 @@ struct Case {
 }
 
 #[test]
+#[allow(clippy::assertions_on_constants)] // the point: fail loudly in a build without the hooks
 fn mutations_whose_reply_is_lost_while_the_leader_dies_take_effect_exactly_once() {
     assert!(
         chorus_replication_shell::driver::FAULT_INJECTION_BUILT,

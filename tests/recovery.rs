@@ -487,9 +487,12 @@ fn verify_files(files: &[(PathBuf, Vec<u8>)]) {
 
 /// A client that keeps creating small fsynced files until stopped; returns
 /// the acknowledged ones.
+/// Files a client was told are written: (path, content).
+type Acked = Arc<Mutex<Vec<(PathBuf, Vec<u8>)>>>;
+
 struct Writer {
     stop: Arc<AtomicBool>,
-    acked: Arc<Mutex<Vec<(PathBuf, Vec<u8>)>>>,
+    acked: Acked,
     handle: Option<std::thread::JoinHandle<u64>>,
 }
 
@@ -497,7 +500,7 @@ impl Writer {
     fn start(dir: PathBuf, deadline: Instant) -> Writer {
         std::fs::create_dir_all(&dir).unwrap();
         let stop = Arc::new(AtomicBool::new(false));
-        let acked: Arc<Mutex<Vec<(PathBuf, Vec<u8>)>>> = Arc::default();
+        let acked: Acked = Arc::default();
         let handle = {
             let (stop, acked) = (stop.clone(), acked.clone());
             std::thread::spawn(move || {
@@ -627,7 +630,7 @@ fn wiped_replica_rejoins_by_state_transfer_while_writing() {
     const SIZE: usize = 8 << 20;
     const COUNT: u64 = 9; // 72 MiB
     let rate = write_big_files(&big, 0, COUNT, SIZE, Instant::now() + Duration::from_secs(240));
-    eprintln!("MEASURED wrote {} MiB of big files through the mount at {rate:.1} MiB/s", COUNT * SIZE as u64 >> 20);
+    eprintln!("MEASURED wrote {} MiB of big files through the mount at {rate:.1} MiB/s", (COUNT * SIZE as u64) >> 20);
     let leader = g.wait_leader(Duration::from_secs(30));
     let victim = follower_of(leader);
     g.kill9(victim);
@@ -733,7 +736,7 @@ fn donor_killed_mid_transfer(n: usize) {
     const SIZE: usize = 16 << 20;
     const COUNT: u64 = 13; // 208 MiB
     let rate = write_big_files(&big, 0, COUNT, SIZE, Instant::now() + Duration::from_secs(400));
-    eprintln!("MEASURED ({n} replicas) wrote {} MiB of big files through the mount at {rate:.1} MiB/s", COUNT * SIZE as u64 >> 20);
+    eprintln!("MEASURED ({n} replicas) wrote {} MiB of big files through the mount at {rate:.1} MiB/s", (COUNT * SIZE as u64) >> 20);
     let leader = g.wait_leader(Duration::from_secs(30));
     let victim = (leader + 1) % n;
     g.kill9(victim);
@@ -780,7 +783,7 @@ fn donor_killed_mid_transfer(n: usize) {
             eprintln!(
                 "NOTE: the state transfer of {} MiB finished before the test could catch it mid-way; \
                  the donor-killed-mid-transfer case was NOT exercised",
-                COUNT * SIZE as u64 >> 20
+                (COUNT * SIZE as u64) >> 20
             );
         }
         panic!(

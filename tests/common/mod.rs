@@ -229,7 +229,7 @@ pub fn pid_of_replica(replica_dir: &Path) -> Option<i32> {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
         let Ok(cmd) = std::fs::read(entry.path().join("cmdline")) else { continue };
         let args: Vec<String> = cmd.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
-        if args.iter().any(|a| a == "server") && args.iter().any(|a| *a == needle) {
+        if args.iter().any(|a| a == "server") && args.contains(&needle) {
             return Some(pid);
         }
     }
