@@ -33,6 +33,8 @@ declare -A crate=([fs_apply]=fs [wire_frame]=wire)
 declare -A ci_seconds=([fs_apply]=40 [wire_frame]=15)
 # Longest input: fs_apply reads at most 64 steps of a few bytes each.
 declare -A max_len=([fs_apply]=512 [wire_frame]=4096)
+# Whole fs_apply steps as dictionary entries (fuzz/fs/make_seeds.py).
+declare -A dict=([fs_apply]="-dict=fs/fs_apply.dict" [wire_frame]="")
 [ ${#targets[@]} -eq 0 ] && targets=(wire_frame fs_apply)
 
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -70,7 +72,7 @@ for target in "${targets[@]}"; do
   echo "fuzz: $target built in $(( $(date +%s) - start ))s; running ${seconds}s"
   log="$CARGO_TARGET_DIR/$target.log"
   if cargo +nightly fuzz run "${flags[@]}" --fuzz-dir "$dir" "$target" "$scratch" "$dir/corpus/$target" $seeds -- \
-      -max_total_time="$seconds" -max_len="${max_len[$target]}" -len_control=0 -timeout=20 -rss_limit_mb=4096 -print_final_stats=1 >"$log" 2>&1; then
+      -max_total_time="$seconds" -max_len="${max_len[$target]}" -len_control=0 ${dict[$target]} -timeout=20 -rss_limit_mb=4096 -print_final_stats=1 >"$log" 2>&1; then
     runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' || echo '?')
     echo "fuzz: $target ok: $runs executions in ${seconds}s, no crash"
   else
