@@ -38,7 +38,9 @@ enum Command {
         replicas: usize,
     },
     /// Run one replica server.
-    #[command(after_help = "Examples:\n  chorus server --certs ./certs --data ./replica0 --listen 127.0.0.1:7870            # one replica\n  chorus server --certs ./certs --data ./r1 --id 1 --peers 127.0.0.1:7870,127.0.0.1:7871,127.0.0.1:7872 --init-new-cluster")]
+    #[command(
+        after_help = "Examples:\n  chorus server --certs ./certs --data ./replica0 --listen 127.0.0.1:7870            # one replica\n  chorus server --certs ./certs --data ./r1 --id 1 --peers 127.0.0.1:7870,127.0.0.1:7871,127.0.0.1:7872 --init-new-cluster"
+    )]
     Server {
         #[arg(long)]
         certs: PathBuf,
@@ -74,7 +76,9 @@ enum Command {
         disk_reserve_mib: u64,
     },
     /// Mount a ChorusFS cluster at a folder (runs until unmounted or Ctrl-C).
-    #[command(after_help = "Examples:\n  chorus mount --certs ./certs --server 127.0.0.1:7870 /mnt/chorus\n  chorus mount --certs ./certs --server 127.0.0.1:7870,127.0.0.1:7871,127.0.0.1:7872 /mnt/chorus")]
+    #[command(
+        after_help = "Examples:\n  chorus mount --certs ./certs --server 127.0.0.1:7870 /mnt/chorus\n  chorus mount --certs ./certs --server 127.0.0.1:7870,127.0.0.1:7871,127.0.0.1:7872 /mnt/chorus"
+    )]
     Mount {
         #[arg(long)]
         certs: PathBuf,
@@ -108,7 +112,9 @@ enum Command {
     /// Bring a failed replica back: verify its log and newest checkpoint,
     /// replay, catch up from the others (or, with --from-peer, rebuild it by
     /// state transfer), showing progress; then keep serving as the replica.
-    #[command(after_help = "Examples:\n  chorus recover --certs ./certs --data ./r2 --id 2 --peers 127.0.0.1:7870,127.0.0.1:7871,127.0.0.1:7872\n  chorus recover --certs ./certs --data ./r2 --id 2 --peers 127.0.0.1:7870,127.0.0.1:7871,127.0.0.1:7872 --from-peer\n  chorus recover --up-data ./chorus-data --id 2 --from-peer     # a replica of `chorus up --replicas 3`")]
+    #[command(
+        after_help = "Examples:\n  chorus recover --certs ./certs --data ./r2 --id 2 --peers 127.0.0.1:7870,127.0.0.1:7871,127.0.0.1:7872\n  chorus recover --certs ./certs --data ./r2 --id 2 --peers 127.0.0.1:7870,127.0.0.1:7871,127.0.0.1:7872 --from-peer\n  chorus recover --up-data ./chorus-data --id 2 --from-peer     # a replica of `chorus up --replicas 3`"
+    )]
     Recover {
         /// Certificates folder (default with --up-data: DATA/certs).
         #[arg(long)]
@@ -140,7 +146,9 @@ enum Command {
         checkpoint_interval_bytes: u64,
     },
     /// Take a checkpoint now on every replica (or one); needs the admin certificate.
-    #[command(after_help = "Examples:\n  chorus checkpoint --certs ./certs --server 127.0.0.1:7870,127.0.0.1:7871,127.0.0.1:7872\n  chorus checkpoint --data ./chorus-data --replica 1")]
+    #[command(
+        after_help = "Examples:\n  chorus checkpoint --certs ./certs --server 127.0.0.1:7870,127.0.0.1:7871,127.0.0.1:7872\n  chorus checkpoint --data ./chorus-data --replica 1"
+    )]
     Checkpoint {
         #[command(flatten)]
         cluster: ClusterArgs,
@@ -150,7 +158,9 @@ enum Command {
     },
     /// Show every replica's protocol status (view, leader, commit point,
     /// digest) of a replicated cluster.
-    #[command(after_help = "Examples:\n  chorus status --certs ./certs --server 127.0.0.1:7870,127.0.0.1:7871,127.0.0.1:7872\n  chorus status --data ./chorus-data            # a `chorus up --replicas 3` cluster")]
+    #[command(
+        after_help = "Examples:\n  chorus status --certs ./certs --server 127.0.0.1:7870,127.0.0.1:7871,127.0.0.1:7872\n  chorus status --data ./chorus-data            # a `chorus up --replicas 3` cluster"
+    )]
     Status {
         #[command(flatten)]
         cluster: ClusterArgs,
@@ -200,11 +210,7 @@ fn main() {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("chorus-rt")
-        .build()
-        .context("cannot start the async runtime")
+    tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("chorus-rt").build().context("cannot start the async runtime")
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -218,7 +224,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("created cluster CA and certificates for {replicas} replicas, a client and an admin in {}", certs.display());
             Ok(())
         }
-        Command::Server { certs, data, id, listen, peers, init_new_cluster, checkpoint_interval_ops, checkpoint_interval_bytes, disk_reserve_mib } => {
+        Command::Server {
+            certs,
+            data,
+            id,
+            listen,
+            peers,
+            init_new_cluster,
+            checkpoint_interval_ops,
+            checkpoint_interval_bytes,
+            disk_reserve_mib,
+        } => {
             let rt = runtime()?;
             if peers.is_empty() {
                 rt.block_on(async move {
@@ -303,9 +319,7 @@ async fn connect_client(certs: &Path, server: SocketAddr) -> anyhow::Result<Arc<
     let cfg = chorus_wire::tls::client_config(&identity)?;
     let bind: SocketAddr = if server.is_ipv4() { "0.0.0.0:0".parse()? } else { "[::]:0".parse()? };
     let endpoint = chorus_wire::endpoint::client(cfg, bind)?;
-    remote::RemoteBackend::connect(endpoint, server)
-        .await
-        .with_context(|| format!("cannot connect to the ChorusFS server at {server}"))
+    remote::RemoteBackend::connect(endpoint, server).await.with_context(|| format!("cannot connect to the ChorusFS server at {server}"))
 }
 
 /// Mounts and blocks until Ctrl-C / SIGTERM or an external unmount; then
@@ -404,19 +418,13 @@ fn up(mountpoint: PathBuf, data: PathBuf, port: u16) -> anyhow::Result<()> {
     check_layout(&data, 1)?;
     let certs = data.join("certs");
     if !certs.join("ca.pem").exists() {
-        chorus_wire::certs::init_cluster(&certs, 3)
-            .with_context(|| format!("cannot create certificates in {}", certs.display()))?;
+        chorus_wire::certs::init_cluster(&certs, 3).with_context(|| format!("cannot create certificates in {}", certs.display()))?;
         info!(certs = %certs.display(), "created cluster certificates");
     }
     let listen: SocketAddr = SocketAddr::from(([127, 0, 0, 1], port));
     let rt = runtime()?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let cfg = chorus_server::ServerConfig {
-        data_dir: data.join("replica-0"),
-        certs_dir: certs.clone(),
-        replica_id: 0,
-        listen,
-    };
+    let cfg = chorus_server::ServerConfig { data_dir: data.join("replica-0"), certs_dir: certs.clone(), replica_id: 0, listen };
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let server = rt.spawn(async move {
         let _ = ready_tx.send(());
@@ -436,9 +444,7 @@ fn up(mountpoint: PathBuf, data: PathBuf, port: u16) -> anyhow::Result<()> {
                 Err(e) => bail!("server task failed: {e}"),
             };
         }
-        match rt.block_on(async {
-            tokio::time::timeout(std::time::Duration::from_secs(2), connect_client(&certs, listen)).await
-        }) {
+        match rt.block_on(async { tokio::time::timeout(std::time::Duration::from_secs(2), connect_client(&certs, listen)).await }) {
             Ok(Ok(b)) => break b,
             _ => std::thread::sleep(std::time::Duration::from_millis(100)),
         }
@@ -477,12 +483,9 @@ fn up_replicated(mountpoint: PathBuf, data: PathBuf, port: u16, replicas: usize)
     let fresh = check_layout(&data, replicas)?;
     let certs = data.join("certs");
     if !certs.join("ca.pem").exists() {
-        chorus_wire::certs::init_cluster(&certs, replicas)
-            .with_context(|| format!("cannot create certificates in {}", certs.display()))?;
+        chorus_wire::certs::init_cluster(&certs, replicas).with_context(|| format!("cannot create certificates in {}", certs.display()))?;
     }
-    let peers: Vec<SocketAddr> = (0..replicas)
-        .map(|i| SocketAddr::from(([127, 0, 0, 1], port + i as u16)))
-        .collect();
+    let peers: Vec<SocketAddr> = (0..replicas).map(|i| SocketAddr::from(([127, 0, 0, 1], port + i as u16))).collect();
     let peer_list = peers.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(",");
     let exe = std::env::current_exe().context("cannot find the chorus executable")?;
     let mut children = Vec::new();

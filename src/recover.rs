@@ -95,7 +95,9 @@ fn preflight(data: &Path, id: u8, count: u8) -> anyhow::Result<Preflight> {
     let first = durable.entries.first().map(|e| e.op);
     let last = durable.entries.last().map(|e| e.op);
     match (first, last) {
-        (Some(a), Some(b)) => println!("replica {id}: log verified: {} entries (ops {a}..={b}) to replay above the checkpoint", durable.entries.len()),
+        (Some(a), Some(b)) => {
+            println!("replica {id}: log verified: {} entries (ops {a}..={b}) to replay above the checkpoint", durable.entries.len())
+        }
         _ => println!("replica {id}: log verified: no entries above the checkpoint"),
     }
     Ok(found)
@@ -181,9 +183,8 @@ async fn watch_progress(cluster: std::sync::Arc<Cluster>, id: u8, local: Option<
     let bytes_style = ProgressStyle::with_template("{msg:>14} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}")
         .expect("template")
         .progress_chars("=> ");
-    let ops_style = ProgressStyle::with_template("{msg:>14} [{bar:30}] {pos}/{len} ops {per_sec} ETA {eta}")
-        .expect("template")
-        .progress_chars("=> ");
+    let ops_style =
+        ProgressStyle::with_template("{msg:>14} [{bar:30}] {pos}/{len} ops {per_sec} ETA {eta}").expect("template").progress_chars("=> ");
     let mut target: Option<u64> = None;
     let mut transfer_seen: Option<(u64, Instant)> = None;
     let mut transfer_time = Duration::ZERO;
@@ -244,7 +245,12 @@ fn summary(id: u8, own: &NodeStatus, took: Duration, local: &Option<Preflight>, 
     let source = match (transfer, local) {
         (Some((bytes, t)), _) => {
             let secs = t.as_secs_f64().max(0.001);
-            format!("state transfer of {:.1} MiB from a peer in {:.1} s ({:.0} MiB/s)", bytes as f64 / 1048576.0, secs, bytes as f64 / 1048576.0 / secs)
+            format!(
+                "state transfer of {:.1} MiB from a peer in {:.1} s ({:.0} MiB/s)",
+                bytes as f64 / 1048576.0,
+                secs,
+                bytes as f64 / 1048576.0 / secs
+            )
         }
         (None, Some(Preflight { checkpoint: Some((name, op, _)), entries })) => {
             format!("local checkpoint {name} (op {op}) plus {entries} logged entries")

@@ -28,12 +28,7 @@ pub struct RemoteBackend {
 impl RemoteBackend {
     pub async fn connect(endpoint: quinn::Endpoint, server: SocketAddr) -> anyhow::Result<Arc<Self>> {
         let rpc = RpcClient::connect(&endpoint, server).await?;
-        Ok(Arc::new(RemoteBackend {
-            runtime: tokio::runtime::Handle::current(),
-            endpoint,
-            server,
-            rpc: Mutex::new(rpc),
-        }))
+        Ok(Arc::new(RemoteBackend { runtime: tokio::runtime::Handle::current(), endpoint, server, rpc: Mutex::new(rpc) }))
     }
 
     fn client(&self) -> Result<RpcClient, Errno> {
@@ -43,9 +38,7 @@ impl RemoteBackend {
         }
         let fresh = self
             .runtime
-            .block_on(async {
-                tokio::time::timeout(CALL_TIMEOUT, RpcClient::connect(&self.endpoint, self.server)).await
-            })
+            .block_on(async { tokio::time::timeout(CALL_TIMEOUT, RpcClient::connect(&self.endpoint, self.server)).await })
             .map_err(|_| Errno(libc::EIO))?
             .map_err(|e| {
                 warn!(error = %e, "reconnect failed");
@@ -136,11 +129,7 @@ impl ReplicatedBackend {
                 })?);
             }
             let session = guard.as_mut().expect("session just opened");
-            let result = if is_query {
-                session.read(bytes.clone(), deadline).await
-            } else {
-                session.write(bytes.clone(), deadline).await
-            };
+            let result = if is_query { session.read(bytes.clone(), deadline).await } else { session.write(bytes.clone(), deadline).await };
             match result {
                 Ok(reply) => {
                     return chorus_server::machine::decode_result(&reply).map_err(|e| {

@@ -101,7 +101,23 @@ pub fn render(peers: &[SocketAddr], statuses: &[Option<NodeStatus>]) -> String {
     let max_commit = statuses.iter().flatten().map(|s| s.commit_op).max().unwrap_or(0);
     let mut table = Table::new();
     table.load_preset(presets::UTF8_FULL_CONDENSED).set_content_arrangement(ContentArrangement::Disabled);
-    table.set_header(["id", "address", "up", "status", "view", "leader", "op", "commit_op", "applied_op", "durable_op", "lag", "clients", "checkpoint", "transfer", "digest"]);
+    table.set_header([
+        "id",
+        "address",
+        "up",
+        "status",
+        "view",
+        "leader",
+        "op",
+        "commit_op",
+        "applied_op",
+        "durable_op",
+        "lag",
+        "clients",
+        "checkpoint",
+        "transfer",
+        "digest",
+    ]);
     for (i, (addr, s)) in peers.iter().zip(statuses).enumerate() {
         let row: Vec<Cell> = match s {
             Some(s) => vec![
@@ -138,7 +154,13 @@ fn checkpoint_cell(s: &NodeStatus) -> String {
         return "none".into();
     }
     let age_s = s.checkpoint_age_ms / 1000;
-    let age = if age_s >= 3600 { format!("{}h{:02}m", age_s / 3600, age_s % 3600 / 60) } else if age_s >= 60 { format!("{}m{:02}s", age_s / 60, age_s % 60) } else { format!("{age_s}s") };
+    let age = if age_s >= 3600 {
+        format!("{}h{:02}m", age_s / 3600, age_s % 3600 / 60)
+    } else if age_s >= 60 {
+        format!("{}m{:02}s", age_s / 60, age_s % 60)
+    } else {
+        format!("{age_s}s")
+    };
     format!("op {}, {age} ago", s.checkpoint_op)
 }
 

@@ -130,7 +130,6 @@ impl Drop for Unmount {
     }
 }
 
-
 /// Waits (bounded) until all replicas answer, are normal and in one view;
 /// with `converged`, also at the same commit point and digest.
 fn wait_for_group(
@@ -151,8 +150,7 @@ fn wait_for_group(
             return all[0].clone();
         }
         if start.elapsed() > timeout {
-            let brief: Vec<_> =
-                last.iter().map(|s| s.as_ref().map(|s| (s.status.clone(), s.view, s.commit_op, s.digest))).collect();
+            let brief: Vec<_> = last.iter().map(|s| s.as_ref().map(|s| (s.status.clone(), s.view, s.commit_op, s.digest))).collect();
             let fresh = std::process::Command::new(chorus_bin())
                 .args(["status", "--certs"])
                 .arg(&replicas.certs)
@@ -201,14 +199,13 @@ fn mutations_whose_reply_is_lost_while_the_leader_dies_take_effect_exactly_once(
         }
     }
     let peers: Vec<SocketAddr> = ports.iter().map(|&p| SocketAddr::from(([127, 0, 0, 1], p))).collect();
-    let mut replicas = Replicas { dir: dir.path().to_path_buf(), certs: certs.clone(), peers: peers.clone(), procs: vec![None, None, None], round: 0 };
+    let mut replicas =
+        Replicas { dir: dir.path().to_path_buf(), certs: certs.clone(), peers: peers.clone(), procs: vec![None, None, None], round: 0 };
     for i in 0..3 {
         replicas.start(i, true, None);
     }
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-    let cluster = rt
-        .block_on(async { chorus_replication_shell::client::Cluster::new(&certs, peers.clone()) })
-        .expect("shell client");
+    let cluster = rt.block_on(async { chorus_replication_shell::client::Cluster::new(&certs, peers.clone()) }).expect("shell client");
     wait_for_group(&rt, &cluster, &replicas, false, Duration::from_secs(60));
 
     let _unmount = Unmount(mnt.clone());

@@ -30,8 +30,6 @@ use common::*;
 
 const REPLICAS: usize = 3;
 
-
-
 fn content(i: usize) -> Vec<u8> {
     format!("fault test write number {i}\n").repeat(1 + i % 5).into_bytes()
 }
@@ -192,7 +190,9 @@ impl Rig {
             let all: Vec<&NodeStatus> = last.iter().flatten().collect();
             if all.len() == REPLICAS
                 && all.iter().all(|s| s.status == "normal")
-                && all.iter().all(|s| (s.view, s.leader, s.commit_op, s.digest) == (all[0].view, all[0].leader, all[0].commit_op, all[0].digest))
+                && all
+                    .iter()
+                    .all(|s| (s.view, s.leader, s.commit_op, s.digest) == (all[0].view, all[0].leader, all[0].commit_op, all[0].digest))
             {
                 return (start.elapsed(), all[0].clone());
             }
@@ -469,11 +469,7 @@ impl Writer {
                     }
                     let start = Instant::now();
                     let r = (|| -> std::io::Result<()> {
-                        let mut f = std::fs::OpenOptions::new()
-                            .write(true)
-                            .create_new(true)
-                            .mode(0o644)
-                            .open(dir.join(format!("f{i}")))?;
+                        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o644).open(dir.join(format!("f{i}")))?;
                         f.write_all(&content(i))?;
                         f.sync_all()
                     })();
@@ -649,7 +645,10 @@ fn hang_one_replica(name: &str, stop_leader: bool) {
     );
     if stop_leader {
         let (v, l) = majority_during.unwrap_or_else(|| panic!("no majority leader while the leader was stopped: {}", Rig::brief(&during)));
-        assert!(v > view && l != victim, "no failover while leader {victim} was stopped: majority view {v} leader {l} (before: view {view})");
+        assert!(
+            v > view && l != victim,
+            "no failover while leader {victim} was stopped: majority view {v} leader {l} (before: view {view})"
+        );
         assert_ne!(after.1.leader as usize, victim, "the stopped leader is still the leader: no failover happened");
     } else {
         assert_eq!(
@@ -661,13 +660,20 @@ fn hang_one_replica(name: &str, stop_leader: bool) {
         // On its return the straggler may Join, and the leader then moves
         // the group to the next view it leads (docs/protocol.md V1b): a
         // newer view is allowed, another leader is not.
-        assert_eq!(after.1.leader as usize, leader, "the follower's return moved the group to another leader (view {} -> {})", view, after.1.view);
+        assert_eq!(
+            after.1.leader as usize, leader,
+            "the follower's return moved the group to another leader (view {} -> {})",
+            view, after.1.view
+        );
     }
     rig.cli_status_all_up();
     verify_files(&stream, &recs);
     let fresh = rig.fresh_mount("fresh");
     verify_files(&fresh.join("stream"), &recs);
-    assert!(stall <= limit, "the writer stalled {stall:?} while replica {victim} was SIGSTOPped (limit {limit:?}; quiet longest gap {q_gap:?})");
+    assert!(
+        stall <= limit,
+        "the writer stalled {stall:?} while replica {victim} was SIGSTOPped (limit {limit:?}; quiet longest gap {q_gap:?})"
+    );
     rig.stop_cleanly();
 }
 
@@ -708,7 +714,8 @@ fn lookup_direct(rig: &Rig, replica: usize, s: &mut DirectSession, name: &str) -
     s.seq += 1;
     let q = FsRequest::Query { caller: Caller::root(), query: Query::Lookup { parent: ROOT_INO, name: name.as_bytes().to_vec() } };
     let bytes = chorus_server::machine::encode_request(&q).unwrap();
-    let req = CoreRequest { client: s.client, session: s.session, seq: s.seq, low_water: s.seq - 1, epoch: 0, operation: Operation::Read(bytes) };
+    let req =
+        CoreRequest { client: s.client, session: s.session, seq: s.seq, low_water: s.seq - 1, epoch: 0, operation: Operation::Read(bytes) };
     match direct(rig, replica, req) {
         None => Err("no answer".into()),
         Some(NodeResponse::Reply(r)) => match r.outcome {
@@ -865,7 +872,11 @@ fn reply_then_crash_change_survives() {
             std::fs::read(d.join("file")).unwrap_or_else(|e| panic!("the acknowledged create is gone under {}: {e}", root.display())),
             b"acknowledged then the leader crashed"
         );
-        assert!(root.join("renamed-w0").exists() && !root.join("warm/w0").exists(), "the acknowledged rename is lost under {}", root.display());
+        assert!(
+            root.join("renamed-w0").exists() && !root.join("warm/w0").exists(),
+            "the acknowledged rename is lost under {}",
+            root.display()
+        );
         for i in 1..20 {
             assert_eq!(std::fs::read(root.join("warm").join(format!("w{i}"))).unwrap(), content(i));
         }

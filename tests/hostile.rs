@@ -148,7 +148,10 @@ fn a_registration_flood_evicts_no_session_in_use() {
     }
     let up = Up::start("hostile-flood");
     let mut victim = up.session();
-    let created = up.mutate(&mut victim, Op::Create { parent: ROOT_INO, name: b"log".to_vec(), mode: 0o644, umask: 0, flags: libc::O_RDWR, excl: true });
+    let created = up.mutate(
+        &mut victim,
+        Op::Create { parent: ROOT_INO, name: b"log".to_vec(), mode: 0o644, umask: 0, flags: libc::O_RDWR, excl: true },
+    );
     assert!(matches!(created, Ok(Reply::Created { .. })), "create: {created:?}");
     // More registrations than the session table holds (10,000), from
     // "other clients", 32 at a time. Before the fix the oldest sessions

@@ -75,9 +75,7 @@ impl Group {
         let mnt = dir.path().join("mnt");
         std::fs::create_dir_all(&mnt).unwrap();
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-        let client = rt
-            .block_on(async { chorus_replication_shell::client::Cluster::new(&certs, peers.clone()) })
-            .expect("shell client");
+        let client = rt.block_on(async { chorus_replication_shell::client::Cluster::new(&certs, peers.clone()) }).expect("shell client");
         let mut g = Group {
             dir,
             certs,
@@ -190,8 +188,7 @@ impl Group {
 
     fn status_of(&self, i: usize) -> Option<NodeStatus> {
         let c = self.client.clone();
-        self.rt
-            .block_on(async move { tokio::time::timeout(Duration::from_secs(5), c.status(i)).await.ok().flatten() })
+        self.rt.block_on(async move { tokio::time::timeout(Duration::from_secs(5), c.status(i)).await.ok().flatten() })
     }
 
     /// The leader a majority of normal replicas agree on.
@@ -316,9 +313,7 @@ impl Drop for Group {
 
 /// Rows of a comfy-table report, as header name -> cell.
 fn parse_table(out: &str) -> Vec<std::collections::HashMap<String, String>> {
-    let split = |l: &str| -> Vec<String> {
-        l.split(['│', '┆', '|']).map(|c| c.trim().to_string()).filter(|c| !c.is_empty()).collect()
-    };
+    let split = |l: &str| -> Vec<String> { l.split(['│', '┆', '|']).map(|c| c.trim().to_string()).filter(|c| !c.is_empty()).collect() };
     let mut header: Option<Vec<String>> = None;
     let mut rows = Vec::new();
     for line in out.lines() {
@@ -909,7 +904,9 @@ fn total_crash_loses_nothing_acknowledged() {
     for i in 0..3 {
         g.kill9(i);
     }
-    eprintln!("killed all 3 after {acked_at_kill} more acknowledged creates, restarted them, killed them again ~150 ms into their recovery");
+    eprintln!(
+        "killed all 3 after {acked_at_kill} more acknowledged creates, restarted them, killed them again ~150 ms into their recovery"
+    );
     for i in 0..3 {
         g.start(i, false);
     }
@@ -1189,10 +1186,11 @@ impl Cut {
     fn isolate(port: u16) -> Cut {
         let mut cut = Cut { rules: Vec::new() };
         for dir in ["--dport", "--sport"] {
-            let spec: Vec<String> = ["-p", "udp", "-i", "lo", dir, &port.to_string(), "-m", "comment", "--comment", &nemesis_tag(), "-j", "DROP"]
-                .iter()
-                .map(|s| s.to_string())
-                .collect();
+            let spec: Vec<String> =
+                ["-p", "udp", "-i", "lo", dir, &port.to_string(), "-m", "comment", "--comment", &nemesis_tag(), "-j", "DROP"]
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect();
             cut.rules.push(spec.clone());
             run_ok(std::process::Command::new("iptables").args(["-w", "5", "-I", "INPUT"]).args(&spec));
         }
@@ -1247,9 +1245,10 @@ fn nemesis_kill_stop_partition_restart_loses_nothing_acknowledged() {
         return;
     }
     let secs: u64 = std::env::var("CHORUS_NEMESIS_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(180);
-    let seed = std::env::var("CHORUS_NEMESIS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
-    });
+    let seed = std::env::var("CHORUS_NEMESIS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64);
     eprintln!("nemesis: {secs} s, CHORUS_NEMESIS_SEED={seed}");
     let mut dice = Dice(seed);
     let mut g = Group::new(&["--checkpoint-interval-ops", "2000"]);
@@ -1417,10 +1416,7 @@ fn replica_that_runs_out_of_space_stops_cleanly_and_recovers_once_freed() {
     let said = g.log(victim)[mark..].to_string();
     eprintln!("MEASURED follower {victim} stopped after {} MiB", written.len());
     assert!(!said.contains("panicked"), "the full follower panicked:\n{said}");
-    assert!(
-        said.contains("stopping this replica") || said.contains("stopping: the log cannot persist"),
-        "no clear stop message:\n{said}"
-    );
+    assert!(said.contains("stopping this replica") || said.contains("stopping: the log cannot persist"), "no clear stop message:\n{said}");
     // The others go on.
     let extra = g.mnt.join("after");
     std::fs::write(&extra, b"written while a follower is down").unwrap();

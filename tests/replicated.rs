@@ -49,7 +49,6 @@ impl Drop for Cleanup {
     }
 }
 
-
 fn content(i: usize) -> Vec<u8> {
     format!("replicated write number {i}\n").repeat(1 + i % 7).into_bytes()
 }
@@ -91,11 +90,7 @@ fn leader_killed_during_fsynced_creates_loses_nothing() {
                     break;
                 }
                 let r = (|| -> std::io::Result<()> {
-                    let mut f = std::fs::OpenOptions::new()
-                        .write(true)
-                        .create_new(true)
-                        .mode(0o644)
-                        .open(stream.join(format!("f{i}")))?;
+                    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o644).open(stream.join(format!("f{i}")))?;
                     f.write_all(&content(i))?;
                     f.sync_all()
                 })();
@@ -114,9 +109,7 @@ fn leader_killed_during_fsynced_creates_loses_nothing() {
     let certs = data.join("certs");
     let peers: Vec<SocketAddr> = (0..3u16).map(|i| SocketAddr::from(([127, 0, 0, 1], port_n + i))).collect();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-    let cluster = rt
-        .block_on(async { chorus_replication_shell::client::Cluster::new(&certs, peers.clone()) })
-        .expect("shell client");
+    let cluster = rt.block_on(async { chorus_replication_shell::client::Cluster::new(&certs, peers.clone()) }).expect("shell client");
     // The leader by the replicas' status RPC: a majority names it in a
     // normal view and it names itself (not a guess from the logs).
     let mut before;
@@ -137,9 +130,7 @@ fn leader_killed_during_fsynced_creates_loses_nothing() {
     let killed_at = Instant::now();
     eprintln!("view {view}: leader {leader} (pid {pid}) SIGKILLed");
     let acked_at_kill = acked.lock().unwrap().len();
-    wait_until("100 more creates after the kill", Duration::from_secs(60), || {
-        acked.lock().unwrap().len() >= acked_at_kill + 100
-    });
+    wait_until("100 more creates after the kill", Duration::from_secs(60), || acked.lock().unwrap().len() >= acked_at_kill + 100);
     let observed_until = Instant::now();
     // The view changed: the two survivors are normal in a newer view led by
     // one of them.
@@ -162,8 +153,8 @@ fn leader_killed_during_fsynced_creates_loses_nothing() {
         "the mount stalled {stall:?} after the leader was killed; the docs promise about {FAILOVER_STALL_PROMISED:?} (limit with margin {limit:?})"
     );
     for (i, _) in &acked {
-        let got = std::fs::read(stream.join(format!("f{i}")))
-            .unwrap_or_else(|e| panic!("acknowledged file f{i} missing after failover: {e}"));
+        let got =
+            std::fs::read(stream.join(format!("f{i}"))).unwrap_or_else(|e| panic!("acknowledged file f{i} missing after failover: {e}"));
         assert!(got == content(*i), "acknowledged file f{i} has wrong content after failover");
     }
 

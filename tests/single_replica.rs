@@ -42,12 +42,8 @@ fn kill9_mid_write_stream_keeps_fsynced_writes() {
                     break;
                 }
                 let r = (|| -> std::io::Result<()> {
-                    let mut f = std::fs::OpenOptions::new()
-                        .write(true)
-                        .create(true)
-                        .truncate(true)
-                        .mode(0o644)
-                        .open(dir.join(format!("f{i}")))?;
+                    let mut f =
+                        std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o644).open(dir.join(format!("f{i}")))?;
                     f.write_all(&content(i))?;
                     f.sync_all()?;
                     Ok(())
@@ -180,7 +176,15 @@ fn clear_errors_for_bad_setup() {
 
     // Port in use: a second server on the same address.
     let data2 = c.dir.path().join("data2");
-    let err = run(&["server".as_ref(), "--certs".as_ref(), c.certs.as_os_str(), "--data".as_ref(), data2.as_os_str(), "--listen".as_ref(), addr.as_ref()]);
+    let err = run(&[
+        "server".as_ref(),
+        "--certs".as_ref(),
+        c.certs.as_os_str(),
+        "--data".as_ref(),
+        data2.as_os_str(),
+        "--listen".as_ref(),
+        addr.as_ref(),
+    ]);
     assert!(err.contains("in use"), "{err}");
 
     // Busy mount point: mount twice at the same folder.
@@ -199,7 +203,16 @@ fn up_restart_finds_files_again() {
     let data = dir.path().join("data");
     let port = free_port().to_string();
     let log = dir.path().join("up.log");
-    let args = ["up".as_ref(), mnt.as_os_str(), "--data".as_ref(), data.as_os_str(), "--port".as_ref(), port.as_ref(), "--replicas".as_ref(), "1".as_ref()];
+    let args = [
+        "up".as_ref(),
+        mnt.as_os_str(),
+        "--data".as_ref(),
+        data.as_os_str(),
+        "--port".as_ref(),
+        port.as_ref(),
+        "--replicas".as_ref(),
+        "1".as_ref(),
+    ];
     for round in 0..2 {
         let mut up = spawn("up", &args, &log);
         wait_until("chorus up to mount", Duration::from_secs(60), || is_mounted(&mnt));

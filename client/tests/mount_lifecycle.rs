@@ -55,7 +55,10 @@ fn can_mount() -> bool {
     let ok = unsafe { libc::geteuid() } == 0 && Path::new("/dev/fuse").exists();
     if !ok {
         // .ci/run sets CHORUS_REQUIRE_FAULTS=1: there a skip is a failure.
-        assert!(std::env::var("CHORUS_REQUIRE_FAULTS").as_deref() != Ok("1"), "needs root and /dev/fuse; CHORUS_REQUIRE_FAULTS=1 forbids skipping");
+        assert!(
+            std::env::var("CHORUS_REQUIRE_FAULTS").as_deref() != Ok("1"),
+            "needs root and /dev/fuse; CHORUS_REQUIRE_FAULTS=1 forbids skipping"
+        );
         eprintln!("skipping: needs root and /dev/fuse");
     }
     ok

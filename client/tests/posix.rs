@@ -102,8 +102,7 @@ fn directories_listing_and_removal() {
     }
     fs::create_dir(d.join("sub")).unwrap();
     want.push("sub".into());
-    let mut got: Vec<String> =
-        fs::read_dir(&d).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    let mut got: Vec<String> = fs::read_dir(&d).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     got.sort();
     want.sort();
     assert_eq!(got, want);
@@ -245,10 +244,7 @@ fn attributes_chmod_chown_times_statfs_special_files() {
     assert_eq!((md.uid(), md.gid()), (1234, 5678));
 
     // Times, including before 1970 with a fraction (fuser's negative-time path).
-    let times = [
-        libc::timespec { tv_sec: -2, tv_nsec: 800_000_000 },
-        libc::timespec { tv_sec: 1_000_000_000, tv_nsec: 123_456_789 },
-    ];
+    let times = [libc::timespec { tv_sec: -2, tv_nsec: 800_000_000 }, libc::timespec { tv_sec: 1_000_000_000, tv_nsec: 123_456_789 }];
     let rc = unsafe { libc::utimensat(libc::AT_FDCWD, cpath(&p).as_ptr(), times.as_ptr(), 0) };
     assert_eq!(rc, 0, "errno {}", last_errno());
     let md = fs::metadata(&p).unwrap();
@@ -290,9 +286,7 @@ fn fallocate_and_copy_file_range() {
     let fout = File::create(m.path("dst")).unwrap();
     let mut left = src.len();
     while left > 0 {
-        let n = unsafe {
-            libc::copy_file_range(fin.as_raw_fd(), std::ptr::null_mut(), fout.as_raw_fd(), std::ptr::null_mut(), left, 0)
-        };
+        let n = unsafe { libc::copy_file_range(fin.as_raw_fd(), std::ptr::null_mut(), fout.as_raw_fd(), std::ptr::null_mut(), left, 0) };
         assert!(n > 0, "copy_file_range: {n} errno {}", last_errno());
         left -= n as usize;
     }
@@ -309,10 +303,7 @@ fn run_as_nobody(groups: &[u32], cmd: &str) -> (bool, String) {
     // std runs pre_exec after its own uid switch, so switch here, in order.
     unsafe {
         c.pre_exec(move || {
-            if libc::setgroups(groups.len(), groups.as_ptr()) != 0
-                || libc::setgid(65534) != 0
-                || libc::setuid(65534) != 0
-            {
+            if libc::setgroups(groups.len(), groups.as_ptr()) != 0 || libc::setgid(65534) != 0 || libc::setuid(65534) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
@@ -346,7 +337,8 @@ fn permissions_for_other_users() {
     fs::write(shared.join("in"), b"g").unwrap();
     let (ok, err) = run_as_nobody(&[], &format!("cat {}", shared.join("in").display()));
     assert!(!ok && err.contains("Permission denied"), "{err}");
-    let (ok, err) = run_as_nobody(&[4242], &format!("cat {0} && touch {1} && rm {1}", shared.join("in").display(), shared.join("mine").display()));
+    let (ok, err) =
+        run_as_nobody(&[4242], &format!("cat {0} && touch {1} && rm {1}", shared.join("in").display(), shared.join("mine").display()));
     assert!(ok, "{err}");
 
     // A user's own file: chmod allowed, chown to root refused.
@@ -445,10 +437,8 @@ fn requests_carry_flags_times_umask_and_groups() {
     fs::set_permissions(&m.mnt, fs::Permissions::from_mode(0o1777)).unwrap();
     let (ok, err) = run_as_nobody(&[4242, 4343], &format!("touch {}", m.path("nob").display()));
     assert!(ok, "{err}");
-    let (caller, _) = mutations(&m)
-        .into_iter()
-        .find(|(_, op)| matches!(op, Op::Create { name, .. } if name == b"nob"))
-        .expect("create of nob");
+    let (caller, _) =
+        mutations(&m).into_iter().find(|(_, op)| matches!(op, Op::Create { name, .. } if name == b"nob")).expect("create of nob");
     assert_eq!((caller.uid, caller.gid), (65534, 65534));
     assert_eq!(caller.groups, vec![4242, 4343]);
 }

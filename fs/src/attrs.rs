@@ -10,10 +10,7 @@ use crate::ctx::Ctx;
 use crate::data::truncate;
 use crate::error::{errno, R};
 use crate::ops::{Attr, FileKind, Ino, Reply, SetAttr, SetTime, FILE_SIZE_MAX_BYTES};
-use crate::perm::{
-    check_access, is_owner_or_root, is_root, perm_after_chown, perm_after_write, MAY_READ,
-    MAY_WRITE,
-};
+use crate::perm::{check_access, is_owner_or_root, is_root, perm_after_chown, perm_after_write, MAY_READ, MAY_WRITE};
 
 /// `may_open`: the access mode (and O_TRUNC) checked against the inode.
 fn check_open(ctx: &Ctx, ino: Ino, flags: i32) -> R<()> {
@@ -57,10 +54,7 @@ pub(crate) fn release(ctx: &mut Ctx, ino: Ino, fh: u64) -> R<Reply> {
     ctx.handle(ino, fh)?;
     ctx.close_handle(fh);
     let mut node = ctx.inode(ino)?;
-    assert!(
-        node.open_count > 0,
-        "handle {fh} open on inode {ino} with open_count 0"
-    );
+    assert!(node.open_count > 0, "handle {fh} open on inode {ino} with open_count 0");
     node.open_count -= 1;
     ctx.save_or_free(node)?;
     Ok(Reply::Ok)

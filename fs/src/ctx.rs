@@ -28,13 +28,7 @@ pub(crate) struct Ctx<'a> {
 
 impl<'a> Ctx<'a> {
     pub(crate) fn new(tx: Tx<'a>, now: Timestamp, caller: &'a Caller, meta: Meta) -> Self {
-        Ctx {
-            tx,
-            now,
-            caller,
-            meta,
-            sync_requested: false,
-        }
+        Ctx { tx, now, caller, meta, sync_requested: false }
     }
 
     pub(crate) fn inode(&self, ino: Ino) -> R<Inode> {
@@ -44,19 +38,12 @@ impl<'a> Ctx<'a> {
     pub(crate) fn save(&mut self, inode: &Inode) {
         assert!(inode.ino != 0);
         assert!(inode.perm & !0o7777 == 0);
-        self.tx
-            .put_record(Table::Inodes, inode_key(inode.ino), inode);
+        self.tx.put_record(Table::Inodes, inode_key(inode.ino), inode);
     }
 
     /// A new inode numbered from the counter (not yet saved); ENOSPC when
     /// the numbers are used up (never reused, so a limit exists).
-    pub(crate) fn alloc_inode(
-        &mut self,
-        kind: FileKind,
-        perm: u32,
-        uid: u32,
-        gid: u32,
-    ) -> R<Inode> {
+    pub(crate) fn alloc_inode(&mut self, kind: FileKind, perm: u32, uid: u32, gid: u32) -> R<Inode> {
         let ino = self.meta.next_ino;
         let Some(next) = ino.checked_add(1) else {
             return errno(libc::ENOSPC);
@@ -71,21 +58,12 @@ impl<'a> Ctx<'a> {
     /// client can open one file 2^32 times) are used up.
     pub(crate) fn open_handle(&mut self, inode: &mut Inode, flags: i32) -> R<u64> {
         let fh = self.meta.next_fh;
-        let (Some(next_fh), Some(open_count)) =
-            (fh.checked_add(1), inode.open_count.checked_add(1))
-        else {
+        let (Some(next_fh), Some(open_count)) = (fh.checked_add(1), inode.open_count.checked_add(1)) else {
             return errno(libc::ENFILE);
         };
         self.meta.next_fh = next_fh;
         inode.open_count = open_count;
-        self.tx.put_record(
-            Table::Handles,
-            u64_key(fh),
-            &Handle {
-                ino: inode.ino,
-                flags,
-            },
-        );
+        self.tx.put_record(Table::Handles, u64_key(fh), &Handle { ino: inode.ino, flags });
         Ok(fh)
     }
 
@@ -103,13 +81,7 @@ impl<'a> Ctx<'a> {
     }
 
     /// Adds `name → (ino, kind)` to `dir` with the next cookie; the caller saves `dir`.
-    pub(crate) fn add_entry(
-        &mut self,
-        dir: &mut Inode,
-        name: &[u8],
-        ino: Ino,
-        kind: FileKind,
-    ) -> R<()> {
+    pub(crate) fn add_entry(&mut self, dir: &mut Inode, name: &[u8], ino: Ino, kind: FileKind) -> R<()> {
         assert!(dir.is_dir());
         if dir.entries >= DIR_ENTRIES_MAX {
             return errno(libc::ENOSPC);
@@ -118,61 +90,25 @@ impl<'a> Ctx<'a> {
         assert!(cookie >= crate::records::COOKIE_FIRST);
         dir.next_cookie += 1;
         dir.entries += 1;
-        self.tx.put_record(
-            Table::Dirents,
-            named_key(dir.ino, name),
-            &Dirent { ino, kind, cookie },
-        );
-        self.tx.put_record(
-            Table::DirIndex,
-            pair_key(dir.ino, cookie),
-            &DirSlot {
-                name: name.to_vec(),
-                ino,
-                kind,
-            },
-        );
+        self.tx.put_record(Table::Dirents, named_key(dir.ino, name), &Dirent { ino, kind, cookie });
+        self.tx.put_record(Table::DirIndex, pair_key(dir.ino, cookie), &DirSlot { name: name.to_vec(), ino, kind });
         Ok(())
     }
 
     /// Removes the entry `name` (currently `entry`) from `dir`; the caller saves `dir`.
     pub(crate) fn remove_entry(&mut self, dir: &mut Inode, name: &[u8], entry: &Dirent) {
         assert!(dir.is_dir());
-        assert!(
-            dir.entries > 0,
-            "removing from an empty directory {}",
-            dir.ino
-        );
+        assert!(dir.entries > 0, "removing from an empty directory {}", dir.ino);
         dir.entries -= 1;
         self.tx.delete(Table::Dirents, named_key(dir.ino, name));
-        self.tx
-            .delete(Table::DirIndex, pair_key(dir.ino, entry.cookie));
+        self.tx.delete(Table::DirIndex, pair_key(dir.ino, entry.cookie));
     }
 
     /// Points the existing entry `name` of `dir` at another inode, same cookie.
-    pub(crate) fn repoint_entry(
-        &mut self,
-        dir: Ino,
-        name: &[u8],
-        entry: &Dirent,
-        ino: Ino,
-        kind: FileKind,
-    ) {
+    pub(crate) fn repoint_entry(&mut self, dir: Ino, name: &[u8], entry: &Dirent, ino: Ino, kind: FileKind) {
         let cookie = entry.cookie;
-        self.tx.put_record(
-            Table::Dirents,
-            named_key(dir, name),
-            &Dirent { ino, kind, cookie },
-        );
-        self.tx.put_record(
-            Table::DirIndex,
-            pair_key(dir, cookie),
-            &DirSlot {
-                name: name.to_vec(),
-                ino,
-                kind,
-            },
-        );
+        self.tx.put_record(Table::Dirents, named_key(dir, name), &Dirent { ino, kind, cookie });
+        self.tx.put_record(Table::DirIndex, pair_key(dir, cookie), &DirSlot { name: name.to_vec(), ino, kind });
     }
 
     /// One name of `ino` went away: nlink drops (to 0 for a directory), ctime
@@ -218,11 +154,7 @@ impl<'a> Ctx<'a> {
     /// how many keys it deleted.
     pub(crate) fn delete_keys(&mut self, table: Table, ino: Ino, from_block: u64) -> R<u64> {
         let (prefix_from, to) = prefix_range(ino);
-        let mut from = if from_block == 0 {
-            prefix_from
-        } else {
-            block_key(ino, from_block)
-        };
+        let mut from = if from_block == 0 { prefix_from } else { block_key(ino, from_block) };
         let mut deleted = 0u64;
         loop {
             let keys = self.tx.scan_keys(table, &from, &to, SCAN_CHUNK)?;

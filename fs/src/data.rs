@@ -47,11 +47,7 @@ pub(crate) fn read(view: &impl View, ino: Ino, offset: u64, size: u32) -> R<Repl
     let limit = (last - first + 1) as usize;
     for (key, bytes) in view.scan(Table::Blocks, &from, &to, limit)? {
         let (_, index) = split_pair_key(Table::Blocks, &key).map_err(Fail::Store)?;
-        assert!(
-            bytes.len() as u64 <= BS,
-            "block {index} of {ino} holds {} bytes",
-            bytes.len()
-        );
+        assert!(bytes.len() as u64 <= BS, "block {index} of {ino} holds {} bytes", bytes.len());
         let block_start = index * BS;
         // Overlap of [offset, end) with the stored bytes of this block.
         let lo = offset.max(block_start);
@@ -79,11 +75,7 @@ fn store_block(ctx: &mut Ctx, node: &mut Inode, index: u64, bytes: Vec<u8>, exis
 }
 
 fn delete_block(ctx: &mut Ctx, node: &mut Inode, index: u64) {
-    assert!(
-        node.blocks_stored > 0,
-        "inode {} has no stored block to delete",
-        node.ino
-    );
+    assert!(node.blocks_stored > 0, "inode {} has no stored block to delete", node.ino);
     node.blocks_stored -= 1;
     ctx.tx.delete(Table::Blocks, block_key(node.ino, index));
 }
@@ -111,14 +103,7 @@ fn write_bytes(ctx: &mut Ctx, node: &mut Inode, offset: u64, data: &[u8]) -> R<(
     Ok(())
 }
 
-pub(crate) fn write(
-    ctx: &mut Ctx,
-    ino: Ino,
-    fh: u64,
-    offset: u64,
-    data: &[u8],
-    flags: i32,
-) -> R<Reply> {
+pub(crate) fn write(ctx: &mut Ctx, ino: Ino, fh: u64, offset: u64, data: &[u8], flags: i32) -> R<Reply> {
     let handle = ctx.handle(ino, fh)?;
     let mut node = ctx.inode(ino)?;
     require_file(&node)?;
@@ -128,10 +113,7 @@ pub(crate) fn write(
     let append = (flags | handle.flags) & libc::O_APPEND != 0;
     let offset = if append { node.size } else { offset };
     if data.is_empty() {
-        return Ok(Reply::Written {
-            written: 0,
-            attr: node.attr(),
-        });
+        return Ok(Reply::Written { written: 0, attr: node.attr() });
     }
     if offset >= FILE_SIZE_MAX_BYTES {
         return errno(libc::EFBIG);
@@ -143,10 +125,7 @@ pub(crate) fn write(
     node.perm = perm_after_write(node.perm, node.gid, ctx.caller);
     node.modified(ctx.now);
     ctx.save(&node);
-    Ok(Reply::Written {
-        written: count as u32,
-        attr: node.attr(),
-    })
+    Ok(Reply::Written { written: count as u32, attr: node.attr() })
 }
 
 /// Sets the size of a regular file; shrinking drops the data past the end.
@@ -175,17 +154,8 @@ pub(crate) fn truncate(ctx: &mut Ctx, node: &mut Inode, size: u64) -> R<()> {
     Ok(())
 }
 
-pub(crate) fn fallocate(
-    ctx: &mut Ctx,
-    ino: Ino,
-    fh: u64,
-    offset: u64,
-    length: u64,
-    mode: i32,
-) -> R<Reply> {
-    use libc::{
-        FALLOC_FL_KEEP_SIZE as KEEP, FALLOC_FL_PUNCH_HOLE as PUNCH, FALLOC_FL_ZERO_RANGE as ZERO,
-    };
+pub(crate) fn fallocate(ctx: &mut Ctx, ino: Ino, fh: u64, offset: u64, length: u64, mode: i32) -> R<Reply> {
+    use libc::{FALLOC_FL_KEEP_SIZE as KEEP, FALLOC_FL_PUNCH_HOLE as PUNCH, FALLOC_FL_ZERO_RANGE as ZERO};
     // vfs_fallocate's checks, then ext4's supported modes.
     if mode & !(KEEP | PUNCH | ZERO) != 0 {
         return errno(libc::EOPNOTSUPP);
@@ -266,9 +236,7 @@ fn punch(ctx: &mut Ctx, node: &mut Inode, offset: u64, end: u64) -> R<()> {
     let mut from = block_key(node.ino, first);
     let to = block_key(node.ino, last + 1);
     loop {
-        let pairs = ctx
-            .tx
-            .scan(Table::Blocks, &from, &to, crate::ctx::SCAN_CHUNK)?;
+        let pairs = ctx.tx.scan(Table::Blocks, &from, &to, crate::ctx::SCAN_CHUNK)?;
         let Some((last_key, _)) = pairs.last() else {
             return Ok(());
         };

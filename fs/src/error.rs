@@ -14,11 +14,7 @@ pub enum StoreError {
     #[error("rocksdb: {0}")]
     RocksDb(#[from] rocksdb::Error),
     #[error("corrupt record in table {table} (key {key_hex}): {reason}")]
-    Corrupt {
-        table: &'static str,
-        key_hex: String,
-        reason: String,
-    },
+    Corrupt { table: &'static str, key_hex: String, reason: String },
     #[error("store format version {found} is not the supported version {expected}")]
     FormatVersion { found: u32, expected: u32 },
     #[error("missing column family {0}")]

@@ -56,39 +56,27 @@ impl FsStore {
             }
         };
         let mut inodes: BTreeMap<Ino, Inode> = BTreeMap::new();
-        view.for_each(Table::Inodes, |key, value| {
-            match decode::<Inode>(Table::Inodes, key, value) {
-                Ok(inode) if key == inode.ino.to_be_bytes() => {
-                    inodes.insert(inode.ino, inode);
-                }
-                Ok(inode) => bad(format!("inode {} stored under key {key:02x?}", inode.ino)),
-                Err(e) => bad(e.to_string()),
+        view.for_each(Table::Inodes, |key, value| match decode::<Inode>(Table::Inodes, key, value) {
+            Ok(inode) if key == inode.ino.to_be_bytes() => {
+                inodes.insert(inode.ino, inode);
             }
+            Ok(inode) => bad(format!("inode {} stored under key {key:02x?}", inode.ino)),
+            Err(e) => bad(e.to_string()),
         })?;
         let mut seen: BTreeMap<Ino, Seen> = BTreeMap::new();
         if inodes.len() as u64 != meta.inodes_live {
-            bad(format!(
-                "{} inodes stored, meta counts {}",
-                inodes.len(),
-                meta.inodes_live
-            ));
+            bad(format!("{} inodes stored, meta counts {}", inodes.len(), meta.inodes_live));
         }
         if let Some((&last, _)) = inodes.last_key_value() {
             if last >= meta.next_ino {
-                bad(format!(
-                    "inode {last} at or past next_ino {}",
-                    meta.next_ino
-                ));
+                bad(format!("inode {last} at or past next_ino {}", meta.next_ino));
             }
         }
 
         // Entries by name, and their cookie slots.
         let mut slots: BTreeMap<(Ino, u64), DirSlot> = BTreeMap::new();
         view.for_each(Table::DirIndex, |key, value| {
-            match (
-                split_pair_key(Table::DirIndex, key),
-                decode::<DirSlot>(Table::DirIndex, key, value),
-            ) {
+            match (split_pair_key(Table::DirIndex, key), decode::<DirSlot>(Table::DirIndex, key, value)) {
                 (Ok(pair), Ok(slot)) => {
                     slots.insert(pair, slot);
                 }
@@ -112,10 +100,7 @@ impl FsStore {
             match inodes.get(&dir) {
                 Some(d) if d.is_dir() && d.nlink > 0 => {
                     if entry.cookie < COOKIE_FIRST || entry.cookie >= d.next_cookie {
-                        bad(format!(
-                            "entry {name:?} of {dir}: cookie {} out of range",
-                            entry.cookie
-                        ));
+                        bad(format!("entry {name:?} of {dir}: cookie {} out of range", entry.cookie));
                     }
                 }
                 Some(_) => bad(format!("entry {name:?} in {dir}, not a linked directory")),
@@ -123,49 +108,34 @@ impl FsStore {
             }
             match inodes.get(&entry.ino) {
                 Some(node) if node.kind == entry.kind => {}
-                Some(node) => bad(format!(
-                    "entry {name:?} of {dir} says {:?}, inode {} is {:?}",
-                    entry.kind, entry.ino, node.kind
-                )),
-                None => bad(format!(
-                    "entry {name:?} of {dir} names missing inode {}",
-                    entry.ino
-                )),
+                Some(node) => bad(format!("entry {name:?} of {dir} says {:?}, inode {} is {:?}", entry.kind, entry.ino, node.kind)),
+                None => bad(format!("entry {name:?} of {dir} names missing inode {}", entry.ino)),
             }
-            let slot_matches = slots.get(&(dir, entry.cookie)).is_some_and(|slot| {
-                slot.name == name && slot.ino == entry.ino && slot.kind == entry.kind
-            });
+            let slot_matches =
+                slots.get(&(dir, entry.cookie)).is_some_and(|slot| slot.name == name && slot.ino == entry.ino && slot.kind == entry.kind);
             if !slot_matches {
-                bad(format!(
-                    "entry {name:?} of {dir}: no matching cookie slot {}",
-                    entry.cookie
-                ));
+                bad(format!("entry {name:?} of {dir}: no matching cookie slot {}", entry.cookie));
             }
             let holder = seen.entry(dir).or_default();
             holder.entries += 1;
             if entry.kind == FileKind::Dir {
                 holder.subdirs += 1;
             }
-            seen.entry(entry.ino)
-                .or_default()
-                .names
-                .push((dir, name.to_vec()));
+            seen.entry(entry.ino).or_default().names.push((dir, name.to_vec()));
         })?;
         if slots.len() != named {
             bad(format!("{} cookie slots for {named} entries", slots.len()));
         }
 
-        view.for_each(Table::Handles, |key, value| {
-            match decode::<Handle>(Table::Handles, key, value) {
-                Ok(handle) => {
-                    let fh = key.try_into().map(u64::from_be_bytes).unwrap_or(u64::MAX);
-                    if fh >= meta.next_fh {
-                        bad(format!("handle {fh} at or past next_fh {}", meta.next_fh));
-                    }
-                    seen.entry(handle.ino).or_default().handles += 1;
+        view.for_each(Table::Handles, |key, value| match decode::<Handle>(Table::Handles, key, value) {
+            Ok(handle) => {
+                let fh = key.try_into().map(u64::from_be_bytes).unwrap_or(u64::MAX);
+                if fh >= meta.next_fh {
+                    bad(format!("handle {fh} at or past next_fh {}", meta.next_fh));
                 }
-                Err(e) => bad(e.to_string()),
+                seen.entry(handle.ino).or_default().handles += 1;
             }
+            Err(e) => bad(e.to_string()),
         })?;
         view.for_each(Table::Blocks, |key, value| {
             let (ino, index) = match split_pair_key(Table::Blocks, key) {
@@ -183,10 +153,7 @@ impl FsStore {
             let start = index.saturating_mul(BLOCK_SIZE_BYTES);
             let keep = node.size.saturating_sub(start).min(value.len() as u64) as usize;
             if value[keep..].iter().any(|&b| b != 0) {
-                bad(format!(
-                    "block {index} of {ino}: data past the size {}",
-                    node.size
-                ));
+                bad(format!("block {index} of {ino}: data past the size {}", node.size));
             }
         })?;
         view.for_each(Table::Xattrs, |key, value| {
@@ -204,9 +171,7 @@ impl FsStore {
 
         for ino in seen.keys() {
             if !inodes.contains_key(ino) {
-                bad(format!(
-                    "entries, handles, blocks or xattrs of missing inode {ino}"
-                ));
+                bad(format!("entries, handles, blocks or xattrs of missing inode {ino}"));
             }
         }
         let empty = Seen::default();
@@ -216,16 +181,10 @@ impl FsStore {
                 bad(format!("inode {ino}: mode bits {:o}", node.perm));
             }
             if u64::from(node.open_count) != s.handles {
-                bad(format!(
-                    "inode {ino}: open_count {} with {} handles",
-                    node.open_count, s.handles
-                ));
+                bad(format!("inode {ino}: open_count {} with {} handles", node.open_count, s.handles));
             }
             if node.blocks_stored != s.blocks {
-                bad(format!(
-                    "inode {ino}: blocks_stored {} with {} blocks",
-                    node.blocks_stored, s.blocks
-                ));
+                bad(format!("inode {ino}: blocks_stored {} with {} blocks", node.blocks_stored, s.blocks));
             }
             if u64::from(node.xattr_count) != s.xattrs || node.xattr_bytes != s.xattr_bytes {
                 bad(format!(
@@ -234,18 +193,12 @@ impl FsStore {
                 ));
             }
             if node.nlink == 0 && node.open_count == 0 {
-                bad(format!(
-                    "inode {ino}: no names and no handles, yet not freed"
-                ));
+                bad(format!("inode {ino}: no names and no handles, yet not freed"));
             }
             if node.is_dir() {
                 check_dir(&inodes, node, s, &mut bad);
             } else if u64::from(node.nlink) != s.names.len() as u64 {
-                bad(format!(
-                    "inode {ino}: nlink {} with {} names",
-                    node.nlink,
-                    s.names.len()
-                ));
+                bad(format!("inode {ino}: nlink {} with {} names", node.nlink, s.names.len()));
             }
         }
         Ok(problems)
@@ -256,25 +209,17 @@ impl FsStore {
 fn check_dir(inodes: &BTreeMap<Ino, Inode>, dir: &Inode, s: &Seen, bad: &mut impl FnMut(String)) {
     let ino = dir.ino;
     if dir.entries != s.entries {
-        bad(format!(
-            "directory {ino}: entries {} with {} stored",
-            dir.entries, s.entries
-        ));
+        bad(format!("directory {ino}: entries {} with {} stored", dir.entries, s.entries));
     }
     if dir.nlink == 0 {
         // Removed, kept by a handle: empty, nameless.
         if s.entries != 0 || !s.names.is_empty() {
-            bad(format!(
-                "removed directory {ino} still has entries or names"
-            ));
+            bad(format!("removed directory {ino} still has entries or names"));
         }
         return;
     }
     if u64::from(dir.nlink) != 2 + s.subdirs {
-        bad(format!(
-            "directory {ino}: nlink {} with {} subdirectories",
-            dir.nlink, s.subdirs
-        ));
+        bad(format!("directory {ino}: nlink {} with {} subdirectories", dir.nlink, s.subdirs));
     }
     if ino == ROOT_INO {
         if dir.parent != ROOT_INO || !s.names.is_empty() {
@@ -284,10 +229,7 @@ fn check_dir(inodes: &BTreeMap<Ino, Inode>, dir: &Inode, s: &Seen, bad: &mut imp
     }
     match s.names.as_slice() {
         [(holder, _)] if *holder == dir.parent => {}
-        names => bad(format!(
-            "directory {ino} (parent {}) has names {names:?}",
-            dir.parent
-        )),
+        names => bad(format!("directory {ino} (parent {}) has names {names:?}", dir.parent)),
     }
     // The chain of parents reaches the root through linked directories.
     let mut current = dir.parent;
@@ -298,9 +240,7 @@ fn check_dir(inodes: &BTreeMap<Ino, Inode>, dir: &Inode, s: &Seen, bad: &mut imp
         match inodes.get(&current) {
             Some(up) if up.is_dir() && up.nlink > 0 => current = up.parent,
             _ => {
-                bad(format!(
-                    "directory {ino}: parent chain reaches {current}, not a linked directory"
-                ));
+                bad(format!("directory {ino}: parent chain reaches {current}, not a linked directory"));
                 return;
             }
         }

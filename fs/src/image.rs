@@ -78,11 +78,7 @@ pub struct StoreImage {
 }
 
 fn codec() -> impl Options {
-    bincode::DefaultOptions::new()
-        .with_fixint_encoding()
-        .with_little_endian()
-        .reject_trailing_bytes()
-        .with_limit(IMAGE_BYTES_MAX)
+    bincode::DefaultOptions::new().with_fixint_encoding().with_little_endian().reject_trailing_bytes().with_limit(IMAGE_BYTES_MAX)
 }
 
 fn invalid<T>(reason: impl Into<String>) -> Result<T, StoreError> {
@@ -101,9 +97,7 @@ impl StoreImage {
         if bytes.len() as u64 > IMAGE_BYTES_MAX {
             return invalid(format!("{} bytes exceed {IMAGE_BYTES_MAX}", bytes.len()));
         }
-        let image: StoreImage = codec()
-            .deserialize(bytes)
-            .map_err(|e| StoreError::Image(e.to_string()))?;
+        let image: StoreImage = codec().deserialize(bytes).map_err(|e| StoreError::Image(e.to_string()))?;
         image.validate()?;
         Ok(image)
     }
@@ -120,17 +114,11 @@ impl StoreImage {
 
     /// The store's command index the image holds.
     pub fn applied_index(&self) -> u64 {
-        self.meta_and_tag()
-            .expect("a StoreImage is validated")
-            .0
-            .applied_index
+        self.meta_and_tag().expect("a StoreImage is validated").0.applied_index
     }
 
     fn table(&self, table: Table) -> &TableImage {
-        let position = Table::ALL
-            .iter()
-            .position(|t| *t == table)
-            .expect("table in ALL");
+        let position = Table::ALL.iter().position(|t| *t == table).expect("table in ALL");
         &self.tables[position]
     }
 
@@ -151,36 +139,22 @@ impl StoreImage {
             return invalid("no meta record");
         };
         if meta.format_version != FORMAT_VERSION {
-            return Err(StoreError::FormatVersion {
-                found: meta.format_version,
-                expected: FORMAT_VERSION,
-            });
+            return Err(StoreError::FormatVersion { found: meta.format_version, expected: FORMAT_VERSION });
         }
         Ok((meta, tag))
     }
 
     fn validate(&self) -> Result<(), StoreError> {
         if self.format_version != FORMAT_VERSION {
-            return Err(StoreError::FormatVersion {
-                found: self.format_version,
-                expected: FORMAT_VERSION,
-            });
+            return Err(StoreError::FormatVersion { found: self.format_version, expected: FORMAT_VERSION });
         }
         if self.tables.len() != Table::ALL.len() {
-            return invalid(format!(
-                "{} tables, expected {}",
-                self.tables.len(),
-                Table::ALL.len()
-            ));
+            return invalid(format!("{} tables, expected {}", self.tables.len(), Table::ALL.len()));
         }
         let mut hasher = StateHasher::new();
         for (table, image) in Table::ALL.iter().zip(&self.tables) {
             if image.name != table.name() {
-                return invalid(format!(
-                    "table {} where {} belongs",
-                    image.name,
-                    table.name()
-                ));
+                return invalid(format!("table {} where {} belongs", image.name, table.name()));
             }
             hasher.begin_table(&image.name);
             let mut previous: Option<&[u8]> = None;
@@ -212,8 +186,7 @@ pub(crate) fn export(view: &SnapView) -> Result<StoreImage, StoreError> {
         hasher.begin_table(table.name());
         let mut pairs = Vec::new();
         view.for_each(table, |key, value| {
-            bytes =
-                bytes.saturating_add(key.len() as u64 + value.len() as u64 + PAIR_OVERHEAD_BYTES);
+            bytes = bytes.saturating_add(key.len() as u64 + value.len() as u64 + PAIR_OVERHEAD_BYTES);
             // Past the bound, only count: the image is refused below.
             if bytes <= IMAGE_BYTES_MAX {
                 hasher.pair(key, value);
@@ -224,26 +197,16 @@ pub(crate) fn export(view: &SnapView) -> Result<StoreImage, StoreError> {
             return invalid(format!("state of more than {IMAGE_BYTES_MAX} bytes"));
         }
         hasher.end_table();
-        tables.push(TableImage {
-            name: table.name().to_string(),
-            pairs,
-        });
+        tables.push(TableImage { name: table.name().to_string(), pairs });
     }
-    let image = StoreImage {
-        format_version: FORMAT_VERSION,
-        digest: hasher.finish(),
-        tables,
-    };
+    let image = StoreImage { format_version: FORMAT_VERSION, digest: hasher.finish(), tables };
     debug_assert!(image.validate().is_ok(), "an exported image validates");
     Ok(image)
 }
 
 /// Replaces the database's contents by the image in one fsynced WriteBatch;
 /// returns the new meta record and tag. The caller holds the applier lock.
-pub(crate) fn import(
-    db: &Db,
-    image: &StoreImage,
-) -> Result<(Meta, Option<AppliedTag>), StoreError> {
+pub(crate) fn import(db: &Db, image: &StoreImage) -> Result<(Meta, Option<AppliedTag>), StoreError> {
     let (meta, tag) = image.meta_and_tag()?;
     let mut batch = WriteBatch::default();
     for table in Table::ALL {

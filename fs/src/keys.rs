@@ -30,15 +30,8 @@ pub(crate) enum Table {
 }
 
 impl Table {
-    pub(crate) const ALL: [Table; 7] = [
-        Table::Meta,
-        Table::Inodes,
-        Table::Dirents,
-        Table::DirIndex,
-        Table::Blocks,
-        Table::Handles,
-        Table::Xattrs,
-    ];
+    pub(crate) const ALL: [Table; 7] =
+        [Table::Meta, Table::Inodes, Table::Dirents, Table::DirIndex, Table::Blocks, Table::Handles, Table::Xattrs];
 
     pub(crate) fn name(self) -> &'static str {
         match self {
@@ -82,11 +75,7 @@ pub(crate) fn named_key(a: u64, name: &[u8]) -> Vec<u8> {
 pub(crate) fn prefix_range(a: u64) -> (Vec<u8>, Vec<u8>) {
     let from = u64_key(a);
     // a + 1 cannot overflow for real inode numbers (allocated from 1 upwards).
-    let to = if a == u64::MAX {
-        vec![0xff; 9]
-    } else {
-        u64_key(a + 1)
-    };
+    let to = if a == u64::MAX { vec![0xff; 9] } else { u64_key(a + 1) };
     (from, to)
 }
 
@@ -101,11 +90,7 @@ pub(crate) fn block_key(ino: Ino, block: u64) -> Vec<u8> {
 /// Splits a 16-byte pair key; the table name is for the error message.
 pub(crate) fn split_pair_key(table: Table, key: &[u8]) -> Result<(u64, u64), StoreError> {
     if key.len() != 16 {
-        return Err(corrupt(
-            table,
-            key,
-            format!("pair key of {} bytes, expected 16", key.len()),
-        ));
+        return Err(corrupt(table, key, format!("pair key of {} bytes, expected 16", key.len())));
     }
     let a = u64::from_be_bytes(key[..8].try_into().expect("8 bytes"));
     let b = u64::from_be_bytes(key[8..].try_into().expect("8 bytes"));
@@ -115,20 +100,12 @@ pub(crate) fn split_pair_key(table: Table, key: &[u8]) -> Result<(u64, u64), Sto
 /// Splits an (u64, name) key; returns the name part.
 pub(crate) fn split_named_key(table: Table, key: &[u8]) -> Result<(u64, &[u8]), StoreError> {
     if key.len() < 8 {
-        return Err(corrupt(
-            table,
-            key,
-            format!("named key of {} bytes, expected >= 8", key.len()),
-        ));
+        return Err(corrupt(table, key, format!("named key of {} bytes, expected >= 8", key.len())));
     }
     let a = u64::from_be_bytes(key[..8].try_into().expect("8 bytes"));
     Ok((a, &key[8..]))
 }
 
 pub(crate) fn corrupt(table: Table, key: &[u8], reason: String) -> StoreError {
-    StoreError::Corrupt {
-        table: table.name(),
-        key_hex: hex::encode(key),
-        reason,
-    }
+    StoreError::Corrupt { table: table.name(), key_hex: hex::encode(key), reason }
 }

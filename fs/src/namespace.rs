@@ -13,14 +13,9 @@ use crate::ctx::Ctx;
 use crate::error::{errno, Fail, R};
 use crate::keys::{pair_key, split_pair_key, Table};
 use crate::ops::{Caller, DirEntry, FileKind, Ino, Reply, READDIR_ENTRIES_MAX, SYMLINK_MAX_BYTES};
-use crate::perm::{
-    check_access, is_owner_or_root, is_root, may_create, may_delete, MAY_READ, MAY_WRITE,
-};
+use crate::perm::{check_access, is_owner_or_root, is_root, may_create, may_delete, MAY_READ, MAY_WRITE};
 use crate::records::{decode, DirSlot, Inode, COOKIE_FIRST};
-use crate::state::{
-    check_name, dir_for_lookup, get_dirent, get_inode, is_ancestor, is_dot_or_dotdot, load_inode,
-    LINK_MAX,
-};
+use crate::state::{check_name, dir_for_lookup, get_dirent, get_inode, is_ancestor, is_dot_or_dotdot, load_inode, LINK_MAX};
 use crate::view::View;
 
 /// Owner, group and permission bits of a new inode in `dir` (Linux
@@ -31,9 +26,7 @@ fn new_owner(dir: &Inode, caller: &Caller, kind: FileKind, perm: u32) -> (u32, u
     let gid = if dir.perm & libc::S_ISGID != 0 {
         if kind == FileKind::Dir {
             perm |= libc::S_ISGID;
-        } else if perm & (libc::S_ISGID | libc::S_IXGRP) == (libc::S_ISGID | libc::S_IXGRP)
-            && !caller.in_group(dir.gid)
-            && !is_root(caller)
+        } else if perm & (libc::S_ISGID | libc::S_IXGRP) == (libc::S_ISGID | libc::S_IXGRP) && !caller.in_group(dir.gid) && !is_root(caller)
         {
             perm &= !libc::S_ISGID;
         }
@@ -68,15 +61,7 @@ fn insert_new(ctx: &mut Ctx, mut dir: Inode, name: &[u8], node: &Inode) -> R<()>
     Ok(())
 }
 
-pub(crate) fn create(
-    ctx: &mut Ctx,
-    parent: Ino,
-    name: &[u8],
-    mode: u32,
-    umask: u32,
-    flags: i32,
-    excl: bool,
-) -> R<Reply> {
+pub(crate) fn create(ctx: &mut Ctx, parent: Ino, name: &[u8], mode: u32, umask: u32, flags: i32, excl: bool) -> R<Reply> {
     let dir = dir_for_lookup(&ctx.tx, ctx.caller, parent)?;
     check_name(name)?;
     if is_dot_or_dotdot(name) {
@@ -99,20 +84,10 @@ pub(crate) fn create(
     // skips may_open for FMODE_CREATED) and is empty, so O_TRUNC is moot.
     let fh = ctx.open_handle(&mut node, flags)?;
     insert_new(ctx, dir, name, &node)?;
-    Ok(Reply::Created {
-        attr: node.attr(),
-        fh,
-    })
+    Ok(Reply::Created { attr: node.attr(), fh })
 }
 
-pub(crate) fn mknod(
-    ctx: &mut Ctx,
-    parent: Ino,
-    name: &[u8],
-    mode: u32,
-    umask: u32,
-    rdev: u32,
-) -> R<Reply> {
+pub(crate) fn mknod(ctx: &mut Ctx, parent: Ino, name: &[u8], mode: u32, umask: u32, rdev: u32) -> R<Reply> {
     // may_mknod runs before the lookup in Linux.
     let kind = match mode & libc::S_IFMT {
         0 | libc::S_IFREG => FileKind::File,
@@ -254,12 +229,7 @@ pub(crate) fn rmdir(ctx: &mut Ctx, parent: Ino, name: &[u8]) -> R<Reply> {
         return errno(libc::ENOTEMPTY);
     }
     ctx.remove_entry(&mut dir, name, &entry);
-    assert!(
-        dir.nlink > 2,
-        "directory {} with a subdirectory has nlink {}",
-        dir.ino,
-        dir.nlink
-    );
+    assert!(dir.nlink > 2, "directory {} with a subdirectory has nlink {}", dir.ino, dir.nlink);
     dir.nlink -= 1;
     dir.modified(ctx.now);
     ctx.save(&dir);
@@ -267,14 +237,7 @@ pub(crate) fn rmdir(ctx: &mut Ctx, parent: Ino, name: &[u8]) -> R<Reply> {
     Ok(Reply::Ok)
 }
 
-pub(crate) fn rename(
-    ctx: &mut Ctx,
-    parent: Ino,
-    name: &[u8],
-    newparent: Ino,
-    newname: &[u8],
-    flags: u32,
-) -> R<Reply> {
+pub(crate) fn rename(ctx: &mut Ctx, parent: Ino, name: &[u8], newparent: Ino, newname: &[u8], flags: u32) -> R<Reply> {
     let noreplace = flags & libc::RENAME_NOREPLACE != 0;
     let exchange = flags & libc::RENAME_EXCHANGE != 0;
     if flags & !(libc::RENAME_NOREPLACE | libc::RENAME_EXCHANGE) != 0 || (noreplace && exchange) {
@@ -316,11 +279,7 @@ pub(crate) fn rename(
     }
     if let Some(d) = &dst {
         if dst_is_dir && is_ancestor(&ctx.tx, d.ino, parent)? {
-            return errno(if exchange {
-                libc::EINVAL
-            } else {
-                libc::ENOTEMPTY
-            });
+            return errno(if exchange { libc::EINVAL } else { libc::ENOTEMPTY });
         }
         if d.ino == src.ino {
             // Same inode (the same entry, or two hard links): Linux does nothing.
@@ -348,11 +307,7 @@ pub(crate) fn rename(
             check_access(&src_node, ctx.caller, MAY_WRITE)?;
         }
         if exchange && dst_is_dir {
-            check_access(
-                dst_node.as_ref().expect("exchange has a target"),
-                ctx.caller,
-                MAY_WRITE,
-            )?;
+            check_access(dst_node.as_ref().expect("exchange has a target"), ctx.caller, MAY_WRITE)?;
         }
     }
     if !exchange {
@@ -446,13 +401,7 @@ pub(crate) fn lookup(view: &impl View, caller: &Caller, parent: Ino, name: &[u8]
     Ok(Reply::Entry(load_inode(view, ino)?.attr()))
 }
 
-pub(crate) fn readdir(
-    view: &impl View,
-    ino: Ino,
-    cookie: u64,
-    max_entries: u32,
-    plus: bool,
-) -> R<Reply> {
+pub(crate) fn readdir(view: &impl View, ino: Ino, cookie: u64, max_entries: u32, plus: bool) -> R<Reply> {
     let dir = load_inode(view, ino)?;
     if !dir.is_dir() {
         return errno(libc::ENOTDIR);
@@ -461,18 +410,8 @@ pub(crate) fn readdir(
     let mut entries = Vec::with_capacity(limit.min(64));
     for (dot_cookie, dot_name, dot_ino) in [(1u64, &b"."[..], ino), (2, &b".."[..], dir.parent)] {
         if cookie < dot_cookie && entries.len() < limit && dir.nlink > 0 {
-            let attr = if plus {
-                Some(load_inode(view, dot_ino)?.attr())
-            } else {
-                None
-            };
-            entries.push(DirEntry {
-                ino: dot_ino,
-                cookie: dot_cookie,
-                kind: FileKind::Dir,
-                name: dot_name.to_vec(),
-                attr,
-            });
+            let attr = if plus { Some(load_inode(view, dot_ino)?.attr()) } else { None };
+            entries.push(DirEntry { ino: dot_ino, cookie: dot_cookie, kind: FileKind::Dir, name: dot_name.to_vec(), attr });
         }
     }
     let first = cookie.saturating_add(1).max(COOKIE_FIRST);
@@ -484,23 +423,13 @@ pub(crate) fn readdir(
             let (_, entry_cookie) = split_pair_key(Table::DirIndex, &key).map_err(Fail::Store)?;
             let slot: DirSlot = decode(Table::DirIndex, &key, &value).map_err(Fail::Store)?;
             let attr = if plus {
-                let node = get_inode(view, slot.ino)?.unwrap_or_else(|| {
-                    panic!(
-                        "entry {:?} of {ino} points at missing inode {}",
-                        slot.name, slot.ino
-                    )
-                });
+                let node = get_inode(view, slot.ino)?
+                    .unwrap_or_else(|| panic!("entry {:?} of {ino} points at missing inode {}", slot.name, slot.ino));
                 Some(node.attr())
             } else {
                 None
             };
-            entries.push(DirEntry {
-                ino: slot.ino,
-                cookie: entry_cookie,
-                kind: slot.kind,
-                name: slot.name,
-                attr,
-            });
+            entries.push(DirEntry { ino: slot.ino, cookie: entry_cookie, kind: slot.kind, name: slot.name, attr });
         }
     }
     Ok(Reply::Dir(entries))

@@ -167,21 +167,68 @@ pub struct SetAttr {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub enum Op {
     /// Creates and opens a regular file (FUSE create). `excl` = O_EXCL.
-    Create { parent: Ino, name: Vec<u8>, mode: u32, umask: u32, flags: i32, excl: bool },
+    Create {
+        parent: Ino,
+        name: Vec<u8>,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        excl: bool,
+    },
     /// Any non-directory node: regular, fifo, socket, char/block device.
-    Mknod { parent: Ino, name: Vec<u8>, mode: u32, umask: u32, rdev: u32 },
-    Mkdir { parent: Ino, name: Vec<u8>, mode: u32, umask: u32 },
-    Symlink { parent: Ino, name: Vec<u8>, target: Vec<u8> },
-    Link { ino: Ino, newparent: Ino, newname: Vec<u8> },
-    Unlink { parent: Ino, name: Vec<u8> },
-    Rmdir { parent: Ino, name: Vec<u8> },
+    Mknod {
+        parent: Ino,
+        name: Vec<u8>,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+    },
+    Mkdir {
+        parent: Ino,
+        name: Vec<u8>,
+        mode: u32,
+        umask: u32,
+    },
+    Symlink {
+        parent: Ino,
+        name: Vec<u8>,
+        target: Vec<u8>,
+    },
+    Link {
+        ino: Ino,
+        newparent: Ino,
+        newname: Vec<u8>,
+    },
+    Unlink {
+        parent: Ino,
+        name: Vec<u8>,
+    },
+    Rmdir {
+        parent: Ino,
+        name: Vec<u8>,
+    },
     /// `flags`: 0, RENAME_NOREPLACE or RENAME_EXCHANGE (libc values).
-    Rename { parent: Ino, name: Vec<u8>, newparent: Ino, newname: Vec<u8>, flags: u32 },
-    SetAttr { ino: Ino, attr: SetAttr },
+    Rename {
+        parent: Ino,
+        name: Vec<u8>,
+        newparent: Ino,
+        newname: Vec<u8>,
+        flags: u32,
+    },
+    SetAttr {
+        ino: Ino,
+        attr: SetAttr,
+    },
     /// Opens an existing inode; O_TRUNC truncates. Opens are tracked so an
     /// unlinked file keeps its data until the last release.
-    Open { ino: Ino, flags: i32 },
-    Release { ino: Ino, fh: Fh },
+    Open {
+        ino: Ino,
+        flags: i32,
+    },
+    Release {
+        ino: Ino,
+        fh: Fh,
+    },
     Write {
         ino: Ino,
         fh: Fh,
@@ -192,7 +239,13 @@ pub enum Op {
         flags: i32,
     },
     /// libc FALLOC_FL_* mode bits (KEEP_SIZE, PUNCH_HOLE, ZERO_RANGE) or 0.
-    Fallocate { ino: Ino, fh: Fh, offset: u64, length: u64, mode: i32 },
+    Fallocate {
+        ino: Ino,
+        fh: Fh,
+        offset: u64,
+        length: u64,
+        mode: i32,
+    },
     /// `flags`: 0, XATTR_CREATE or XATTR_REPLACE.
     SetXattr {
         ino: Ino,
@@ -202,9 +255,15 @@ pub enum Op {
         value: Vec<u8>,
         flags: i32,
     },
-    RemoveXattr { ino: Ino, name: Vec<u8> },
+    RemoveXattr {
+        ino: Ino,
+        name: Vec<u8>,
+    },
     /// A durability barrier for the inode; the store syncs before replying.
-    Fsync { ino: Ino, datasync: bool },
+    Fsync {
+        ino: Ino,
+        datasync: bool,
+    },
 }
 
 /// One command of the replicated log: the operation plus the inputs that
@@ -220,15 +279,36 @@ pub struct Command {
 /// A read-only operation, answered from applied state.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub enum Query {
-    Lookup { parent: Ino, name: Vec<u8> },
-    GetAttr { ino: Ino },
-    Read { ino: Ino, offset: u64, size: u32 },
-    ReadLink { ino: Ino },
+    Lookup {
+        parent: Ino,
+        name: Vec<u8>,
+    },
+    GetAttr {
+        ino: Ino,
+    },
+    Read {
+        ino: Ino,
+        offset: u64,
+        size: u32,
+    },
+    ReadLink {
+        ino: Ino,
+    },
     /// Entries after `cookie` (0 = from the start), at most `max_entries`.
     /// With `plus` every entry carries its attributes (readdirplus).
-    ReadDir { ino: Ino, cookie: u64, max_entries: u32, plus: bool },
-    GetXattr { ino: Ino, name: Vec<u8> },
-    ListXattr { ino: Ino },
+    ReadDir {
+        ino: Ino,
+        cookie: u64,
+        max_entries: u32,
+        plus: bool,
+    },
+    GetXattr {
+        ino: Ino,
+        name: Vec<u8>,
+    },
+    ListXattr {
+        ino: Ino,
+    },
     StatFs,
 }
 
@@ -262,9 +342,18 @@ pub enum Reply {
     /// Lookup, mkdir, mknod, symlink, link: the entry's attributes.
     Entry(Attr),
     /// Create: the new entry and its open handle.
-    Created { attr: Attr, fh: Fh },
-    Opened { attr: Attr, fh: Fh },
-    Written { written: u32, attr: Attr },
+    Created {
+        attr: Attr,
+        fh: Fh,
+    },
+    Opened {
+        attr: Attr,
+        fh: Fh,
+    },
+    Written {
+        written: u32,
+        attr: Attr,
+    },
     Data(#[serde(with = "serde_bytes")] Vec<u8>),
     Dir(Vec<DirEntry>),
     StatFs(StatFs),

@@ -21,11 +21,7 @@ pub(crate) fn is_root(caller: &Caller) -> bool {
 
 /// `generic_permission`: EACCES unless `caller` may do everything in `mask`.
 pub(crate) fn check_access(inode: &Inode, caller: &Caller, mask: u32) -> R<()> {
-    assert_eq!(
-        mask & !(MAY_EXEC | MAY_WRITE | MAY_READ),
-        0,
-        "unknown permission bits"
-    );
+    assert_eq!(mask & !(MAY_EXEC | MAY_WRITE | MAY_READ), 0, "unknown permission bits");
     if is_root(caller) {
         // Root may do anything except execute a non-directory nobody may execute.
         if mask & MAY_EXEC != 0 && !inode.is_dir() && inode.perm & 0o111 == 0 {
@@ -93,8 +89,7 @@ pub(crate) fn may_create(dir: &Inode, caller: &Caller) -> R<()> {
 /// `setattr_should_drop_sgid`: S_ISGID goes when group execute is set, or
 /// when `caller` is neither in the file's group `gid` nor root.
 fn should_drop_sgid(perm: u32, gid: u32, caller: &Caller) -> bool {
-    perm & libc::S_ISGID != 0
-        && (perm & libc::S_IXGRP != 0 || !(is_root(caller) || caller.in_group(gid)))
+    perm & libc::S_ISGID != 0 && (perm & libc::S_IXGRP != 0 || !(is_root(caller) || caller.in_group(gid)))
 }
 
 /// Mode bits a write, truncate or fallocate by `caller` leaves on a regular

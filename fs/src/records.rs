@@ -21,11 +21,7 @@ pub(crate) const FORMAT_VERSION: u32 = 1;
 const RECORD_BYTES_MAX: u64 = 64 * 1024;
 
 fn codec() -> impl Options {
-    bincode::DefaultOptions::new()
-        .with_fixint_encoding()
-        .with_little_endian()
-        .reject_trailing_bytes()
-        .with_limit(RECORD_BYTES_MAX)
+    bincode::DefaultOptions::new().with_fixint_encoding().with_little_endian().reject_trailing_bytes().with_limit(RECORD_BYTES_MAX)
 }
 
 pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
@@ -33,14 +29,8 @@ pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     codec().serialize(value).expect("record encodes")
 }
 
-pub(crate) fn decode<T: DeserializeOwned>(
-    table: Table,
-    key: &[u8],
-    bytes: &[u8],
-) -> Result<T, StoreError> {
-    codec()
-        .deserialize(bytes)
-        .map_err(|e| corrupt(table, key, e.to_string()))
+pub(crate) fn decode<T: DeserializeOwned>(table: Table, key: &[u8], bytes: &[u8]) -> Result<T, StoreError> {
+    codec().deserialize(bytes).map_err(|e| corrupt(table, key, e.to_string()))
 }
 
 /// The counters and position of the state machine (table `meta`).
@@ -114,14 +104,7 @@ pub(crate) const DIR_SIZE_BYTES: u64 = 4096;
 
 impl Inode {
     /// A fresh inode of `kind`; all time stamps are `now`, version 1.
-    pub(crate) fn new(
-        ino: Ino,
-        kind: FileKind,
-        perm: u32,
-        uid: u32,
-        gid: u32,
-        now: Timestamp,
-    ) -> Inode {
+    pub(crate) fn new(ino: Ino, kind: FileKind, perm: u32, uid: u32, gid: u32, now: Timestamp) -> Inode {
         assert_eq!(perm & !0o7777, 0, "perm carries only permission bits");
         let dir = kind == FileKind::Dir;
         Inode {

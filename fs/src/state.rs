@@ -92,10 +92,7 @@ pub(crate) fn is_ancestor(view: &impl View, ancestor: Ino, ino: Ino) -> R<bool> 
         let Some(inode) = get_inode(view, current)? else {
             panic!("directory {current} on a parent chain is missing");
         };
-        assert!(
-            inode.is_dir() && inode.nlink > 0,
-            "parent chain from {ino} reaches {current}, not a linked directory"
-        );
+        assert!(inode.is_dir() && inode.nlink > 0, "parent chain from {ino} reaches {current}, not a linked directory");
         current = inode.parent;
     }
     panic!("parent chain from {ino} longer than {DEPTH_MAX}: cycle in the directory tree");

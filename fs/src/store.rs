@@ -27,10 +27,7 @@ use crate::error::{Fail, StoreError};
 use crate::image::StateHasher;
 pub use crate::image::StoreImage;
 use crate::keys::{inode_key, Table, META_KEY, TAG_KEY};
-use crate::ops::{
-    Caller, Command, FileKind, Op, OpResult, Query, Reply, StatFs, Timestamp, NAME_MAX_BYTES,
-    ROOT_INO,
-};
+use crate::ops::{Caller, Command, FileKind, Op, OpResult, Query, Reply, StatFs, Timestamp, NAME_MAX_BYTES, ROOT_INO};
 use crate::records::{decode, AppliedTag, Inode, Meta, FORMAT_VERSION};
 use crate::view::{cf, Db, SnapView, Tx, View};
 use crate::{attrs, data, namespace, xattr};
@@ -103,10 +100,8 @@ impl FsStore {
     /// Opens or creates the store in `dir`; a new store gets the root
     /// directory (ino 1, mode 0o755, uid/gid 0, nlink 2, all times 0).
     pub fn open(dir: &Path, opts: StoreOptions) -> Result<FsStore, StoreError> {
-        let descriptors: Vec<ColumnFamilyDescriptor> = Table::ALL
-            .iter()
-            .map(|t| ColumnFamilyDescriptor::new(t.name(), table_options(*t)))
-            .collect();
+        let descriptors: Vec<ColumnFamilyDescriptor> =
+            Table::ALL.iter().map(|t| ColumnFamilyDescriptor::new(t.name(), table_options(*t))).collect();
         let db = Db::open_cf_descriptors(&db_options(), dir, descriptors)?;
         for table in Table::ALL {
             if db.cf_handle(table.name()).is_none() {
@@ -117,10 +112,7 @@ impl FsStore {
             Some(bytes) => {
                 let meta: Meta = decode(Table::Meta, META_KEY, &bytes)?;
                 if meta.format_version != FORMAT_VERSION {
-                    return Err(StoreError::FormatVersion {
-                        found: meta.format_version,
-                        expected: FORMAT_VERSION,
-                    });
+                    return Err(StoreError::FormatVersion { found: meta.format_version, expected: FORMAT_VERSION });
                 }
                 meta
             }
@@ -141,13 +133,7 @@ impl FsStore {
 
     /// Writes the state of an empty file system: the root directory.
     fn initialize(db: &Db) -> Result<Meta, StoreError> {
-        let meta = Meta {
-            format_version: FORMAT_VERSION,
-            applied_index: 0,
-            next_ino: ROOT_INO + 1,
-            next_fh: 1,
-            inodes_live: 1,
-        };
+        let meta = Meta { format_version: FORMAT_VERSION, applied_index: 0, next_ino: ROOT_INO + 1, next_fh: 1, inodes_live: 1 };
         let mut root = Inode::new(ROOT_INO, FileKind::Dir, 0o755, 0, 0, Timestamp::new(0, 0));
         root.parent = ROOT_INO;
         let mut tx = Tx::new(db);
@@ -173,63 +159,27 @@ impl FsStore {
     /// decreases, `last_now` strictly increases). A store is driven by
     /// `apply_tagged` for its whole life (an untagged `apply` in between
     /// would leave the tag behind the state).
-    pub fn apply_tagged(
-        &self,
-        index: u64,
-        cmd: &Command,
-        tag: &AppliedTag,
-    ) -> Result<OpResult, StoreError> {
+    pub fn apply_tagged(&self, index: u64, cmd: &Command, tag: &AppliedTag) -> Result<OpResult, StoreError> {
         self.apply_inner(index, cmd, Some(tag))
     }
 
     /// The tag of the last `apply_tagged` (or of the imported image); `None`
     /// for a store never driven by `apply_tagged`.
     pub fn tag(&self) -> Option<AppliedTag> {
-        self.applier
-            .lock()
-            .expect("applier lock poisoned by an earlier panic")
-            .tag
+        self.applier.lock().expect("applier lock poisoned by an earlier panic").tag
     }
 
-    fn apply_inner(
-        &self,
-        index: u64,
-        cmd: &Command,
-        tag: Option<&AppliedTag>,
-    ) -> Result<OpResult, StoreError> {
-        let mut applier = self
-            .applier
-            .lock()
-            .expect("applier lock poisoned by an earlier panic");
-        assert_eq!(
-            index,
-            applier.meta.applied_index + 1,
-            "apply out of order: index {index} after {}",
-            applier.meta.applied_index
-        );
+    fn apply_inner(&self, index: u64, cmd: &Command, tag: Option<&AppliedTag>) -> Result<OpResult, StoreError> {
+        let mut applier = self.applier.lock().expect("applier lock poisoned by an earlier panic");
+        assert_eq!(index, applier.meta.applied_index + 1, "apply out of order: index {index} after {}", applier.meta.applied_index);
         if let Some(tag) = tag {
             assert_eq!(tag.last_now, cmd.now, "the tag records the command's time");
             if let Some(prev) = &applier.tag {
-                assert!(
-                    tag.op >= prev.op,
-                    "tag op went back: {} after {}",
-                    tag.op,
-                    prev.op
-                );
-                assert!(
-                    tag.last_now > prev.last_now,
-                    "tagged time did not increase: {:?} after {:?}",
-                    tag.last_now,
-                    prev.last_now
-                );
+                assert!(tag.op >= prev.op, "tag op went back: {} after {}", tag.op, prev.op);
+                assert!(tag.last_now > prev.last_now, "tagged time did not increase: {:?} after {:?}", tag.last_now, prev.last_now);
             }
         }
-        let mut ctx = Ctx::new(
-            Tx::new(&self.db),
-            cmd.now,
-            &cmd.caller,
-            applier.meta.clone(),
-        );
+        let mut ctx = Ctx::new(Tx::new(&self.db), cmd.now, &cmd.caller, applier.meta.clone());
         let outcome = execute(&mut ctx, &cmd.op);
         let result = match outcome {
             Ok(reply) => Ok(reply),
@@ -269,17 +219,10 @@ impl FsStore {
         let view = SnapView::new(&self.db);
         let outcome = match q {
             Query::Lookup { parent, name } => namespace::lookup(&view, caller, *parent, name),
-            Query::GetAttr { ino } => {
-                crate::state::load_inode(&view, *ino).map(|n| Reply::Attr(n.attr()))
-            }
+            Query::GetAttr { ino } => crate::state::load_inode(&view, *ino).map(|n| Reply::Attr(n.attr())),
             Query::Read { ino, offset, size } => data::read(&view, *ino, *offset, *size),
             Query::ReadLink { ino } => readlink(&view, *ino),
-            Query::ReadDir {
-                ino,
-                cookie,
-                max_entries,
-                plus,
-            } => namespace::readdir(&view, *ino, *cookie, *max_entries, *plus),
+            Query::ReadDir { ino, cookie, max_entries, plus } => namespace::readdir(&view, *ino, *cookie, *max_entries, *plus),
             Query::GetXattr { ino, name } => xattr::getxattr(&view, caller, *ino, name),
             Query::ListXattr { ino } => xattr::listxattr(&view, caller, *ino),
             Query::StatFs => self.statfs(&view),
@@ -336,21 +279,13 @@ impl FsStore {
     /// equals `image.digest()` (asserted). The image was validated when it
     /// was built or decoded.
     pub fn import_image(&self, image: &StoreImage) -> Result<(), StoreError> {
-        let mut applier = self
-            .applier
-            .lock()
-            .expect("applier lock poisoned by an earlier panic");
+        let mut applier = self.applier.lock().expect("applier lock poisoned by an earlier panic");
         let (meta, tag) = crate::image::import(&self.db, image)?;
         applier.meta = meta;
         applier.tag = tag;
-        self.applied
-            .store(applier.meta.applied_index, Ordering::Release);
+        self.applied.store(applier.meta.applied_index, Ordering::Release);
         drop(applier);
-        assert_eq!(
-            self.digest()?,
-            image.digest(),
-            "imported state differs from its image"
-        );
+        assert_eq!(self.digest()?, image.digest(), "imported state differs from its image");
         Ok(())
     }
 
@@ -361,31 +296,17 @@ impl FsStore {
             return Err(StoreError::CheckpointDirExists(dir.display().to_string()));
         }
         // Holding the applier lock: no command lands while the files are linked.
-        let applier = self
-            .applier
-            .lock()
-            .expect("applier lock poisoned by an earlier panic");
+        let applier = self.applier.lock().expect("applier lock poisoned by an earlier panic");
         Checkpoint::new(&self.db)?.create_checkpoint(dir)?;
         Ok(applier.meta.applied_index)
     }
 
     fn statfs(&self, view: &SnapView) -> Result<Reply, Fail> {
-        let meta: Meta = view
-            .get_record(Table::Meta, META_KEY)?
-            .expect("meta record exists in an open store");
+        let meta: Meta = view.get_record(Table::Meta, META_KEY)?.expect("meta record exists in an open store");
         let (blocks, bfree, bavail) = host_space(&self.dir);
         let files = FILES_MAX;
         let ffree = files.saturating_sub(meta.inodes_live);
-        Ok(Reply::StatFs(StatFs {
-            blocks,
-            bfree,
-            bavail,
-            files,
-            ffree,
-            bsize: 4096,
-            namelen: NAME_MAX_BYTES as u32,
-            frsize: 4096,
-        }))
+        Ok(Reply::StatFs(StatFs { blocks, bfree, bavail, files, ffree, bsize: 4096, namelen: NAME_MAX_BYTES as u32, frsize: 4096 }))
     }
 }
 
@@ -411,11 +332,7 @@ fn host_space(dir: &Path) -> (u64, u64, u64) {
     }
     let unit = st.f_frsize.max(1) as u64;
     let scale = |n: u64| n.saturating_mul(unit) / 4096;
-    (
-        scale(st.f_blocks as u64),
-        scale(st.f_bfree as u64),
-        scale(st.f_bavail as u64),
-    )
+    (scale(st.f_blocks as u64), scale(st.f_bfree as u64), scale(st.f_bavail as u64))
 }
 
 fn readlink(view: &impl View, ino: u64) -> Result<Reply, Fail> {
@@ -429,69 +346,20 @@ fn readlink(view: &impl View, ino: u64) -> Result<Reply, Fail> {
 /// Runs one operation against the command's context.
 fn execute(ctx: &mut Ctx, op: &Op) -> Result<Reply, Fail> {
     match op {
-        Op::Create {
-            parent,
-            name,
-            mode,
-            umask,
-            flags,
-            excl,
-        } => namespace::create(ctx, *parent, name, *mode, *umask, *flags, *excl),
-        Op::Mknod {
-            parent,
-            name,
-            mode,
-            umask,
-            rdev,
-        } => namespace::mknod(ctx, *parent, name, *mode, *umask, *rdev),
-        Op::Mkdir {
-            parent,
-            name,
-            mode,
-            umask,
-        } => namespace::mkdir(ctx, *parent, name, *mode, *umask),
-        Op::Symlink {
-            parent,
-            name,
-            target,
-        } => namespace::symlink(ctx, *parent, name, target),
-        Op::Link {
-            ino,
-            newparent,
-            newname,
-        } => namespace::link(ctx, *ino, *newparent, newname),
+        Op::Create { parent, name, mode, umask, flags, excl } => namespace::create(ctx, *parent, name, *mode, *umask, *flags, *excl),
+        Op::Mknod { parent, name, mode, umask, rdev } => namespace::mknod(ctx, *parent, name, *mode, *umask, *rdev),
+        Op::Mkdir { parent, name, mode, umask } => namespace::mkdir(ctx, *parent, name, *mode, *umask),
+        Op::Symlink { parent, name, target } => namespace::symlink(ctx, *parent, name, target),
+        Op::Link { ino, newparent, newname } => namespace::link(ctx, *ino, *newparent, newname),
         Op::Unlink { parent, name } => namespace::unlink(ctx, *parent, name),
         Op::Rmdir { parent, name } => namespace::rmdir(ctx, *parent, name),
-        Op::Rename {
-            parent,
-            name,
-            newparent,
-            newname,
-            flags,
-        } => namespace::rename(ctx, *parent, name, *newparent, newname, *flags),
+        Op::Rename { parent, name, newparent, newname, flags } => namespace::rename(ctx, *parent, name, *newparent, newname, *flags),
         Op::SetAttr { ino, attr } => attrs::setattr(ctx, *ino, attr),
         Op::Open { ino, flags } => attrs::open(ctx, *ino, *flags),
         Op::Release { ino, fh } => attrs::release(ctx, *ino, *fh),
-        Op::Write {
-            ino,
-            fh,
-            offset,
-            data,
-            flags,
-        } => data::write(ctx, *ino, *fh, *offset, data, *flags),
-        Op::Fallocate {
-            ino,
-            fh,
-            offset,
-            length,
-            mode,
-        } => data::fallocate(ctx, *ino, *fh, *offset, *length, *mode),
-        Op::SetXattr {
-            ino,
-            name,
-            value,
-            flags,
-        } => xattr::setxattr(ctx, *ino, name, value, *flags),
+        Op::Write { ino, fh, offset, data, flags } => data::write(ctx, *ino, *fh, *offset, data, *flags),
+        Op::Fallocate { ino, fh, offset, length, mode } => data::fallocate(ctx, *ino, *fh, *offset, *length, *mode),
+        Op::SetXattr { ino, name, value, flags } => xattr::setxattr(ctx, *ino, name, value, *flags),
         Op::RemoveXattr { ino, name } => xattr::removexattr(ctx, *ino, name),
         Op::Fsync { ino, datasync: _ } => attrs::fsync(ctx, *ino),
     }
@@ -501,9 +369,7 @@ fn execute(ctx: &mut Ctx, op: &Op) -> Result<Reply, Fail> {
 impl FsStore {
     /// Overwrites one raw record (tests only: corruption).
     pub(crate) fn put_raw(&self, table: Table, key: &[u8], value: &[u8]) {
-        self.db
-            .put_cf(cf(&self.db, table), key, value)
-            .expect("put");
+        self.db.put_cf(cf(&self.db, table), key, value).expect("put");
     }
 
     /// Number of keys in `table` (tests only).

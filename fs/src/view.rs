@@ -22,8 +22,7 @@ pub(crate) type Db = DBWithThreadMode<SingleThreaded>;
 
 pub(crate) fn cf(db: &Db, table: Table) -> &rocksdb::ColumnFamily {
     // Every table is created at open; a missing one is a bug.
-    db.cf_handle(table.name())
-        .unwrap_or_else(|| panic!("column family {} missing", table.name()))
+    db.cf_handle(table.name()).unwrap_or_else(|| panic!("column family {} missing", table.name()))
 }
 
 /// A key/value pair read from a table.
@@ -34,44 +33,17 @@ pub(crate) trait View {
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
     /// Pairs with `from <= key < to`, in key order, at most `limit` of them;
     /// values are left empty unless `values`.
-    fn scan_opt(
-        &self,
-        table: Table,
-        from: &[u8],
-        to: &[u8],
-        limit: usize,
-        values: bool,
-    ) -> Result<Vec<Pair>, StoreError>;
+    fn scan_opt(&self, table: Table, from: &[u8], to: &[u8], limit: usize, values: bool) -> Result<Vec<Pair>, StoreError>;
 
-    fn scan(
-        &self,
-        table: Table,
-        from: &[u8],
-        to: &[u8],
-        limit: usize,
-    ) -> Result<Vec<Pair>, StoreError> {
+    fn scan(&self, table: Table, from: &[u8], to: &[u8], limit: usize) -> Result<Vec<Pair>, StoreError> {
         self.scan_opt(table, from, to, limit, true)
     }
 
-    fn scan_keys(
-        &self,
-        table: Table,
-        from: &[u8],
-        to: &[u8],
-        limit: usize,
-    ) -> Result<Vec<Vec<u8>>, StoreError> {
-        Ok(self
-            .scan_opt(table, from, to, limit, false)?
-            .into_iter()
-            .map(|(key, _)| key)
-            .collect())
+    fn scan_keys(&self, table: Table, from: &[u8], to: &[u8], limit: usize) -> Result<Vec<Vec<u8>>, StoreError> {
+        Ok(self.scan_opt(table, from, to, limit, false)?.into_iter().map(|(key, _)| key).collect())
     }
 
-    fn get_record<T: DeserializeOwned>(
-        &self,
-        table: Table,
-        key: &[u8],
-    ) -> Result<Option<T>, StoreError> {
+    fn get_record<T: DeserializeOwned>(&self, table: Table, key: &[u8]) -> Result<Option<T>, StoreError> {
         match self.get(table, key)? {
             None => Ok(None),
             Some(bytes) => Ok(Some(decode(table, key, &bytes)?)),
@@ -102,10 +74,7 @@ fn scan_db(
     while iter.valid() && pairs.len() < limit {
         let (key, value) = iter.item().expect("valid iterator has an item");
         assert!(key >= from && key < to, "iterator left its bounds");
-        pairs.push((
-            key.to_vec(),
-            if values { value.to_vec() } else { Vec::new() },
-        ));
+        pairs.push((key.to_vec(), if values { value.to_vec() } else { Vec::new() }));
         iter.next();
     }
     iter.status()?;
@@ -120,20 +89,13 @@ pub(crate) struct SnapView<'a> {
 
 impl<'a> SnapView<'a> {
     pub(crate) fn new(db: &'a Db) -> Self {
-        SnapView {
-            db,
-            snapshot: db.snapshot(),
-        }
+        SnapView { db, snapshot: db.snapshot() }
     }
 }
 
 impl SnapView<'_> {
     /// Calls `visit` with every pair of `table`, in key order.
-    pub(crate) fn for_each(
-        &self,
-        table: Table,
-        mut visit: impl FnMut(&[u8], &[u8]),
-    ) -> Result<(), StoreError> {
+    pub(crate) fn for_each(&self, table: Table, mut visit: impl FnMut(&[u8], &[u8])) -> Result<(), StoreError> {
         let mut iter = self.snapshot.raw_iterator_cf(cf(self.db, table));
         iter.seek_to_first();
         while let Some((key, value)) = iter.item() {
@@ -149,23 +111,8 @@ impl View for SnapView<'_> {
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.snapshot.get_cf(cf(self.db, table), key)?)
     }
-    fn scan_opt(
-        &self,
-        table: Table,
-        from: &[u8],
-        to: &[u8],
-        limit: usize,
-        values: bool,
-    ) -> Result<Vec<Pair>, StoreError> {
-        scan_db(
-            self.db,
-            Some(&self.snapshot),
-            table,
-            from,
-            to,
-            limit,
-            values,
-        )
+    fn scan_opt(&self, table: Table, from: &[u8], to: &[u8], limit: usize, values: bool) -> Result<Vec<Pair>, StoreError> {
+        scan_db(self.db, Some(&self.snapshot), table, from, to, limit, values)
     }
 }
 
@@ -178,10 +125,7 @@ pub(crate) struct Tx<'a> {
 
 impl<'a> Tx<'a> {
     pub(crate) fn new(db: &'a Db) -> Self {
-        Tx {
-            db,
-            writes: BTreeMap::new(),
-        }
+        Tx { db, writes: BTreeMap::new() }
     }
 
     pub(crate) fn put(&mut self, table: Table, key: Vec<u8>, value: Vec<u8>) {
@@ -221,41 +165,20 @@ impl View for Tx<'_> {
         Ok(self.db.get_cf(cf(self.db, table), key)?)
     }
 
-    fn scan_opt(
-        &self,
-        table: Table,
-        from: &[u8],
-        to: &[u8],
-        limit: usize,
-        values: bool,
-    ) -> Result<Vec<Pair>, StoreError> {
+    fn scan_opt(&self, table: Table, from: &[u8], to: &[u8], limit: usize, values: bool) -> Result<Vec<Pair>, StoreError> {
         if from >= to || limit == 0 {
             return Ok(Vec::new());
         }
         let lo = (table, from.to_vec());
         let hi = (table, to.to_vec());
-        let pending: Vec<(&Vec<u8>, &Option<Vec<u8>>)> = self
-            .writes
-            .range(lo..hi)
-            .map(|((_, key), value)| (key, value))
-            .collect();
+        let pending: Vec<(&Vec<u8>, &Option<Vec<u8>>)> = self.writes.range(lo..hi).map(|((_, key), value)| (key, value)).collect();
         // Pending deletes may hide committed keys: read enough to still fill `limit`.
         let deletes = pending.iter().filter(|(_, v)| v.is_none()).count();
-        let committed = scan_db(
-            self.db,
-            None,
-            table,
-            from,
-            to,
-            limit.saturating_add(deletes),
-            values,
-        )?;
+        let committed = scan_db(self.db, None, table, from, to, limit.saturating_add(deletes), values)?;
         let mut merged: BTreeMap<Vec<u8>, Vec<u8>> = committed.into_iter().collect();
         for (key, value) in pending {
             match value {
-                Some(value) => {
-                    merged.insert(key.clone(), if values { value.clone() } else { Vec::new() })
-                }
+                Some(value) => merged.insert(key.clone(), if values { value.clone() } else { Vec::new() }),
                 None => merged.remove(key),
             };
         }

@@ -36,11 +36,8 @@ fn namespace(name: &[u8]) -> R<Namespace> {
     if name.is_empty() || name.len() > XATTR_NAME_MAX_BYTES {
         return errno(libc::ERANGE);
     }
-    let prefixes: [(&[u8], Namespace); 3] = [
-        (b"user.", Namespace::User),
-        (b"trusted.", Namespace::Trusted),
-        (b"security.", Namespace::Security),
-    ];
+    let prefixes: [(&[u8], Namespace); 3] =
+        [(b"user.", Namespace::User), (b"trusted.", Namespace::Trusted), (b"security.", Namespace::Security)];
     for (prefix, space) in prefixes {
         if let Some(suffix) = name.strip_prefix(prefix) {
             if suffix.is_empty() || suffix.contains(&0) {
@@ -74,11 +71,7 @@ fn xattr_permission(node: &Inode, name: &[u8], write: bool, caller: &Caller) -> 
             if !matches!(node.kind, FileKind::File | FileKind::Dir) {
                 return errno(if write { libc::EPERM } else { libc::ENODATA });
             }
-            if write
-                && node.is_dir()
-                && node.perm & libc::S_ISVTX != 0
-                && !is_owner_or_root(node, caller)
-            {
+            if write && node.is_dir() && node.perm & libc::S_ISVTX != 0 && !is_owner_or_root(node, caller) {
                 return errno(libc::EPERM);
             }
             check_access(node, caller, if write { MAY_WRITE } else { MAY_READ })
@@ -103,9 +96,7 @@ pub(crate) fn setxattr(ctx: &mut Ctx, ino: Ino, name: &[u8], value: &[u8], flags
         None if flags & libc::XATTR_REPLACE != 0 => return errno(libc::ENODATA),
         _ => {}
     }
-    let old_bytes = existing
-        .as_ref()
-        .map_or(0, |v| (name.len() + v.len()) as u64);
+    let old_bytes = existing.as_ref().map_or(0, |v| (name.len() + v.len()) as u64);
     let new_bytes = (name.len() + value.len()) as u64;
     let count = node.xattr_count + existing.is_none() as u32;
     let bytes = node.xattr_bytes - old_bytes + new_bytes;
@@ -153,11 +144,7 @@ pub(crate) fn listxattr(view: &impl View, caller: &Caller, ino: Ino) -> R<Reply>
     let (from, to) = prefix_range(ino);
     let limit = node.xattr_count as usize + 1;
     let keys = view.scan_keys(Table::Xattrs, &from, &to, limit)?;
-    assert_eq!(
-        keys.len(),
-        node.xattr_count as usize,
-        "xattr count of inode {ino} is off"
-    );
+    assert_eq!(keys.len(), node.xattr_count as usize, "xattr count of inode {ino} is off");
     let mut list = Vec::new();
     for key in keys {
         let (_, name) = split_named_key(Table::Xattrs, &key).map_err(Fail::Store)?;

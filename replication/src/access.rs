@@ -213,9 +213,7 @@ impl<S: StateMachine> Sessions<S> {
                 // enter the replicated reply cache. A retry runs it again,
                 // which is still linearizable (a read is idempotent).
                 Operation::Read(query) => {
-                    self.execute(request.session, request.seq, request.low_water, session_now_ms, Cache::Nothing, |m| {
-                        m.query(query)
-                    })
+                    self.execute(request.session, request.seq, request.low_water, session_now_ms, Cache::Nothing, |m| m.query(query))
                 }
             };
             outcomes.push(outcome);
@@ -272,9 +270,7 @@ impl<S: StateMachine> Sessions<S> {
         if self.table.len() >= self.sessions_max {
             let oldest = self.by_activity.first().copied();
             match oldest {
-                Some((last_active_ms, victim)) if last_active_ms.saturating_add(self.evict_idle_ms) <= now_ms => {
-                    self.remove(victim)
-                }
+                Some((last_active_ms, victim)) if last_active_ms.saturating_add(self.evict_idle_ms) <= now_ms => self.remove(victim),
                 // Every session is in use: refuse rather than evict a
                 // session whose client may be retrying a request that ran.
                 _ => return Outcome::Busy,
@@ -515,7 +511,14 @@ mod tests {
     fn registrations_never_evict_a_session_in_use() {
         let mut s = Sessions::new(KvStore::new(), &config()); // 3 sessions, evict after 200 ms idle
         let Outcome::Registered(victim) = register(&mut s, 1, 1, 11, 10) else { panic!() };
-        let append = |seq| Request { client: 1, session: victim, seq, low_water: seq - 1, epoch: 0, operation: Operation::Write(KvCommand::Append { key: 0, value: seq }.encode()) };
+        let append = |seq| Request {
+            client: 1,
+            session: victim,
+            seq,
+            low_water: seq - 1,
+            epoch: 0,
+            operation: Operation::Write(KvCommand::Append { key: 0, value: seq }.encode()),
+        };
         // The victim's append runs; its reply is lost; it will retry.
         s.apply_entry(&Entry { op: 2, view: 0, timestamp_ms: 20, requests: vec![append(1)] });
         let mut refused = 0;
@@ -556,7 +559,14 @@ mod tests {
     fn a_clock_jump_at_a_view_change_expires_nothing() {
         let mut s = Sessions::new(KvStore::new(), &config()); // timeout 500 ms
         let Outcome::Registered(id) = register(&mut s, 1, 1, 5, 1_000) else { panic!() };
-        let append = |seq| Request { client: 1, session: id, seq, low_water: seq - 1, epoch: 0, operation: Operation::Write(KvCommand::Append { key: 0, value: seq }.encode()) };
+        let append = |seq| Request {
+            client: 1,
+            session: id,
+            seq,
+            low_water: seq - 1,
+            epoch: 0,
+            operation: Operation::Write(KvCommand::Append { key: 0, value: seq }.encode()),
+        };
         // View 1's leader stamps ten hours later than view 0's.
         let later = 1_000 + 36_000_000;
         let out = s.apply_entry(&Entry { op: 2, view: 1, timestamp_ms: later, requests: vec![append(1)] });

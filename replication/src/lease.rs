@@ -69,10 +69,8 @@ impl Lease {
 
     /// Leader side: the lease expiry, given the view's members and a majority size.
     pub fn expiry_ms(&self, me: ReplicaId, members: Members, majority: usize, now_ms: Millis) -> Millis {
-        let mut times: Vec<Millis> = members
-            .iter()
-            .map(|m| if m == me { now_ms } else { self.echoes_ms[m as usize].unwrap_or(0) })
-            .collect();
+        let mut times: Vec<Millis> =
+            members.iter().map(|m| if m == me { now_ms } else { self.echoes_ms[m as usize].unwrap_or(0) }).collect();
         if times.len() < majority {
             return 0;
         }

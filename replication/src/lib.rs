@@ -46,9 +46,7 @@ pub mod sim;
 pub use access::{machine_part, Sessions};
 pub use log::{Checkpoint, Durable, Superblock, Write};
 pub use membership::Members;
-pub use message::{
-    Action, ClientId, Entry, Event, Message, Operation, Outcome, Reply, Request, SessionId,
-};
+pub use message::{Action, ClientId, Entry, Event, Message, Operation, Outcome, Reply, Request, SessionId};
 pub use replica::{Replica, Status, StatusReport};
 pub use state_machine::{ApplyContext, CheckpointError, StateMachine};
 

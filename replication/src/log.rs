@@ -104,9 +104,7 @@ impl Durable {
             self.checkpoint = Some(checkpoint.clone());
         }
         for entry in &write.entries {
-            let expected = self.entries.last().map(|e| e.op + 1).unwrap_or_else(|| {
-                self.checkpoint.as_ref().map(|c| c.op + 1).unwrap_or(1)
-            });
+            let expected = self.entries.last().map(|e| e.op + 1).unwrap_or_else(|| self.checkpoint.as_ref().map(|c| c.op + 1).unwrap_or(1));
             // A write appends right after what it kept; anything else is a
             // bug in the core, and the disk must not silently paper over it.
             assert_eq!(entry.op, expected, "non-contiguous durable append");

@@ -306,8 +306,7 @@ impl<S: StateMachine> Replica<S> {
 
     /// A snapshot of the protocol state.
     pub fn status(&self) -> StatusReport {
-        let lease_holds = self.is_leader_normal()
-            && self.lease.holds(self.id, self.members, self.config.majority(), self.now_ms);
+        let lease_holds = self.is_leader_normal() && self.lease.holds(self.id, self.members, self.config.majority(), self.now_ms);
         StatusReport {
             id: self.id,
             status: self.status,
@@ -368,12 +367,7 @@ impl<S: StateMachine> Replica<S> {
     }
 
     fn superblock(&self) -> Superblock {
-        Superblock {
-            replica: self.id,
-            replica_count: self.n(),
-            view: self.view,
-            last_normal_view: self.last_normal_view,
-        }
+        Superblock { replica: self.id, replica_count: self.n(), view: self.view, last_normal_view: self.last_normal_view }
     }
 
     /// Whether our disk holds the install of the current view (superblock
@@ -397,10 +391,19 @@ impl<S: StateMachine> Replica<S> {
         // one before the install is durable.
         if self.is_leader() && self.status == Status::Normal {
             let reveals = match &message {
-                Message::Prepare { view, .. } | Message::Commit { view, .. } | Message::StartView { view, .. } | Message::NewState { view, .. } => *view == self.view,
+                Message::Prepare { view, .. }
+                | Message::Commit { view, .. }
+                | Message::StartView { view, .. }
+                | Message::NewState { view, .. } => *view == self.view,
                 _ => false,
             };
-            invariant!(self, !reveals || self.view_durable(), "view {} revealed ({}) before its install is durable", self.view, message.kind());
+            invariant!(
+                self,
+                !reveals || self.view_durable(),
+                "view {} revealed ({}) before its install is durable",
+                self.view,
+                message.kind()
+            );
         }
         if to != self.id {
             self.actions.push(Action::Send { to, message });
@@ -438,13 +441,7 @@ impl<S: StateMachine> Replica<S> {
     }
 
     fn reply(&mut self, request: &Request, outcome: Outcome) {
-        let reply = Reply {
-            session: request.session,
-            seq: request.seq,
-            view: self.view,
-            leader: self.leader(),
-            outcome,
-        };
+        let reply = Reply { session: request.session, seq: request.seq, view: self.view, leader: self.leader(), outcome };
         self.actions.push(Action::Reply { client: request.client, reply });
     }
 
@@ -498,7 +495,13 @@ impl<S: StateMachine> Replica<S> {
     }
 
     fn check_invariants(&self) {
-        invariant!(self, self.machine.applied_op() == self.commit_op, "applied {} != committed {}", self.machine.applied_op(), self.commit_op);
+        invariant!(
+            self,
+            self.machine.applied_op() == self.commit_op,
+            "applied {} != committed {}",
+            self.machine.applied_op(),
+            self.commit_op
+        );
         invariant!(self, self.commit_op <= self.log.op(), "committed {} beyond op {}", self.commit_op, self.log.op());
         invariant!(self, self.log.base() <= self.commit_op, "log base above the commit point");
         invariant!(self, self.last_normal_view <= self.view, "last normal view above view");
@@ -586,9 +589,7 @@ impl<S: StateMachine> Replica<S> {
         match message {
             Message::Prepare { view, commit, sent_at_ms, entries } => self.on_prepare(from, view, commit, sent_at_ms, entries),
             Message::PrepareOk { view, op, echo_ms } => self.on_prepare_ok(from, view, op, echo_ms),
-            Message::Commit { view, commit, op, members, sent_at_ms } => {
-                self.on_commit(from, view, commit, op, members, sent_at_ms)
-            }
+            Message::Commit { view, commit, op, members, sent_at_ms } => self.on_commit(from, view, commit, op, members, sent_at_ms),
             Message::RequestPrepares { view, from: first } => self.on_request_prepares(from, view, first),
             Message::StartViewChange { view } => self.on_start_view_change(from, view),
             Message::DoViewChange { view, last_normal_view, commit, log } => {
@@ -647,8 +648,8 @@ impl<S: StateMachine> Replica<S> {
         // (R3); the request did not run, which R4d needs.
         // `precheck(session, 0)` answers TooOld exactly for a session in
         // the table (every low-water mark is ≥ 0).
-        let applied_state_complete = self.commit_op >= self.view_start_op
-            && self.lease.holds(self.id, self.members, self.config.majority(), self.now_ms);
+        let applied_state_complete =
+            self.commit_op >= self.view_start_op && self.lease.holds(self.id, self.members, self.config.majority(), self.now_ms);
         if request.operation != Operation::Register
             && applied_state_complete
             && !self.config.bugs().forget_reply_cache
@@ -694,14 +695,11 @@ impl<S: StateMachine> Replica<S> {
         }
         // Everything the view started with must be committed, else an entry
         // committed (and answered) by the previous leader may be missing.
-        self.commit_op >= self.view_start_op
-            && self.lease.holds(self.id, self.members, self.config.majority(), self.now_ms)
+        self.commit_op >= self.view_start_op && self.lease.holds(self.id, self.members, self.config.majority(), self.now_ms)
     }
 
     fn in_uncommitted_log(&self, request: &Request) -> bool {
-        (self.commit_op + 1..=self.log.op())
-            .filter_map(|op| self.log.get(op))
-            .any(|e| e.requests.iter().any(|r| same_request(r, request)))
+        (self.commit_op + 1..=self.log.op()).filter_map(|op| self.log.get(op)).any(|e| e.requests.iter().any(|r| same_request(r, request)))
     }
 
     // ------------------------------------------------------- normal operation
@@ -721,12 +719,7 @@ impl<S: StateMachine> Replica<S> {
             };
             self.log.append(entry.clone());
             self.persist(Write { entries: vec![entry.clone()], ..Default::default() });
-            let message = Message::Prepare {
-                view: self.view,
-                commit: self.commit_op,
-                sent_at_ms: self.now_ms,
-                entries: vec![entry],
-            };
+            let message = Message::Prepare { view: self.view, commit: self.commit_op, sent_at_ms: self.now_ms, entries: vec![entry] };
             for m in self.members.iter().collect::<Vec<_>>() {
                 self.send(m, message.clone());
             }
@@ -738,13 +731,8 @@ impl<S: StateMachine> Replica<S> {
             return; // on_persisted sends it once the install is durable
         }
         self.heartbeat_sent_ms = self.now_ms;
-        let message = Message::Commit {
-            view: self.view,
-            commit: self.commit_op,
-            op: self.log.op(),
-            members: self.members,
-            sent_at_ms: self.now_ms,
-        };
+        let message =
+            Message::Commit { view: self.view, commit: self.commit_op, op: self.log.op(), members: self.members, sent_at_ms: self.now_ms };
         self.broadcast(message);
     }
 
@@ -942,10 +930,7 @@ impl<S: StateMachine> Replica<S> {
         }
         let bugs = self.config.bugs();
         let own = if bugs.ack_before_durable { self.log.op() } else { self.journal.durable_op() };
-        let point = self
-            .acks
-            .commit_point(self.id, own, self.members, self.config.majority(), bugs.commit_on_one_ack)
-            .min(self.log.op());
+        let point = self.acks.commit_point(self.id, own, self.members, self.config.majority(), bugs.commit_on_one_ack).min(self.log.op());
         if point > self.commit_op {
             // Pair assertion with the commit rule: a majority of U (leader
             // included) holds every op up to the new point durably in this view.
@@ -982,11 +967,8 @@ impl<S: StateMachine> Replica<S> {
     }
 
     fn take_checkpoint(&mut self) {
-        let checkpoint = Checkpoint {
-            op: self.machine.applied_op(),
-            timestamp_ms: self.machine.timestamp_ms(),
-            state: self.machine.checkpoint(),
-        };
+        let checkpoint =
+            Checkpoint { op: self.machine.applied_op(), timestamp_ms: self.machine.timestamp_ms(), state: self.machine.checkpoint() };
         // Keep one interval of entries below the new checkpoint in memory, so
         // slightly lagging replicas catch up by entries, not by a checkpoint.
         let keep_from = self.checkpoint_op().max(self.log.base());
@@ -1081,12 +1063,8 @@ impl<S: StateMachine> Replica<S> {
         if leader == self.id {
             self.record_vote(self.id, vote);
         } else {
-            let message = Message::DoViewChange {
-                view: self.view,
-                last_normal_view: vote.last_normal_view,
-                commit: vote.commit,
-                log: vote.log,
-            };
+            let message =
+                Message::DoViewChange { view: self.view, last_normal_view: vote.last_normal_view, commit: vote.commit, log: vote.log };
             self.send_after_durable(leader, message);
         }
     }
@@ -1197,9 +1175,7 @@ impl<S: StateMachine> Replica<S> {
     /// above our commit point (RequestPrepares of the view being formed, at
     /// most once per `retry_interval_ms`).
     fn fetch_vote_log(&mut self, to: ReplicaId) {
-        if to == self.id
-            || self.view_change.fetch_sent_ms.is_some_and(|t| self.now_ms < t + self.config.retry_interval_ms)
-        {
+        if to == self.id || self.view_change.fetch_sent_ms.is_some_and(|t| self.now_ms < t + self.config.retry_interval_ms) {
             return;
         }
         self.view_change.fetch_sent_ms = Some(self.now_ms);
@@ -1381,9 +1357,7 @@ impl<S: StateMachine> Replica<S> {
         let (checkpoint, log) = match commit {
             Some(c) if c >= self.log.base() && c <= self.log.op() => (None, self.log.suffix_after(c)),
             _ => match &self.checkpoint {
-                Some(c) if c.op >= self.log.base() && c.op <= self.log.op() => {
-                    (Some(c.clone()), self.log.suffix_after(c.op))
-                }
+                Some(c) if c.op >= self.log.base() && c.op <= self.log.op() => (Some(c.clone()), self.log.suffix_after(c.op)),
                 _ => (None, self.log.suffix()),
             },
         };

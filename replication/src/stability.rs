@@ -54,10 +54,7 @@ impl AckTracker {
     /// `me` with its own `own_durable`. With `one_ack` (an injected bug) the
     /// highest op durable anywhere.
     pub fn commit_point(&self, me: ReplicaId, own_durable: Op, members: Members, majority: usize, one_ack: bool) -> Op {
-        let mut ops: Vec<Op> = members
-            .iter()
-            .map(|m| if m == me { own_durable } else { self.durable[m as usize] })
-            .collect();
+        let mut ops: Vec<Op> = members.iter().map(|m| if m == me { own_durable } else { self.durable[m as usize] }).collect();
         ops.sort_unstable_by(|a, b| b.cmp(a));
         if one_ack {
             return ops.first().copied().unwrap_or(0);

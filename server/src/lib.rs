@@ -50,8 +50,7 @@ pub struct Replica {
 impl Replica {
     /// Opens (or creates) the replica's state under `data_dir`.
     pub fn open(data_dir: &Path) -> anyhow::Result<Arc<Replica>> {
-        std::fs::create_dir_all(data_dir)
-            .with_context(|| format!("cannot create data folder {}", data_dir.display()))?;
+        std::fs::create_dir_all(data_dir).with_context(|| format!("cannot create data folder {}", data_dir.display()))?;
         let store = FsStore::open(&data_dir.join("state"), StoreOptions::default())
             .with_context(|| format!("cannot open the state store in {}", data_dir.display()))?;
         let store = Arc::new(store);
@@ -88,15 +87,9 @@ fn libc_eio() -> i32 {
 
 /// Runs a replica until `shutdown` resolves: binds the QUIC endpoint, serves
 /// every connection, then closes the endpoint and flushes the store.
-pub async fn run(
-    cfg: ServerConfig,
-    shutdown: impl std::future::Future<Output = ()>,
-) -> anyhow::Result<()> {
-    let identity = chorus_wire::certs::load_identity(
-        &cfg.certs_dir,
-        chorus_wire::certs::Role::Replica(cfg.replica_id),
-    )
-    .with_context(|| format!("cannot load certificates from {}", cfg.certs_dir.display()))?;
+pub async fn run(cfg: ServerConfig, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+    let identity = chorus_wire::certs::load_identity(&cfg.certs_dir, chorus_wire::certs::Role::Replica(cfg.replica_id))
+        .with_context(|| format!("cannot load certificates from {}", cfg.certs_dir.display()))?;
     let server_cfg = chorus_wire::tls::server_config(&identity)?;
     let replica = tokio::task::block_in_place(|| Replica::open(&cfg.data_dir))?;
     let endpoint = chorus_wire::endpoint::server(cfg.listen, server_cfg)?;
@@ -110,11 +103,7 @@ pub async fn run(
 }
 
 /// Accept loop: one task per connection, each serving requests concurrently.
-pub async fn serve(
-    endpoint: quinn::Endpoint,
-    replica: Arc<Replica>,
-    shutdown: impl std::future::Future<Output = ()>,
-) {
+pub async fn serve(endpoint: quinn::Endpoint, replica: Arc<Replica>, shutdown: impl std::future::Future<Output = ()>) {
     let connections = Arc::new(tokio::sync::Semaphore::new(CONNECTIONS_MAX));
     tokio::pin!(shutdown);
     loop {
@@ -135,11 +124,7 @@ pub async fn serve(
             let peer = conn.remote_address();
             let handler = move |req: Request| {
                 let replica = replica.clone();
-                async move {
-                    tokio::task::spawn_blocking(move || replica.handle(req))
-                        .await
-                        .unwrap_or(Err(chorus_fs::ops::Errno(libc_eio())))
-                }
+                async move { tokio::task::spawn_blocking(move || replica.handle(req)).await.unwrap_or(Err(chorus_fs::ops::Errno(libc_eio()))) }
             };
             if let Err(e) = chorus_wire::rpc::serve_connection(conn, handler).await {
                 warn!(%peer, error = %e, "connection closed with error");

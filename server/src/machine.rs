@@ -84,9 +84,8 @@ pub fn decode_request(bytes: &[u8]) -> Result<Request, WireError> {
 /// most 4 MiB, readdir at most 4096 entries); if one ever did not, all
 /// replicas answer the same `Err(EIO)` rather than panic.
 pub fn encode_result(result: &OpResult) -> Vec<u8> {
-    chorus_wire::codec::to_bytes(result).unwrap_or_else(|_| {
-        chorus_wire::codec::to_bytes(&OpResult::Err(Errno(libc::EIO))).expect("errno encodes")
-    })
+    chorus_wire::codec::to_bytes(result)
+        .unwrap_or_else(|_| chorus_wire::codec::to_bytes(&OpResult::Err(Errno(libc::EIO))).expect("errno encodes"))
 }
 
 /// Decodes a reply.
@@ -216,10 +215,8 @@ impl FsMachine {
         let manifest = checkpoint::seal(&refs.checkpoints, &tmp, &name, op, &mut known).map_err(|e| e.to_string())?;
         // Forget sums of files no kept checkpoint holds any more.
         checkpoint::prune(&refs.checkpoints, CHECKPOINTS_KEPT, &name);
-        let live: std::collections::HashSet<(String, u64)> = checkpoint::list(&refs.checkpoints)
-            .into_iter()
-            .flat_map(|m| m.files.into_iter().map(|f| (f.name, f.bytes)))
-            .collect();
+        let live: std::collections::HashSet<(String, u64)> =
+            checkpoint::list(&refs.checkpoints).into_iter().flat_map(|m| m.files.into_iter().map(|f| (f.name, f.bytes))).collect();
         known.retain(|k, _| live.contains(k));
         Ok(manifest.to_bytes())
     }
@@ -365,9 +362,7 @@ impl StateMachine for FsMachine {
 
     fn checkpoint(&self) -> Vec<u8> {
         if let Some(refs) = &self.refs {
-            return self
-                .checkpoint_by_reference(refs)
-                .unwrap_or_else(|e| stop_on_storage_failure("take a checkpoint", &e));
+            return self.checkpoint_by_reference(refs).unwrap_or_else(|e| stop_on_storage_failure("take a checkpoint", &e));
         }
         self.store.export_image().unwrap_or_else(|e| stop_on_storage_failure("take a checkpoint", &e)).to_bytes()
     }
@@ -382,12 +377,7 @@ impl StateMachine for FsMachine {
         let tag = match image.tag() {
             Some(tag) => tag,
             None if image.applied_index() == 0 => AppliedTag::default(),
-            None => {
-                return Err(CheckpointError(format!(
-                    "image of an untagged store with {} commands",
-                    image.applied_index()
-                )))
-            }
+            None => return Err(CheckpointError(format!("image of an untagged store with {} commands", image.applied_index()))),
         };
         // Entries after the last command may hold none for the store, so the
         // image may stand before `index`, never after it.

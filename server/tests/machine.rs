@@ -4,9 +4,7 @@
 
 use std::path::Path;
 
-use chorus_fs::ops::{
-    Caller, Errno, Op, OpResult, Query, Reply, Request, SetAttr, SetTime, Timestamp, ROOT_INO,
-};
+use chorus_fs::ops::{Caller, Errno, Op, OpResult, Query, Reply, Request, SetAttr, SetTime, Timestamp, ROOT_INO};
 use chorus_fs::{FsStore, StoreOptions};
 use chorus_replication::{ApplyContext, StateMachine};
 use chorus_server::machine::{decode_result, encode_request, timestamp_from_ms, FsMachine, MachineError};
@@ -96,11 +94,7 @@ fn workload(m: &mut FsMachine, seed: u64, entries: u64) -> (Log, Vec<Vec<u8>>) {
                     attr: SetAttr {
                         mode: Some(0o600 | rng.below(0o100) as u32),
                         size: (rng.below(2) == 0).then(|| rng.below(100_000)),
-                        mtime: Some(if rng.below(2) == 0 {
-                            SetTime::Now
-                        } else {
-                            SetTime::At(Timestamp::new(5, 5))
-                        }),
+                        mtime: Some(if rng.below(2) == 0 { SetTime::Now } else { SetTime::At(Timestamp::new(5, 5)) }),
                         ..SetAttr::default()
                     },
                 },
@@ -209,8 +203,7 @@ fn time_strictly_increases_when_the_leader_stamp_stalls_or_repeats() {
 
 #[test]
 fn checkpoint_restore_gives_same_digest_and_same_future() {
-    let (da, db, dc) =
-        (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (da, db, dc) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let mut a = machine(da.path());
     let (log, replies) = workload(&mut a, 7, 100);
     let cut = log.iter().position(|(c, _)| c.op > 60).unwrap();
@@ -227,11 +220,9 @@ fn checkpoint_restore_gives_same_digest_and_same_future() {
     assert_eq!(c.tag(), b.tag());
     assert_eq!(c.store().applied_index(), b.store().applied_index());
     // Files of c's old state are gone.
-    let lookup = encode_request(&Request::Query {
-        caller: Caller::root(),
-        query: Query::Lookup { parent: ROOT_INO, name: b"n1".to_vec() },
-    })
-    .unwrap();
+    let lookup =
+        encode_request(&Request::Query { caller: Caller::root(), query: Query::Lookup { parent: ROOT_INO, name: b"n1".to_vec() } })
+            .unwrap();
     assert_eq!(c.query(&lookup), b.query(&lookup));
     // The restored machine goes on exactly like the original.
     assert_eq!(replay(&mut c, &log[cut..]), replies[cut..].to_vec());
@@ -284,10 +275,7 @@ fn reopen_keeps_entry_op_and_last_now() {
     // A leader stamp behind the stored time still moves time forward.
     let reply = m.apply(
         ApplyContext { op: 31, timestamp_ms: 1 },
-        &mutate(
-            &Caller::root(),
-            Op::Mkdir { parent: ROOT_INO, name: b"late".to_vec(), mode: 0o755, umask: 0 },
-        ),
+        &mutate(&Caller::root(), Op::Mkdir { parent: ROOT_INO, name: b"late".to_vec(), mode: 0o755, umask: 0 }),
     );
     let Ok(Reply::Entry(attr)) = decode_result(&reply).unwrap() else { panic!() };
     assert!(attr.ctime > tag.last_now);
@@ -304,8 +292,7 @@ fn garbage_commands_and_queries_get_einval_and_change_nothing() {
     let mut valid = mutate(&Caller::root(), Op::Unlink { parent: ROOT_INO, name: b"x".to_vec() });
     valid.push(0); // trailing byte
     let hostile = [0u8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff];
-    let garbage: Vec<Vec<u8>> =
-        vec![vec![], vec![0xff; 3], hostile.to_vec(), valid, query.clone(), (0..=255).collect()];
+    let garbage: Vec<Vec<u8>> = vec![vec![], vec![0xff; 3], hostile.to_vec(), valid, query.clone(), (0..=255).collect()];
     for bytes in &garbage {
         let reply = m.apply(ApplyContext { op: 6, timestamp_ms: 1 }, bytes);
         assert_eq!(decode_result(&reply).unwrap(), Err(Errno(libc::EINVAL)));
@@ -337,33 +324,17 @@ fn under_the_session_layer_a_retry_gets_the_cached_reply_and_runs_once() {
     use chorus_replication::{Config, Entry, Operation, Outcome, Sessions};
     let dir = tempfile::tempdir().unwrap();
     let mut s = Sessions::new(machine(dir.path()), &Config::new(3));
-    let request = |session, seq, operation| chorus_replication::Request {
-        client: 1,
-        session,
-        seq,
-        low_water: 0,
-        epoch: 0,
-        operation,
-    };
+    let request = |session, seq, operation| chorus_replication::Request { client: 1, session, seq, low_water: 0, epoch: 0, operation };
     let entry = |op, requests| Entry { op, view: 0, timestamp_ms: 1_700_000_000_000 + op, requests };
     let out = s.apply_entry(&entry(1, vec![request(0, 1, Operation::Register)]));
     let Outcome::Registered(session) = out[0] else { panic!("{out:?}") };
     let create = Operation::Write(mutate(
         &user(1000),
-        Op::Create {
-            parent: ROOT_INO,
-            name: b"f".to_vec(),
-            mode: 0o644,
-            umask: 0,
-            flags: libc::O_RDWR,
-            excl: true,
-        },
+        Op::Create { parent: ROOT_INO, name: b"f".to_vec(), mode: 0o644, umask: 0, flags: libc::O_RDWR, excl: true },
     ));
     // Root directory is 0o755 root-owned: let user 1000 in first.
-    let chmod = Operation::Write(mutate(
-        &Caller::root(),
-        Op::SetAttr { ino: ROOT_INO, attr: SetAttr { mode: Some(0o777), ..SetAttr::default() } },
-    ));
+    let chmod =
+        Operation::Write(mutate(&Caller::root(), Op::SetAttr { ino: ROOT_INO, attr: SetAttr { mode: Some(0o777), ..SetAttr::default() } }));
     let out = s.apply_entry(&entry(2, vec![request(session, 1, chmod), request(session, 2, create.clone())]));
     let Outcome::Done(created) = &out[1] else { panic!("{out:?}") };
     let Ok(Reply::Created { attr, fh }) = decode_result(created).unwrap() else { panic!() };
@@ -371,10 +342,7 @@ fn under_the_session_layer_a_retry_gets_the_cached_reply_and_runs_once() {
         request(
             session,
             seq,
-            Operation::Write(mutate(
-                &user(1000),
-                Op::Write { ino: attr.ino, fh, offset, data: b"abc".to_vec(), flags: 0 },
-            )),
+            Operation::Write(mutate(&user(1000), Op::Write { ino: attr.ino, fh, offset, data: b"abc".to_vec(), flags: 0 })),
         )
     };
     let out = s.apply_entry(&entry(3, vec![write(3, 0), write(4, 3)]));
@@ -398,11 +366,7 @@ fn under_the_session_layer_a_retry_gets_the_cached_reply_and_runs_once() {
     assert_eq!(s.machine().applied_index(), 5);
     // Reads through the log go to `query`.
     let read = Operation::Read(
-        encode_request(&Request::Query {
-            caller: user(1000),
-            query: Query::Read { ino: attr.ino, offset: 0, size: 16 },
-        })
-        .unwrap(),
+        encode_request(&Request::Query { caller: user(1000), query: Query::Read { ino: attr.ino, offset: 0, size: 16 } }).unwrap(),
     );
     let out = s.apply_entry(&entry(6, vec![request(session, 6, read)]));
     let Outcome::Done(data) = &out[0] else { panic!("{out:?}") };

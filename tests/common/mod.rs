@@ -152,23 +152,14 @@ impl Cluster {
         self.server = Some(p);
         // Ready when a UDP bind to the port fails (quinn holds it).
         let port = self.addr.port();
-        wait_until("server to bind", Duration::from_secs(30), || {
-            std::net::UdpSocket::bind(("127.0.0.1", port)).is_err()
-        });
+        wait_until("server to bind", Duration::from_secs(30), || std::net::UdpSocket::bind(("127.0.0.1", port)).is_err());
     }
 
     pub fn start_mount(&mut self) {
         let addr = self.addr.to_string();
         let p = spawn(
             "mount",
-            &[
-                "mount".as_ref(),
-                "--certs".as_ref(),
-                self.certs.as_os_str(),
-                "--server".as_ref(),
-                addr.as_ref(),
-                self.mnt.as_os_str(),
-            ],
+            &["mount".as_ref(), "--certs".as_ref(), self.certs.as_os_str(), "--server".as_ref(), addr.as_ref(), self.mnt.as_os_str()],
             &self.log("mount"),
         );
         self.mount = Some(p);

@@ -23,10 +23,7 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-    KeyUsagePurpose,
-};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::error::WireError;
@@ -165,8 +162,7 @@ pub fn init_cluster(dir: &Path, replicas: usize) -> Result<(), WireError> {
     let ca = CertifiedIssuer::self_signed(ca_params, ca_key).map_err(gen_err)?;
 
     // CA first, with O_EXCL: two concurrent `init`s cannot both succeed.
-    write_new(&dir.join("ca.key"), ca_key_pem.as_bytes(), 0o600)
-        .map_err(|e| exists_is_ca(e, dir))?;
+    write_new(&dir.join("ca.key"), ca_key_pem.as_bytes(), 0o600).map_err(|e| exists_is_ca(e, dir))?;
     write_new(&dir.join("ca.pem"), ca.pem().as_bytes(), 0o644).map_err(|e| exists_is_ca(e, dir))?;
 
     let mut roles: Vec<Role> = (0..replicas).map(Role::Replica).collect();
@@ -244,9 +240,7 @@ fn gen_err(e: rcgen::Error) -> WireError {
 
 fn exists_is_ca(e: WireError, dir: &Path) -> WireError {
     match e {
-        WireError::Io { source, .. } if source.kind() == std::io::ErrorKind::AlreadyExists => {
-            WireError::CaExists(dir.to_path_buf())
-        }
+        WireError::Io { source, .. } if source.kind() == std::io::ErrorKind::AlreadyExists => WireError::CaExists(dir.to_path_buf()),
         other => other,
     }
 }
@@ -274,9 +268,8 @@ fn read_file(path: &Path) -> Result<Vec<u8>, WireError> {
 
 fn parse_certs(pem: &[u8], path: &Path) -> Result<Vec<CertificateDer<'static>>, WireError> {
     let load_err = |reason: String| WireError::CertLoad { path: PathBuf::from(path), reason };
-    let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut &pem[..])
-        .collect::<Result<_, _>>()
-        .map_err(|e| load_err(format!("not a PEM certificate file: {e}")))?;
+    let certs: Vec<CertificateDer<'static>> =
+        rustls_pemfile::certs(&mut &pem[..]).collect::<Result<_, _>>().map_err(|e| load_err(format!("not a PEM certificate file: {e}")))?;
     if certs.is_empty() {
         return Err(load_err("contains no certificate".into()));
     }

@@ -26,11 +26,7 @@ pub fn options() -> impl Options + Copy {
 
 /// [`options`] with another byte limit (the replica transport's larger one).
 pub fn options_max(bytes_max: usize) -> impl Options + Copy {
-    bincode::DefaultOptions::new()
-        .with_limit(bytes_max as u64)
-        .with_little_endian()
-        .with_varint_encoding()
-        .reject_trailing_bytes()
+    bincode::DefaultOptions::new().with_limit(bytes_max as u64).with_little_endian().with_varint_encoding().reject_trailing_bytes()
 }
 
 /// Serializes `msg`; fails (instead of producing an unsendable frame) when it

@@ -76,7 +76,9 @@ pub enum WireError {
     },
 
     /// The server requires a client certificate and we presented none.
-    #[error("server requires a client certificate and none was presented — load this cluster's client.pem/client.key (made by `chorus init`)")]
+    #[error(
+        "server requires a client certificate and none was presented — load this cluster's client.pem/client.key (made by `chorus init`)"
+    )]
     ClientCertRequired,
 
     /// We refused the server's certificate during the TLS handshake.
@@ -176,13 +178,8 @@ impl WireError {
                 let code = u64::from(close.error_code);
                 match crypto_alert(code) {
                     Some(0x74) | Some(0x29) => WireError::ClientCertRequired,
-                    Some(alert) if is_cert_alert(alert) => WireError::CertRejectedByServer {
-                        reason: alert_words(alert),
-                    },
-                    Some(alert) => WireError::ConnectionLost(format!(
-                        "TLS handshake aborted by peer: {}",
-                        alert_words(alert)
-                    )),
+                    Some(alert) if is_cert_alert(alert) => WireError::CertRejectedByServer { reason: alert_words(alert) },
+                    Some(alert) => WireError::ConnectionLost(format!("TLS handshake aborted by peer: {}", alert_words(alert))),
                     None => WireError::ConnectionLost(format!("aborted by peer: {close}")),
                 }
             }
@@ -191,18 +188,15 @@ impl WireError {
             C::TransportError(te) => {
                 let code = u64::from(te.code);
                 match crypto_alert(code) {
-                    Some(alert) if is_cert_alert(alert) => WireError::ServerCertRejected {
-                        reason: if te.reason.is_empty() { alert_words(alert) } else { te.reason.clone() },
-                    },
+                    Some(alert) if is_cert_alert(alert) => {
+                        WireError::ServerCertRejected { reason: if te.reason.is_empty() { alert_words(alert) } else { te.reason.clone() } }
+                    }
                     _ => WireError::ConnectionLost(format!("transport error: {te}")),
                 }
             }
             C::ApplicationClosed(close) => {
                 let reason = String::from_utf8_lossy(&close.reason);
-                WireError::ConnectionLost(format!(
-                    "closed by peer (code {}): {reason}",
-                    close.error_code
-                ))
+                WireError::ConnectionLost(format!("closed by peer (code {}): {reason}", close.error_code))
             }
             C::TimedOut => WireError::ConnectionLost("peer timed out (no answer to keep-alives)".into()),
             C::Reset => WireError::ConnectionLost("reset by peer (it probably restarted)".into()),

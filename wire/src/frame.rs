@@ -169,11 +169,9 @@ pub async fn read_frame_max<R: AsyncRead + Unpin>(reader: &mut R, payload_bytes_
     let mut payload = Vec::with_capacity(payload_bytes.min(READ_BUFFER_BYTES_INITIAL));
     let got = (&mut *reader).take(payload_bytes as u64).read_to_end(&mut payload).await.map_err(io_lost)?;
     if got < payload_bytes {
-        return Err(FrameError::Truncated {
-            bytes_expected: FRAME_HEADER_BYTES + payload_bytes,
-            bytes_got: FRAME_HEADER_BYTES + got,
-        }
-        .into());
+        return Err(
+            FrameError::Truncated { bytes_expected: FRAME_HEADER_BYTES + payload_bytes, bytes_got: FRAME_HEADER_BYTES + got }.into()
+        );
     }
     debug_assert_eq!(payload.len(), payload_bytes);
     Ok(Some(payload))
@@ -245,10 +243,7 @@ mod tests {
     fn rejects_oversized_length_before_reading_payload() {
         // Only a header: the length alone must be refused, not reported truncated.
         let header = [0xff, 0xff, 0xff, 0xff, FRAME_VERSION];
-        assert_eq!(
-            decode(&header),
-            Err(FrameError::TooLarge { payload_bytes: u32::MAX as u64, payload_bytes_max: PAYLOAD_BYTES_MAX })
-        );
+        assert_eq!(decode(&header), Err(FrameError::TooLarge { payload_bytes: u32::MAX as u64, payload_bytes_max: PAYLOAD_BYTES_MAX }));
         let just_over = ((PAYLOAD_BYTES_MAX + 1) as u32).to_be_bytes();
         let header = [just_over[0], just_over[1], just_over[2], just_over[3], FRAME_VERSION];
         assert!(matches!(decode(&header), Err(FrameError::TooLarge { .. })));
@@ -260,10 +255,7 @@ mod tests {
     fn rejects_truncated() {
         let frame = encode(b"hello").unwrap();
         for cut in 0..frame.len() {
-            assert!(
-                matches!(decode(&frame[..cut]), Err(FrameError::Truncated { .. })),
-                "cut at {cut} not reported truncated"
-            );
+            assert!(matches!(decode(&frame[..cut]), Err(FrameError::Truncated { .. })), "cut at {cut} not reported truncated");
         }
     }
 

@@ -246,14 +246,8 @@ impl RpcClient {
 
     /// Like [`RpcClient::connect`], but verifies the server under
     /// `server_name`, e.g. `replica-2.chorus` to insist on one replica.
-    pub async fn connect_named(
-        endpoint: &quinn::Endpoint,
-        addr: SocketAddr,
-        server_name: &str,
-    ) -> Result<RpcClient, WireError> {
-        let connecting = endpoint
-            .connect(addr, server_name)
-            .map_err(|e| WireError::Connect { addr, reason: e.to_string() })?;
+    pub async fn connect_named(endpoint: &quinn::Endpoint, addr: SocketAddr, server_name: &str) -> Result<RpcClient, WireError> {
+        let connecting = endpoint.connect(addr, server_name).map_err(|e| WireError::Connect { addr, reason: e.to_string() })?;
         let conn = connecting.await.map_err(|e| WireError::from_connection(&e))?;
         RpcClient::from_connection(conn).await
     }
@@ -261,11 +255,7 @@ impl RpcClient {
     /// Runs the RPC client over an established connection.
     pub async fn from_connection(conn: quinn::Connection) -> Result<RpcClient, WireError> {
         let (send, recv) = conn.open_bi().await.map_err(|e| WireError::from_connection(&e))?;
-        let shared = Arc::new(Shared {
-            conn: conn.clone(),
-            pending: Mutex::new(Some(HashMap::new())),
-            failure: Mutex::new(None),
-        });
+        let shared = Arc::new(Shared { conn: conn.clone(), pending: Mutex::new(Some(HashMap::new())), failure: Mutex::new(None) });
         let (write_tx, write_rx) = mpsc::channel(WRITE_QUEUE_FRAMES_MAX);
         let (push_tx, push_rx) = mpsc::channel(PUSH_QUEUE_FRAMES_MAX);
         tokio::spawn(client_writer(shared.clone(), send, write_rx));

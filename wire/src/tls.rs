@@ -27,8 +27,8 @@ use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
 use rustls::RootCertStore;
 
-pub use crate::certs::SERVER_NAME;
 use crate::certs::Identity;
+pub use crate::certs::SERVER_NAME;
 use crate::error::WireError;
 
 /// The application protocol name both sides must agree on.
@@ -88,8 +88,7 @@ pub fn rustls_server_config(id: &Identity) -> Result<rustls::ServerConfig, WireE
 
 /// Server side: requires a client certificate chaining to the cluster CA.
 pub fn server_config(id: &Identity) -> Result<quinn::ServerConfig, WireError> {
-    let crypto = QuicServerConfig::try_from(rustls_server_config(id)?)
-        .map_err(|e| WireError::Tls(format!("QUIC server TLS: {e}")))?;
+    let crypto = QuicServerConfig::try_from(rustls_server_config(id)?).map_err(|e| WireError::Tls(format!("QUIC server TLS: {e}")))?;
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     cfg.transport_config(transport_config());
     Ok(cfg)

@@ -97,9 +97,7 @@ async fn connect(dir: &Path, role: Role, server: &TestServer) -> RpcClient {
 }
 
 async fn echo(client: &RpcClient, n: u64) -> Result<Resp, WireError> {
-    tokio::time::timeout(STEP_TIMEOUT, client.call(&Req::Echo { n, bytes: n.to_le_bytes().to_vec() }))
-        .await
-        .expect("call timed out")
+    tokio::time::timeout(STEP_TIMEOUT, client.call(&Req::Echo { n, bytes: n.to_le_bytes().to_vec() })).await.expect("call timed out")
 }
 
 fn cluster(replicas: usize) -> tempfile::TempDir {
@@ -161,12 +159,8 @@ async fn client_with_certificate_of_another_ca_is_refused() {
     let mut server = start_server(dir.path(), 0);
     // Trusts the right CA (so it accepts the server) but presents a leaf of another cluster.
     let read = |d: &Path, f: &str| std::fs::read_to_string(d.join(f)).unwrap();
-    let foreign = Identity::from_pem(
-        &read(dir.path(), "ca.pem"),
-        &read(other.path(), "client.pem"),
-        &read(other.path(), "client.key"),
-    )
-    .unwrap();
+    let foreign =
+        Identity::from_pem(&read(dir.path(), "ca.pem"), &read(other.path(), "client.pem"), &read(other.path(), "client.key")).unwrap();
     let ep = client_endpoint(&foreign, server.addr);
     let outcome = async {
         let client = RpcClient::connect(&ep, server.addr).await?;
@@ -283,11 +277,15 @@ async fn malformed_input_closes_only_that_connection() {
     let cases: Vec<(&str, Vec<u8>, bool)> = vec![
         ("garbage", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), false),
         ("oversized length prefix", vec![0x7f, 0xff, 0xff, 0xff, frame::FRAME_VERSION, 0, 0], false),
-        ("length just over the bound", {
-            let mut h = ((frame::PAYLOAD_BYTES_MAX + 1) as u32).to_be_bytes().to_vec();
-            h.push(frame::FRAME_VERSION);
-            h
-        }, false),
+        (
+            "length just over the bound",
+            {
+                let mut h = ((frame::PAYLOAD_BYTES_MAX + 1) as u32).to_be_bytes().to_vec();
+                h.push(frame::FRAME_VERSION);
+                h
+            },
+            false,
+        ),
         ("wrong version byte", wrong_version, false),
         ("undecodable payload", request_envelope(rpc::KIND_REQUEST, 1, &[0xff; 16]), false),
         ("unknown envelope kind", request_envelope(9, 1, &[]), false),

@@ -36,9 +36,7 @@ pub fn file_type(kind: FileKind) -> FileType {
 pub fn system_time(ts: Timestamp) -> SystemTime {
     let nsec = ts.nsec.min(999_999_999);
     if ts.sec >= 0 {
-        UNIX_EPOCH
-            .checked_add(Duration::new(ts.sec as u64, nsec))
-            .unwrap_or(UNIX_EPOCH)
+        UNIX_EPOCH.checked_add(Duration::new(ts.sec as u64, nsec)).unwrap_or(UNIX_EPOCH)
     } else {
         UNIX_EPOCH
             .checked_sub(Duration::from_secs(ts.sec.unsigned_abs()))

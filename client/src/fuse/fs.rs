@@ -29,14 +29,13 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use chorus_fs::ops::{
-    self, Attr, DirEntry, Ino, Op, OpResult, Query, Reply, SetAttr, IO_MAX_BYTES, NAME_MAX_BYTES,
-    READDIR_ENTRIES_MAX, SYMLINK_MAX_BYTES, XATTR_NAME_MAX_BYTES, XATTR_VALUE_MAX_BYTES,
+    self, Attr, DirEntry, Ino, Op, OpResult, Query, Reply, SetAttr, IO_MAX_BYTES, NAME_MAX_BYTES, READDIR_ENTRIES_MAX, SYMLINK_MAX_BYTES,
+    XATTR_NAME_MAX_BYTES, XATTR_VALUE_MAX_BYTES,
 };
 use fuser::{
-    AccessFlags, CopyFileRangeFlags, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
-    KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
-    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
-    TimeOrNow, WriteFlags,
+    AccessFlags, CopyFileRangeFlags, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner,
+    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, TimeOrNow, WriteFlags,
 };
 use tracing::{error, warn};
 
@@ -178,14 +177,7 @@ impl ChorusFuse {
         }
     }
 
-    fn read_dir_batch(
-        &self,
-        req: &fuser::Request,
-        ino: Ino,
-        cookie: u64,
-        max_entries: u32,
-        plus: bool,
-    ) -> Result<Vec<DirEntry>, Errno> {
+    fn read_dir_batch(&self, req: &fuser::Request, ino: Ino, cookie: u64, max_entries: u32, plus: bool) -> Result<Vec<DirEntry>, Errno> {
         let max_entries = max_entries.clamp(1, READDIR_ENTRIES_MAX);
         match self.query(req, Query::ReadDir { ino, cookie, max_entries, plus }).map_err(errno)? {
             Reply::Dir(mut entries) => {
@@ -299,8 +291,7 @@ impl Filesystem for ChorusFuse {
     }
 
     fn lookup(&self, req: &fuser::Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let r = name_of(name)
-            .and_then(|name| attr_of("lookup", self.query(req, Query::Lookup { parent: parent.0, name })));
+        let r = name_of(name).and_then(|name| attr_of("lookup", self.query(req, Query::Lookup { parent: parent.0, name })));
         self.reply_entry(reply, r);
     }
 
@@ -366,16 +357,7 @@ impl Filesystem for ChorusFuse {
         }
     }
 
-    fn mknod(
-        &self,
-        req: &fuser::Request,
-        parent: INodeNo,
-        name: &OsStr,
-        mode: u32,
-        umask: u32,
-        rdev: u32,
-        reply: ReplyEntry,
-    ) {
+    fn mknod(&self, req: &fuser::Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, rdev: u32, reply: ReplyEntry) {
         let r = name_of(name).and_then(|name| {
             let op = Op::Mknod { parent: parent.0, name, mode, umask, rdev };
             attr_of("mknod", self.mutate(req, op))
@@ -537,23 +519,15 @@ impl Filesystem for ChorusFuse {
     }
 
     fn readdir(&self, req: &fuser::Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        let r = self.fill_dir(req, ino.0, offset, false, |e, _| {
-            reply.add(INodeNo(e.ino), e.cookie, file_type(e.kind), OsStr::from_bytes(&e.name))
-        });
+        let r = self
+            .fill_dir(req, ino.0, offset, false, |e, _| reply.add(INodeNo(e.ino), e.cookie, file_type(e.kind), OsStr::from_bytes(&e.name)));
         match r {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }
     }
 
-    fn readdirplus(
-        &self,
-        req: &fuser::Request,
-        ino: INodeNo,
-        _fh: FileHandle,
-        offset: u64,
-        mut reply: ReplyDirectoryPlus,
-    ) {
+    fn readdirplus(&self, req: &fuser::Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
         let ttl = self.ttl;
         let r = self.fill_dir(req, ino.0, offset, true, |e, attr| match attr {
             Some(a) => reply.add(INodeNo(e.ino), e.cookie, OsStr::from_bytes(&e.name), &ttl, &file_attr(a), Generation(0)),
@@ -575,24 +549,13 @@ impl Filesystem for ChorusFuse {
 
     fn statfs(&self, req: &fuser::Request, _ino: INodeNo, reply: ReplyStatfs) {
         match self.query(req, Query::StatFs).map_err(errno) {
-            Ok(Reply::StatFs(s)) => {
-                reply.statfs(s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize)
-            }
+            Ok(Reply::StatFs(s)) => reply.statfs(s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize),
             Ok(other) => reply.error(unexpected("statfs", &other)),
             Err(e) => reply.error(e),
         }
     }
 
-    fn setxattr(
-        &self,
-        req: &fuser::Request,
-        ino: INodeNo,
-        name: &OsStr,
-        value: &[u8],
-        flags: i32,
-        position: u32,
-        reply: ReplyEmpty,
-    ) {
+    fn setxattr(&self, req: &fuser::Request, ino: INodeNo, name: &OsStr, value: &[u8], flags: i32, position: u32, reply: ReplyEmpty) {
         let r = (|| {
             if position != 0 {
                 return Err(Errno::EINVAL); // macOS resource forks only
@@ -608,8 +571,7 @@ impl Filesystem for ChorusFuse {
     }
 
     fn getxattr(&self, req: &fuser::Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        let r = xattr_name_of(name)
-            .and_then(|name| data_of("getxattr", self.query(req, Query::GetXattr { ino: ino.0, name })));
+        let r = xattr_name_of(name).and_then(|name| data_of("getxattr", self.query(req, Query::GetXattr { ino: ino.0, name })));
         reply_xattr(reply, r, size);
     }
 
@@ -619,8 +581,7 @@ impl Filesystem for ChorusFuse {
     }
 
     fn removexattr(&self, req: &fuser::Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let r = xattr_name_of(name)
-            .and_then(|name| ok_of(self.mutate(req, Op::RemoveXattr { ino: ino.0, name })));
+        let r = xattr_name_of(name).and_then(|name| ok_of(self.mutate(req, Op::RemoveXattr { ino: ino.0, name })));
         Self::reply_empty(reply, r);
     }
 
@@ -630,16 +591,7 @@ impl Filesystem for ChorusFuse {
         reply.ok();
     }
 
-    fn create(
-        &self,
-        req: &fuser::Request,
-        parent: INodeNo,
-        name: &OsStr,
-        mode: u32,
-        umask: u32,
-        flags: i32,
-        reply: ReplyCreate,
-    ) {
+    fn create(&self, req: &fuser::Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, flags: i32, reply: ReplyCreate) {
         let r = name_of(name).and_then(|name| {
             let excl = flags & libc::O_EXCL != 0;
             let op = Op::Create { parent: parent.0, name, mode, umask, flags, excl };
@@ -649,23 +601,12 @@ impl Filesystem for ChorusFuse {
             }
         });
         match r {
-            Ok((attr, fh)) => {
-                reply.created(&self.ttl, &file_attr(&attr), Generation(0), FileHandle(fh), FopenFlags::empty())
-            }
+            Ok((attr, fh)) => reply.created(&self.ttl, &file_attr(&attr), Generation(0), FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(e),
         }
     }
 
-    fn fallocate(
-        &self,
-        req: &fuser::Request,
-        ino: INodeNo,
-        fh: FileHandle,
-        offset: u64,
-        length: u64,
-        mode: i32,
-        reply: ReplyEmpty,
-    ) {
+    fn fallocate(&self, req: &fuser::Request, ino: INodeNo, fh: FileHandle, offset: u64, length: u64, mode: i32, reply: ReplyEmpty) {
         let op = Op::Fallocate { ino: ino.0, fh: fh.0, offset, length, mode };
         Self::reply_empty(reply, ok_of(self.mutate(req, op)));
     }

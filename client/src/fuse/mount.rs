@@ -195,9 +195,7 @@ fn abort_connection(id: u32) {
         let src = CString::new("fusectl").expect("static string has no NUL");
         let target = CString::new(FUSECTL_DIR).expect("static string has no NUL");
         // SAFETY: all pointers are valid NUL-terminated strings or null.
-        let rc = unsafe {
-            libc::mount(src.as_ptr(), target.as_ptr(), src.as_ptr(), 0, std::ptr::null())
-        };
+        let rc = unsafe { libc::mount(src.as_ptr(), target.as_ptr(), src.as_ptr(), 0, std::ptr::null()) };
         if rc != 0 {
             warn!(error = %io::Error::last_os_error(), "cannot mount fusectl to abort a stuck FUSE connection");
         }
@@ -261,18 +259,15 @@ fn unescape_mountinfo(field: &str) -> Vec<u8> {
 /// top of the stack), from mountinfo text.
 fn find_mount(mountinfo: &str, path: &Path) -> Option<MountInfo> {
     let want = path.as_os_str().as_bytes();
-    mountinfo
-        .lines()
-        .rev()
-        .find_map(|line| {
-            let mut f = line.split(' ');
-            let (_id, _parent, dev, _root, mp) = (f.next()?, f.next()?, f.next()?, f.next()?, f.next()?);
-            if unescape_mountinfo(mp) != want {
-                return None;
-            }
-            let (maj, min) = dev.split_once(':').unzip();
-            Some(MountInfo { dev_major: maj.and_then(|m| m.parse().ok()), dev_minor: min.and_then(|m| m.parse().ok()) })
-        })
+    mountinfo.lines().rev().find_map(|line| {
+        let mut f = line.split(' ');
+        let (_id, _parent, dev, _root, mp) = (f.next()?, f.next()?, f.next()?, f.next()?, f.next()?);
+        if unescape_mountinfo(mp) != want {
+            return None;
+        }
+        let (maj, min) = dev.split_once(':').unzip();
+        Some(MountInfo { dev_major: maj.and_then(|m| m.parse().ok()), dev_minor: min.and_then(|m| m.parse().ok()) })
+    })
 }
 
 fn mounted_at(path: &Path) -> Option<MountInfo> {
@@ -304,9 +299,7 @@ pub fn mount(backend: Arc<dyn Backend>, mountpoint: &Path, opts: MountOptions) -
                 Some(libc::ENOENT) => MountError::MissingMountPoint(given),
                 Some(libc::ENOTDIR) => MountError::NotADirectory(given),
                 Some(libc::ENOTCONN) => MountError::Busy { path: given, why: "a dead FUSE mount is still there" },
-                Some(libc::EACCES) | Some(libc::EPERM) => {
-                    MountError::PermissionDenied { path: given, why: e.to_string() }
-                }
+                Some(libc::EACCES) | Some(libc::EPERM) => MountError::PermissionDenied { path: given, why: e.to_string() },
                 _ => MountError::Failed { path: given, source: e },
             });
         }
@@ -382,11 +375,7 @@ fn open_dev_fuse(path: &Path) -> Result<std::fs::File, MountError> {
 fn sys_mount(dev: &std::fs::File, mountpoint: &Path, opts: &MountOptions) -> io::Result<()> {
     // SAFETY: getuid/getgid have no preconditions.
     let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
-    let mut data = format!(
-        "fd={},rootmode={:o},user_id={uid},group_id={gid},default_permissions",
-        dev.as_raw_fd(),
-        libc::S_IFDIR
-    );
+    let mut data = format!("fd={},rootmode={:o},user_id={uid},group_id={gid},default_permissions", dev.as_raw_fd(), libc::S_IFDIR);
     if opts.allow_other {
         data.push_str(",allow_other");
     }

@@ -17,12 +17,7 @@ fn bench_store() {
         x ^= x << 17;
         x
     };
-    for (size, n) in [
-        (4096usize, 2000),
-        (65536, 1000),
-        (131072, 500),
-        (1 << 20, 100),
-    ] {
+    for (size, n) in [(4096usize, 2000), (65536, 1000), (131072, 500), (1 << 20, 100)] {
         let data = vec![7u8; size];
         let t = Instant::now();
         for _ in 0..n {
@@ -50,14 +45,7 @@ fn bench_store() {
     println!("lookup {:?}/op", t.elapsed() / 2000);
     let t = Instant::now();
     for s in [4 << 20, 8 << 20, 100, 8 << 20] {
-        h.run(Op::SetAttr {
-            ino: f.ino,
-            attr: SetAttr {
-                size: Some(s),
-                ..Default::default()
-            },
-        })
-        .unwrap();
+        h.run(Op::SetAttr { ino: f.ino, attr: SetAttr { size: Some(s), ..Default::default() } }).unwrap();
     }
     println!("truncates {:?}/op", t.elapsed() / 4);
 }

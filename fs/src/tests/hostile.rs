@@ -21,27 +21,11 @@ fn opened(result: OpResult) -> Fh {
 }
 
 fn rmdir(h: &mut Harness, parent: Ino, name: &str) -> OpResult {
-    h.run(Op::Rmdir {
-        parent,
-        name: name.into(),
-    })
+    h.run(Op::Rmdir { parent, name: name.into() })
 }
 
-fn rename(
-    h: &mut Harness,
-    parent: Ino,
-    name: &str,
-    newparent: Ino,
-    newname: &str,
-    flags: u32,
-) -> OpResult {
-    h.run(Op::Rename {
-        parent,
-        name: name.into(),
-        newparent,
-        newname: newname.into(),
-        flags,
-    })
+fn rename(h: &mut Harness, parent: Ino, name: &str, newparent: Ino, newname: &str, flags: u32) -> OpResult {
+    h.run(Op::Rename { parent, name: name.into(), newparent, newname: newname.into(), flags })
 }
 
 fn assert_consistent(h: &Harness) {
@@ -60,25 +44,16 @@ fn rename_into_removed_directory_kept_open_is_enoent() {
     let mut h = Harness::new();
     let a = h.mkdir(ROOT_INO, "a");
     let b = h.mkdir(a.ino, "b");
-    let fh = opened(h.run(Op::Open {
-        ino: b.ino,
-        flags: O_RDONLY | O_DIRECTORY,
-    }));
+    let fh = opened(h.run(Op::Open { ino: b.ino, flags: O_RDONLY | O_DIRECTORY }));
     assert_eq!(rmdir(&mut h, a.ino, "b"), Ok(Reply::Ok));
     assert_eq!(rmdir(&mut h, ROOT_INO, "a"), Ok(Reply::Ok));
     assert_eq!(h.getattr(a.ino), Err(ENOENT));
     let c = h.mkdir(ROOT_INO, "c");
     for flags in [0, RENAME_NOREPLACE, RENAME_EXCHANGE] {
-        assert_eq!(
-            errno_of(rename(&mut h, ROOT_INO, "c", b.ino, "x", flags)),
-            ENOENT
-        );
+        assert_eq!(errno_of(rename(&mut h, ROOT_INO, "c", b.ino, "x", flags)), ENOENT);
     }
     // Out of the dead directory: it has no entries.
-    assert_eq!(
-        errno_of(rename(&mut h, b.ino, "x", ROOT_INO, "y", 0)),
-        ENOENT
-    );
+    assert_eq!(errno_of(rename(&mut h, b.ino, "x", ROOT_INO, "y", 0)), ENOENT);
     // The store goes on: c is where it was, b goes with its last handle.
     assert_eq!(h.lookup(ROOT_INO, "c").unwrap().ino, c.ino);
     assert_consistent(&h);
@@ -94,53 +69,23 @@ fn dead_directory_with_freed_parent_answers_errnos() {
     let mut h = Harness::new();
     let a = h.mkdir(ROOT_INO, "a");
     let b = h.mkdir(a.ino, "b");
-    let fh = opened(h.run(Op::Open {
-        ino: b.ino,
-        flags: O_RDONLY,
-    }));
+    let fh = opened(h.run(Op::Open { ino: b.ino, flags: O_RDONLY }));
     let (f, ffh) = h.create(ROOT_INO, "f");
     assert_eq!(rmdir(&mut h, a.ino, "b"), Ok(Reply::Ok));
     assert_eq!(rmdir(&mut h, ROOT_INO, "a"), Ok(Reply::Ok));
-    let mkdir = h.run(Op::Mkdir {
-        parent: b.ino,
-        name: b"d".to_vec(),
-        mode: 0o755,
-        umask: 0,
-    });
+    let mkdir = h.run(Op::Mkdir { parent: b.ino, name: b"d".to_vec(), mode: 0o755, umask: 0 });
     assert_eq!(errno_of(mkdir), ENOENT);
-    let create = h.run(Op::Create {
-        parent: b.ino,
-        name: b"g".to_vec(),
-        mode: 0o644,
-        umask: 0,
-        flags: O_RDWR,
-        excl: false,
-    });
+    let create = h.run(Op::Create { parent: b.ino, name: b"g".to_vec(), mode: 0o644, umask: 0, flags: O_RDWR, excl: false });
     assert_eq!(errno_of(create), ENOENT);
-    let link = h.run(Op::Link {
-        ino: f.ino,
-        newparent: b.ino,
-        newname: b"l".to_vec(),
-    });
+    let link = h.run(Op::Link { ino: f.ino, newparent: b.ino, newname: b"l".to_vec() });
     assert_eq!(errno_of(link), ENOENT);
-    assert_eq!(
-        errno_of(rename(&mut h, ROOT_INO, "f", b.ino, "f", 0)),
-        ENOENT
-    );
+    assert_eq!(errno_of(rename(&mut h, ROOT_INO, "f", b.ino, "f", 0)), ENOENT);
     // A directory moved into the dead one would be cut off from the tree.
     h.mkdir(ROOT_INO, "c");
-    assert_eq!(
-        errno_of(rename(&mut h, ROOT_INO, "c", b.ino, "c", 0)),
-        ENOENT
-    );
+    assert_eq!(errno_of(rename(&mut h, ROOT_INO, "c", b.ino, "c", 0)), ENOENT);
     assert_eq!(h.lookup(b.ino, ".."), Err(ENOENT));
     for plus in [false, true] {
-        let dir = h.query(Query::ReadDir {
-            ino: b.ino,
-            cookie: 0,
-            max_entries: 100,
-            plus,
-        });
+        let dir = h.query(Query::ReadDir { ino: b.ino, cookie: 0, max_entries: 100, plus });
         assert_eq!(dir, Ok(Reply::Dir(vec![])));
     }
     assert_consistent(&h);
@@ -158,55 +103,23 @@ fn raw_numbers_answer_errnos() {
     let d = h.mkdir(ROOT_INO, "d");
     for ino in [0, 99, u64::MAX] {
         assert_eq!(errno_of(h.run(Op::Open { ino, flags: 0 })), ENOENT);
-        assert_eq!(
-            errno_of(h.run(Op::Fsync {
-                ino,
-                datasync: false
-            })),
-            ENOENT
-        );
+        assert_eq!(errno_of(h.run(Op::Fsync { ino, datasync: false })), ENOENT);
         assert_eq!(h.getattr(ino), Err(ENOENT));
-        let readdir = h.query(Query::ReadDir {
-            ino,
-            cookie: u64::MAX,
-            max_entries: u32::MAX,
-            plus: true,
-        });
+        let readdir = h.query(Query::ReadDir { ino, cookie: u64::MAX, max_entries: u32::MAX, plus: true });
         assert_eq!(errno_of(readdir), ENOENT);
     }
     for fh in [0, fh + 1, u64::MAX] {
         assert_eq!(errno_of(h.run(Op::Release { ino: f.ino, fh })), EBADF);
     }
     // A handle of f used on d, and d's handle on f.
-    let dfh = opened(h.run(Op::Open {
-        ino: d.ino,
-        flags: O_RDONLY,
-    }));
+    let dfh = opened(h.run(Op::Open { ino: d.ino, flags: O_RDONLY }));
     assert_eq!(errno_of(h.run(Op::Release { ino: d.ino, fh })), EBADF);
-    let write = h.run(Op::Write {
-        ino: f.ino,
-        fh: dfh,
-        offset: 0,
-        data: b"x".to_vec(),
-        flags: 0,
-    });
+    let write = h.run(Op::Write { ino: f.ino, fh: dfh, offset: 0, data: b"x".to_vec(), flags: 0 });
     assert_eq!(errno_of(write), EBADF);
     // Writing through a directory's own handle.
-    let write = h.run(Op::Write {
-        ino: d.ino,
-        fh: dfh,
-        offset: 0,
-        data: b"x".to_vec(),
-        flags: 0,
-    });
+    let write = h.run(Op::Write { ino: d.ino, fh: dfh, offset: 0, data: b"x".to_vec(), flags: 0 });
     assert_eq!(errno_of(write), EISDIR);
-    let write = h.run(Op::Write {
-        ino: f.ino,
-        fh,
-        offset: u64::MAX,
-        data: b"x".to_vec(),
-        flags: 0,
-    });
+    let write = h.run(Op::Write { ino: f.ino, fh, offset: u64::MAX, data: b"x".to_vec(), flags: 0 });
     assert_eq!(errno_of(write), EFBIG);
     h.release(d.ino, dfh);
     h.release(f.ino, fh);
@@ -220,41 +133,17 @@ fn raw_numbers_answer_errnos() {
 fn xattr_names_with_nul_or_bare_prefix_are_einval() {
     let mut h = Harness::new();
     let (f, fh) = h.create(ROOT_INO, "f");
-    let bad: [&[u8]; 7] = [
-        b"user.",
-        b"trusted.",
-        b"security.",
-        b"user.a\0b",
-        b"user.\0",
-        b"user.a\0",
-        b"trusted.\0user.x",
-    ];
+    let bad: [&[u8]; 7] = [b"user.", b"trusted.", b"security.", b"user.a\0b", b"user.\0", b"user.a\0", b"trusted.\0user.x"];
     for name in bad {
-        let set = h.run(Op::SetXattr {
-            ino: f.ino,
-            name: name.to_vec(),
-            value: b"v".to_vec(),
-            flags: 0,
-        });
+        let set = h.run(Op::SetXattr { ino: f.ino, name: name.to_vec(), value: b"v".to_vec(), flags: 0 });
         assert_eq!(errno_of(set), EINVAL, "setxattr {name:?}");
-        let remove = h.run(Op::RemoveXattr {
-            ino: f.ino,
-            name: name.to_vec(),
-        });
+        let remove = h.run(Op::RemoveXattr { ino: f.ino, name: name.to_vec() });
         assert_eq!(errno_of(remove), EINVAL, "removexattr {name:?}");
-        let get = h.query(Query::GetXattr {
-            ino: f.ino,
-            name: name.to_vec(),
-        });
+        let get = h.query(Query::GetXattr { ino: f.ino, name: name.to_vec() });
         assert_eq!(errno_of(get), EINVAL, "getxattr {name:?}");
     }
     // Good names still work, and the list is well formed.
-    let set = h.run(Op::SetXattr {
-        ino: f.ino,
-        name: b"user.a".to_vec(),
-        value: b"v".to_vec(),
-        flags: 0,
-    });
+    let set = h.run(Op::SetXattr { ino: f.ino, name: b"user.a".to_vec(), value: b"v".to_vec(), flags: 0 });
     assert_eq!(set, Ok(Reply::Ok));
     let list = h.query(Query::ListXattr { ino: f.ino });
     assert_eq!(list, Ok(Reply::Data(b"user.a\0".to_vec())));
@@ -268,19 +157,11 @@ fn xattr_names_with_nul_or_bare_prefix_are_einval() {
 fn symlink_target_with_nul_is_einval() {
     let mut h = Harness::new();
     for target in [&b"a\0b"[..], b"\0", b"abc\0"] {
-        let op = Op::Symlink {
-            parent: ROOT_INO,
-            name: b"s".to_vec(),
-            target: target.to_vec(),
-        };
+        let op = Op::Symlink { parent: ROOT_INO, name: b"s".to_vec(), target: target.to_vec() };
         assert_eq!(errno_of(h.run(op)), EINVAL, "target {target:?}");
     }
     assert_eq!(h.lookup(ROOT_INO, "s"), Err(ENOENT));
-    let op = Op::Symlink {
-        parent: ROOT_INO,
-        name: b"s".to_vec(),
-        target: b"a/b".to_vec(),
-    };
+    let op = Op::Symlink { parent: ROOT_INO, name: b"s".to_vec(), target: b"a/b".to_vec() };
     assert!(h.run(op).is_ok());
     assert_consistent(&h);
 }
@@ -391,16 +272,7 @@ fn arb_setattr() -> impl Strategy<Value = SetAttr> {
         arb_time(),
         prop::option::of(arb_fh()),
     )
-        .prop_map(|(mode, uid, gid, size, atime, mtime, fh)| SetAttr {
-            mode,
-            uid,
-            gid,
-            size,
-            atime,
-            mtime,
-            ctime: None,
-            fh,
-        })
+        .prop_map(|(mode, uid, gid, size, atime, mtime, fh)| SetAttr { mode, uid, gid, size, atime, mtime, ctime: None, fh })
 }
 
 fn arb_data() -> impl Strategy<Value = Vec<u8>> {
@@ -483,38 +355,18 @@ fn arb_step() -> impl Strategy<Value = Step> {
 /// the poison rename), beside a live directory and an open file. With it the
 /// random steps that follow hit the removed directory's inode (3) often.
 fn odd_start() -> Vec<Step> {
-    let mkdir = |parent: Ino, name: &[u8]| Op::Mkdir {
-        parent,
-        name: name.to_vec(),
-        mode: 0o755,
-        umask: 0,
-    };
-    let rmdir = |parent: Ino, name: &[u8]| Op::Rmdir {
-        parent,
-        name: name.to_vec(),
-    };
+    let mkdir = |parent: Ino, name: &[u8]| Op::Mkdir { parent, name: name.to_vec(), mode: 0o755, umask: 0 };
+    let rmdir = |parent: Ino, name: &[u8]| Op::Rmdir { parent, name: name.to_vec() };
     let ops = vec![
-        mkdir(ROOT_INO, b"a"), // ino 2
-        mkdir(2, b"b"),        // ino 3
-        Op::Open {
-            ino: 3,
-            flags: O_RDONLY,
-        }, // fh 1
+        mkdir(ROOT_INO, b"a"),                // ino 2
+        mkdir(2, b"b"),                       // ino 3
+        Op::Open { ino: 3, flags: O_RDONLY }, // fh 1
         rmdir(2, b"b"),
         rmdir(ROOT_INO, b"a"),
-        mkdir(ROOT_INO, b"c"), // ino 4
-        Op::Create {
-            parent: ROOT_INO,
-            name: b"a".to_vec(),
-            mode: 0o644,
-            umask: 0,
-            flags: O_RDWR,
-            excl: true,
-        }, // ino 5, fh 2
+        mkdir(ROOT_INO, b"c"),                                                                                  // ino 4
+        Op::Create { parent: ROOT_INO, name: b"a".to_vec(), mode: 0o644, umask: 0, flags: O_RDWR, excl: true }, // ino 5, fh 2
     ];
-    ops.into_iter()
-        .map(|op| Step::Apply(Caller::root(), op))
-        .collect()
+    ops.into_iter().map(|op| Step::Apply(Caller::root(), op)).collect()
 }
 
 /// Two replicas of a store fed the same commands in lockstep.
@@ -528,18 +380,10 @@ impl Pair {
     fn new() -> Pair {
         let dir = tempfile::tempdir().expect("tempdir");
         // No WAL: nothing here survives the test, and it is much faster.
-        let options = StoreOptions {
-            skip_wal: true,
-            ..StoreOptions::default()
-        };
-        let open =
-            |name: &str| FsStore::open(&dir.path().join(name), options.clone()).expect("open");
+        let options = StoreOptions { skip_wal: true, ..StoreOptions::default() };
+        let open = |name: &str| FsStore::open(&dir.path().join(name), options.clone()).expect("open");
         let stores = [open("one"), open("two")];
-        Pair {
-            _dir: dir,
-            stores,
-            applied: 0,
-        }
+        Pair { _dir: dir, stores, applied: 0 }
     }
 }
 

@@ -24,9 +24,7 @@ use crate::ops::*;
 const DANGLING: &[u8] = b"/nonexistent/chorus-target";
 
 fn last_errno() -> i32 {
-    std::io::Error::last_os_error()
-        .raw_os_error()
-        .expect("errno")
+    std::io::Error::last_os_error().raw_os_error().expect("errno")
 }
 
 fn check(rc: libc::c_int) -> Result<(), i32> {
@@ -55,12 +53,7 @@ impl Real {
     fn with_fd(&self, path: &Path, f: impl FnOnce(libc::c_int) -> libc::c_int) -> Result<(), i32> {
         let p = self.cpath(path);
         // SAFETY: valid C string; the fd is closed below.
-        let fd = unsafe {
-            libc::open(
-                p.as_ptr(),
-                libc::O_RDWR | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-            )
-        };
+        let fd = unsafe { libc::open(p.as_ptr(), libc::O_RDWR | libc::O_NOFOLLOW | libc::O_CLOEXEC) };
         if fd < 0 {
             return Err(last_errno());
         }
@@ -88,15 +81,9 @@ impl Real {
                 }
                 MOp::Symlink(p, n) => {
                     let target = CString::new(DANGLING).unwrap();
-                    check(libc::symlink(
-                        target.as_ptr(),
-                        self.cpath(&join(p, *n)).as_ptr(),
-                    ))
+                    check(libc::symlink(target.as_ptr(), self.cpath(&join(p, *n)).as_ptr()))
                 }
-                MOp::Link(s, p, n) => check(libc::link(
-                    self.cpath(s).as_ptr(),
-                    self.cpath(&join(p, *n)).as_ptr(),
-                )),
+                MOp::Link(s, p, n) => check(libc::link(self.cpath(s).as_ptr(), self.cpath(&join(p, *n)).as_ptr())),
                 MOp::Unlink(p, n) => check(libc::unlink(self.cpath(&join(p, *n)).as_ptr())),
                 MOp::Rmdir(p, n) => check(libc::rmdir(self.cpath(&join(p, *n)).as_ptr())),
                 MOp::Rename(p, n, q, m, flags) => check(libc::renameat2(
@@ -112,9 +99,7 @@ impl Real {
                     n as libc::c_int
                 }),
                 MOp::Truncate(p, size) => self.with_fd(p, |fd| libc::ftruncate(fd, *size as i64)),
-                MOp::Fallocate(p, offset, length, mode) => self.with_fd(p, |fd| {
-                    libc::fallocate(fd, *mode, *offset as i64, *length as i64)
-                }),
+                MOp::Fallocate(p, offset, length, mode) => self.with_fd(p, |fd| libc::fallocate(fd, *mode, *offset as i64, *length as i64)),
             }
         }
     }
@@ -133,22 +118,11 @@ impl Real {
                 }
                 Seen::Dir
             } else if meta.file_type().is_fifo() {
-                Seen::Special {
-                    nlink: meta.nlink() as u32,
-                }
+                Seen::Special { nlink: meta.nlink() as u32 }
             } else if meta.file_type().is_symlink() {
-                Seen::Symlink(
-                    std::fs::read_link(fs_path)
-                        .unwrap()
-                        .as_os_str()
-                        .as_bytes()
-                        .to_vec(),
-                )
+                Seen::Symlink(std::fs::read_link(fs_path).unwrap().as_os_str().as_bytes().to_vec())
             } else {
-                Seen::File {
-                    data: std::fs::read(fs_path).unwrap(),
-                    nlink: meta.nlink() as u32,
-                }
+                Seen::File { data: std::fs::read(fs_path).unwrap(), nlink: meta.nlink() as u32 }
             };
             tree.insert(path, seen);
         }
@@ -192,32 +166,14 @@ fn apply_store(h: &mut Harness, caller: &Caller, op: &MOp) -> Result<(), i32> {
     match op {
         MOp::Mkdir(p, n) => {
             let parent = resolve_follow(h, caller, p)?;
-            unit(h.run_as(
-                caller,
-                Op::Mkdir {
-                    parent,
-                    name: vec![*n],
-                    mode: 0o755,
-                    umask,
-                },
-            ))
+            unit(h.run_as(caller, Op::Mkdir { parent, name: vec![*n], mode: 0o755, umask }))
         }
         MOp::Create(p, n) => {
             let parent = resolve_follow(h, caller, p)?;
-            let op = Op::Create {
-                parent,
-                name: vec![*n],
-                mode: 0o644,
-                umask,
-                flags: libc::O_RDWR,
-                excl: true,
-            };
+            let op = Op::Create { parent, name: vec![*n], mode: 0o644, umask, flags: libc::O_RDWR, excl: true };
             match h.run_as(caller, op) {
                 Ok(Reply::Created { attr, fh }) => {
-                    assert_eq!(
-                        h.run_as(caller, Op::Release { ino: attr.ino, fh }),
-                        Ok(Reply::Ok)
-                    );
+                    assert_eq!(h.run_as(caller, Op::Release { ino: attr.ino, fh }), Ok(Reply::Ok));
                     Ok(())
                 }
                 other => unit(other),
@@ -225,71 +181,31 @@ fn apply_store(h: &mut Harness, caller: &Caller, op: &MOp) -> Result<(), i32> {
         }
         MOp::Symlink(p, n) => {
             let parent = resolve_follow(h, caller, p)?;
-            unit(h.run_as(
-                caller,
-                Op::Symlink {
-                    parent,
-                    name: vec![*n],
-                    target: DANGLING.to_vec(),
-                },
-            ))
+            unit(h.run_as(caller, Op::Symlink { parent, name: vec![*n], target: DANGLING.to_vec() }))
         }
         MOp::Link(s, p, n) => {
             let ino = resolve_nofollow(h, caller, s)?;
             let newparent = resolve_follow(h, caller, p)?;
-            unit(h.run_as(
-                caller,
-                Op::Link {
-                    ino,
-                    newparent,
-                    newname: vec![*n],
-                },
-            ))
+            unit(h.run_as(caller, Op::Link { ino, newparent, newname: vec![*n] }))
         }
         MOp::Unlink(p, n) => {
             let parent = resolve_follow(h, caller, p)?;
-            unit(h.run_as(
-                caller,
-                Op::Unlink {
-                    parent,
-                    name: vec![*n],
-                },
-            ))
+            unit(h.run_as(caller, Op::Unlink { parent, name: vec![*n] }))
         }
         MOp::Rmdir(p, n) => {
             let parent = resolve_follow(h, caller, p)?;
-            unit(h.run_as(
-                caller,
-                Op::Rmdir {
-                    parent,
-                    name: vec![*n],
-                },
-            ))
+            unit(h.run_as(caller, Op::Rmdir { parent, name: vec![*n] }))
         }
         MOp::Rename(p, n, q, m, flags) => {
             let parent = resolve_follow_dir(h, caller, p)?;
             let newparent = resolve_follow(h, caller, q)?;
-            let op = Op::Rename {
-                parent,
-                name: vec![*n],
-                newparent,
-                newname: vec![*m],
-                flags: *flags,
-            };
+            let op = Op::Rename { parent, name: vec![*n], newparent, newname: vec![*m], flags: *flags };
             unit(h.run_as(caller, op))
         }
         MOp::Write(p, ..) | MOp::Truncate(p, _) | MOp::Fallocate(p, ..) => {
             let ino = resolve_nofollow(h, caller, p)?;
-            let fh = match h.run_as(
-                caller,
-                Op::Open {
-                    ino,
-                    flags: libc::O_RDWR,
-                },
-            ) {
-                Ok(Reply::Opened { fh, attr })
-                    if attr.kind == FileKind::Fifo && matches!(op, MOp::Write(..)) =>
-                {
+            let fh = match h.run_as(caller, Op::Open { ino, flags: libc::O_RDWR }) {
+                Ok(Reply::Opened { fh, attr }) if attr.kind == FileKind::Fifo && matches!(op, MOp::Write(..)) => {
                     // pwrite on a pipe is refused by the kernel's pipe code.
                     assert_eq!(h.run_as(caller, Op::Release { ino, fh }), Ok(Reply::Ok));
                     return Err(libc::ESPIPE);
@@ -298,28 +214,9 @@ fn apply_store(h: &mut Harness, caller: &Caller, op: &MOp) -> Result<(), i32> {
                 other => return unit(other),
             };
             let op = match op {
-                MOp::Write(_, offset, data) => Op::Write {
-                    ino,
-                    fh,
-                    offset: *offset,
-                    data: data.clone(),
-                    flags: 0,
-                },
-                MOp::Truncate(_, size) => Op::SetAttr {
-                    ino,
-                    attr: SetAttr {
-                        size: Some(*size),
-                        fh: Some(fh),
-                        ..Default::default()
-                    },
-                },
-                MOp::Fallocate(_, offset, length, mode) => Op::Fallocate {
-                    ino,
-                    fh,
-                    offset: *offset,
-                    length: *length,
-                    mode: *mode,
-                },
+                MOp::Write(_, offset, data) => Op::Write { ino, fh, offset: *offset, data: data.clone(), flags: 0 },
+                MOp::Truncate(_, size) => Op::SetAttr { ino, attr: SetAttr { size: Some(*size), fh: Some(fh), ..Default::default() } },
+                MOp::Fallocate(_, offset, length, mode) => Op::Fallocate { ino, fh, offset: *offset, length: *length, mode: *mode },
                 _ => unreachable!(),
             };
             let result = unit(h.run_as(caller, op));
@@ -370,26 +267,14 @@ enum POp {
 fn who(n: u8) -> Caller {
     match n {
         0 => Caller::root(),
-        1 => Caller {
-            uid: 1000,
-            gid: 1000,
-            pid: 1,
-            groups: vec![],
-        },
-        _ => Caller {
-            uid: 1001,
-            gid: 1001,
-            pid: 1,
-            groups: vec![1000],
-        },
+        1 => Caller { uid: 1000, gid: 1000, pid: 1, groups: vec![] },
+        _ => Caller { uid: 1001, gid: 1001, pid: 1, groups: vec![1000] },
     }
 }
 
 fn arb_pop() -> impl Strategy<Value = POp> {
     let who = 0u8..3;
-    let modes = prop::sample::select(vec![
-        0o755, 0o700, 0o1777, 0o2775, 0o4755, 0o644, 0o000, 0o777, 0o6777, 0o2644,
-    ]);
+    let modes = prop::sample::select(vec![0o755, 0o700, 0o1777, 0o2775, 0o4755, 0o644, 0o000, 0o777, 0o6777, 0o2644]);
     let ids = prop::sample::select(vec![None, Some(0), Some(1000), Some(1001)]);
     let path = prop::collection::vec(prop::sample::select(b"abc".to_vec()), 0..3);
     prop_oneof![
@@ -436,10 +321,7 @@ const CAP_VERSION_3: u32 = 0x2008_0522;
 const CAP_SYS_ADMIN: u32 = 21;
 
 fn caps_get() -> [CapData; 2] {
-    let mut header = CapHeader {
-        version: CAP_VERSION_3,
-        pid: 0,
-    };
+    let mut header = CapHeader { version: CAP_VERSION_3, pid: 0 };
     let mut data = [CapData::default(); 2];
     // SAFETY: header and a two-element data array, as capget(2) wants for version 3.
     let rc = unsafe { libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) };
@@ -448,10 +330,7 @@ fn caps_get() -> [CapData; 2] {
 }
 
 fn caps_set(data: &[CapData; 2]) {
-    let mut header = CapHeader {
-        version: CAP_VERSION_3,
-        pid: 0,
-    };
+    let mut header = CapHeader { version: CAP_VERSION_3, pid: 0 };
     // SAFETY: as above; only this thread's capabilities change.
     let rc = unsafe { libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) };
     assert_eq!(rc, 0, "capset");
@@ -469,18 +348,11 @@ impl AsUser {
         }
         // SAFETY: plain system calls on this thread's credentials.
         unsafe {
-            let rc = libc::syscall(
-                libc::SYS_setgroups,
-                caller.groups.len(),
-                caller.groups.as_ptr(),
-            );
+            let rc = libc::syscall(libc::SYS_setgroups, caller.groups.len(), caller.groups.as_ptr());
             assert_eq!(rc, 0, "setgroups");
             libc::syscall(libc::SYS_setfsgid, caller.gid);
             libc::syscall(libc::SYS_setfsuid, caller.uid);
-            assert_eq!(
-                libc::syscall(libc::SYS_setfsuid, -1i32 as u32),
-                caller.uid as i64
-            );
+            assert_eq!(libc::syscall(libc::SYS_setfsuid, -1i32 as u32), caller.uid as i64);
         }
         AsUser { saved_caps }
     }
@@ -525,31 +397,16 @@ impl Real {
                 }
                 POp::Utimens(_, p, now) => {
                     let t = if *now {
-                        libc::timespec {
-                            tv_sec: 0,
-                            tv_nsec: libc::UTIME_NOW,
-                        }
+                        libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_NOW }
                     } else {
-                        libc::timespec {
-                            tv_sec: 12345,
-                            tv_nsec: 6789,
-                        }
+                        libc::timespec { tv_sec: 12345, tv_nsec: 6789 }
                     };
                     let times = [t, t];
-                    check(libc::utimensat(
-                        libc::AT_FDCWD,
-                        self.cpath(p).as_ptr(),
-                        times.as_ptr(),
-                        0,
-                    ))
+                    check(libc::utimensat(libc::AT_FDCWD, self.cpath(p).as_ptr(), times.as_ptr(), 0))
                 }
                 POp::OpenTrunc(_, p) => {
                     // O_NONBLOCK: opening a fifo for writing would wait for a reader.
-                    let flags = libc::O_WRONLY
-                        | libc::O_TRUNC
-                        | libc::O_NOFOLLOW
-                        | libc::O_CLOEXEC
-                        | libc::O_NONBLOCK;
+                    let flags = libc::O_WRONLY | libc::O_TRUNC | libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK;
                     let fd = libc::open(self.cpath(p).as_ptr(), flags);
                     if fd < 0 {
                         return Err(last_errno());
@@ -557,9 +414,7 @@ impl Real {
                     libc::close(fd);
                     Ok(())
                 }
-                POp::Mkfifo(_, p, n) => {
-                    check(libc::mkfifo(self.cpath(&join(p, *n)).as_ptr(), 0o644))
-                }
+                POp::Mkfifo(_, p, n) => check(libc::mkfifo(self.cpath(&join(p, *n)).as_ptr(), 0o644)),
                 POp::CreateMode(_, p, n, mode) => {
                     let flags = libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_CLOEXEC;
                     let fd = libc::open(self.cpath(&join(p, *n)).as_ptr(), flags, *mode);
@@ -592,45 +447,24 @@ fn apply_store_perm(h: &mut Harness, op: &POp) -> Result<(), i32> {
         POp::As(w, op) => apply_store(h, &who(*w), op),
         POp::Chmod(w, p, mode) => {
             let ino = resolve_follow(h, &who(*w), p)?;
-            let attr = SetAttr {
-                mode: Some(*mode),
-                ..Default::default()
-            };
+            let attr = SetAttr { mode: Some(*mode), ..Default::default() };
             unit(h.run_as(&who(*w), Op::SetAttr { ino, attr }))
         }
         POp::Chown(w, p, uid, gid) => {
             let ino = resolve_follow(h, &who(*w), p)?;
-            let attr = SetAttr {
-                uid: *uid,
-                gid: *gid,
-                ..Default::default()
-            };
+            let attr = SetAttr { uid: *uid, gid: *gid, ..Default::default() };
             unit(h.run_as(&who(*w), Op::SetAttr { ino, attr }))
         }
         POp::Utimens(w, p, now) => {
             let ino = resolve_follow(h, &who(*w), p)?;
-            let t = if *now {
-                SetTime::Now
-            } else {
-                SetTime::At(Timestamp::new(12345, 6789))
-            };
-            let attr = SetAttr {
-                atime: Some(t),
-                mtime: Some(t),
-                ..Default::default()
-            };
+            let t = if *now { SetTime::Now } else { SetTime::At(Timestamp::new(12345, 6789)) };
+            let attr = SetAttr { atime: Some(t), mtime: Some(t), ..Default::default() };
             unit(h.run_as(&who(*w), Op::SetAttr { ino, attr }))
         }
         POp::OpenTrunc(w, p) => {
             let caller = who(*w);
             let ino = resolve_nofollow(h, &caller, p)?;
-            match h.run_as(
-                &caller,
-                Op::Open {
-                    ino,
-                    flags: libc::O_WRONLY | libc::O_TRUNC,
-                },
-            ) {
+            match h.run_as(&caller, Op::Open { ino, flags: libc::O_WRONLY | libc::O_TRUNC }) {
                 Ok(Reply::Opened { fh, attr }) => {
                     assert_eq!(h.run_as(&caller, Op::Release { ino, fh }), Ok(Reply::Ok));
                     // The kernel's pipe code, not the file system: no reader yet.
@@ -645,32 +479,16 @@ fn apply_store_perm(h: &mut Harness, op: &POp) -> Result<(), i32> {
         POp::Mkfifo(w, p, n) => {
             let caller = who(*w);
             let parent = resolve_follow(h, &caller, p)?;
-            let op = Op::Mknod {
-                parent,
-                name: vec![*n],
-                mode: libc::S_IFIFO | 0o644,
-                umask: UMASK,
-                rdev: 0,
-            };
+            let op = Op::Mknod { parent, name: vec![*n], mode: libc::S_IFIFO | 0o644, umask: UMASK, rdev: 0 };
             unit(h.run_as(&caller, op))
         }
         POp::CreateMode(w, p, n, mode) => {
             let caller = who(*w);
             let parent = resolve_follow(h, &caller, p)?;
-            let op = Op::Create {
-                parent,
-                name: vec![*n],
-                mode: *mode,
-                umask: UMASK,
-                flags: libc::O_WRONLY,
-                excl: true,
-            };
+            let op = Op::Create { parent, name: vec![*n], mode: *mode, umask: UMASK, flags: libc::O_WRONLY, excl: true };
             match h.run_as(&caller, op) {
                 Ok(Reply::Created { attr, fh }) => {
-                    assert_eq!(
-                        h.run_as(&caller, Op::Release { ino: attr.ino, fh }),
-                        Ok(Reply::Ok)
-                    );
+                    assert_eq!(h.run_as(&caller, Op::Release { ino: attr.ino, fh }), Ok(Reply::Ok));
                     Ok(())
                 }
                 other => unit(other),
@@ -773,13 +591,7 @@ impl Real {
             match op {
                 XOp::Set(_, p, n, flags) => {
                     let n = CString::new(*n).unwrap();
-                    let rc = libc::lsetxattr(
-                        self.cpath(p).as_ptr(),
-                        n.as_ptr(),
-                        value.as_ptr().cast(),
-                        1,
-                        *flags,
-                    );
+                    let rc = libc::lsetxattr(self.cpath(p).as_ptr(), n.as_ptr(), value.as_ptr().cast(), 1, *flags);
                     check(rc)
                 }
                 XOp::Remove(_, p, n) => {
@@ -788,12 +600,7 @@ impl Real {
                 }
                 XOp::Get(_, p, n) => {
                     let n = CString::new(*n).unwrap();
-                    let rc = libc::lgetxattr(
-                        self.cpath(p).as_ptr(),
-                        n.as_ptr(),
-                        buf.as_mut_ptr().cast(),
-                        buf.len(),
-                    );
+                    let rc = libc::lgetxattr(self.cpath(p).as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len());
                     check(rc as libc::c_int)
                 }
             }
@@ -810,21 +617,11 @@ impl Real {
             let n = unsafe { libc::llistxattr(p.as_ptr(), list.as_mut_ptr().cast(), list.len()) };
             assert!(n >= 0, "llistxattr: {}", last_errno());
             let mut pairs = Vec::new();
-            for name in list[..n as usize]
-                .split(|&b| b == 0)
-                .filter(|n| !n.is_empty())
-            {
+            for name in list[..n as usize].split(|&b| b == 0).filter(|n| !n.is_empty()) {
                 let cname = CString::new(name).unwrap();
                 let mut value = vec![0u8; 256];
                 // SAFETY: as above.
-                let len = unsafe {
-                    libc::lgetxattr(
-                        p.as_ptr(),
-                        cname.as_ptr(),
-                        value.as_mut_ptr().cast(),
-                        value.len(),
-                    )
-                };
+                let len = unsafe { libc::lgetxattr(p.as_ptr(), cname.as_ptr(), value.as_mut_ptr().cast(), value.len()) };
                 assert!(len >= 0);
                 value.truncate(len as usize);
                 pairs.push((name.to_vec(), value));
@@ -840,33 +637,16 @@ fn apply_store_xattr(h: &mut Harness, op: &XOp) -> Result<(), i32> {
     match op {
         XOp::Set(w, p, n, flags) => {
             let ino = resolve_path_nofollow(h, &who(*w), p)?;
-            let op = Op::SetXattr {
-                ino,
-                name: n.as_bytes().to_vec(),
-                value: b"v".to_vec(),
-                flags: *flags,
-            };
+            let op = Op::SetXattr { ino, name: n.as_bytes().to_vec(), value: b"v".to_vec(), flags: *flags };
             unit(h.run_as(&who(*w), op))
         }
         XOp::Remove(w, p, n) => {
             let ino = resolve_path_nofollow(h, &who(*w), p)?;
-            unit(h.run_as(
-                &who(*w),
-                Op::RemoveXattr {
-                    ino,
-                    name: n.as_bytes().to_vec(),
-                },
-            ))
+            unit(h.run_as(&who(*w), Op::RemoveXattr { ino, name: n.as_bytes().to_vec() }))
         }
         XOp::Get(w, p, n) => {
             let ino = resolve_path_nofollow(h, &who(*w), p)?;
-            unit(h.query_as(
-                &who(*w),
-                Query::GetXattr {
-                    ino,
-                    name: n.as_bytes().to_vec(),
-                },
-            ))
+            unit(h.query_as(&who(*w), Query::GetXattr { ino, name: n.as_bytes().to_vec() }))
         }
     }
 }
@@ -883,17 +663,10 @@ fn store_xattrs(h: &Harness) -> XattrTree {
     let mut all = BTreeMap::new();
     for path in store_tree(h).into_keys() {
         let ino = resolve_nofollow_or_root(h, &path);
-        let Ok(Reply::Data(list)) = h.query(Query::ListXattr { ino }) else {
-            panic!("listxattr")
-        };
+        let Ok(Reply::Data(list)) = h.query(Query::ListXattr { ino }) else { panic!("listxattr") };
         let mut pairs = Vec::new();
         for name in list.split(|&b| b == 0).filter(|n| !n.is_empty()) {
-            let Ok(Reply::Data(value)) = h.query(Query::GetXattr {
-                ino,
-                name: name.to_vec(),
-            }) else {
-                panic!("getxattr")
-            };
+            let Ok(Reply::Data(value)) = h.query(Query::GetXattr { ino, name: name.to_vec() }) else { panic!("getxattr") };
             pairs.push((name.to_vec(), value));
         }
         pairs.sort();

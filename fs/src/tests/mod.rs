@@ -24,34 +24,19 @@ pub(crate) struct Harness {
 }
 
 pub(crate) fn user(uid: u32) -> Caller {
-    Caller {
-        uid,
-        gid: uid,
-        pid: 1,
-        groups: vec![],
-    }
+    Caller { uid, gid: uid, pid: 1, groups: vec![] }
 }
 
 impl Harness {
     pub fn new() -> Harness {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = FsStore::open(&dir.path().join("db"), StoreOptions::default()).expect("open");
-        Harness {
-            _dir: dir,
-            store,
-            clock_sec: 1_000,
-            log: Vec::new(),
-            replies: Vec::new(),
-        }
+        Harness { _dir: dir, store, clock_sec: 1_000, log: Vec::new(), replies: Vec::new() }
     }
 
     pub fn run_as(&mut self, caller: &Caller, op: Op) -> OpResult {
         self.clock_sec += 1;
-        let cmd = Command {
-            now: Timestamp::new(self.clock_sec, 7),
-            caller: caller.clone(),
-            op,
-        };
+        let cmd = Command { now: Timestamp::new(self.clock_sec, 7), caller: caller.clone(), op };
         let index = self.store.applied_index() + 1;
         let result = self.store.apply(index, &cmd).expect("apply");
         self.log.push(cmd);
@@ -76,47 +61,19 @@ impl Harness {
     }
 
     pub fn mkdir(&mut self, parent: Ino, name: &str) -> Attr {
-        self.mkdir_as(&Caller::root(), parent, name, 0o755)
-            .expect("mkdir")
+        self.mkdir_as(&Caller::root(), parent, name, 0o755).expect("mkdir")
     }
 
-    pub fn mkdir_as(
-        &mut self,
-        caller: &Caller,
-        parent: Ino,
-        name: &str,
-        mode: u32,
-    ) -> Result<Attr, i32> {
-        match self.run_as(
-            caller,
-            Op::Mkdir {
-                parent,
-                name: name.into(),
-                mode,
-                umask: 0,
-            },
-        ) {
+    pub fn mkdir_as(&mut self, caller: &Caller, parent: Ino, name: &str, mode: u32) -> Result<Attr, i32> {
+        match self.run_as(caller, Op::Mkdir { parent, name: name.into(), mode, umask: 0 }) {
             Ok(Reply::Entry(a)) => Ok(a),
             Ok(r) => panic!("mkdir replied {r:?}"),
             Err(e) => Err(e.0),
         }
     }
 
-    pub fn create_as(
-        &mut self,
-        caller: &Caller,
-        parent: Ino,
-        name: &[u8],
-        mode: u32,
-    ) -> Result<(Attr, Fh), i32> {
-        let op = Op::Create {
-            parent,
-            name: name.to_vec(),
-            mode,
-            umask: 0,
-            flags: libc::O_RDWR,
-            excl: true,
-        };
+    pub fn create_as(&mut self, caller: &Caller, parent: Ino, name: &[u8], mode: u32) -> Result<(Attr, Fh), i32> {
+        let op = Op::Create { parent, name: name.to_vec(), mode, umask: 0, flags: libc::O_RDWR, excl: true };
         match self.run_as(caller, op) {
             Ok(Reply::Created { attr, fh }) => Ok((attr, fh)),
             Ok(r) => panic!("create replied {r:?}"),
@@ -125,18 +82,11 @@ impl Harness {
     }
 
     pub fn create(&mut self, parent: Ino, name: &str) -> (Attr, Fh) {
-        self.create_as(&Caller::root(), parent, name.as_bytes(), 0o644)
-            .expect("create")
+        self.create_as(&Caller::root(), parent, name.as_bytes(), 0o644).expect("create")
     }
 
     pub fn write(&mut self, ino: Ino, fh: Fh, offset: u64, data: &[u8]) -> Result<Attr, i32> {
-        match self.run(Op::Write {
-            ino,
-            fh,
-            offset,
-            data: data.to_vec(),
-            flags: 0,
-        }) {
+        match self.run(Op::Write { ino, fh, offset, data: data.to_vec(), flags: 0 }) {
             Ok(Reply::Written { written, attr }) => {
                 assert_eq!(written as usize, data.len());
                 Ok(attr)
@@ -155,13 +105,7 @@ impl Harness {
     }
 
     pub fn lookup_as(&self, caller: &Caller, parent: Ino, name: &str) -> Result<Attr, i32> {
-        match self.query_as(
-            caller,
-            Query::Lookup {
-                parent,
-                name: name.into(),
-            },
-        ) {
+        match self.query_as(caller, Query::Lookup { parent, name: name.into() }) {
             Ok(Reply::Entry(a)) => Ok(a),
             Ok(r) => panic!("lookup replied {r:?}"),
             Err(e) => Err(e.0),
@@ -185,12 +129,7 @@ impl Harness {
     }
 
     pub fn readdir(&self, ino: Ino, cookie: u64, max_entries: u32) -> Vec<DirEntry> {
-        match self.query(Query::ReadDir {
-            ino,
-            cookie,
-            max_entries,
-            plus: false,
-        }) {
+        match self.query(Query::ReadDir { ino, cookie, max_entries, plus: false }) {
             Ok(Reply::Dir(d)) => d,
             other => panic!("readdir replied {other:?}"),
         }

@@ -67,9 +67,7 @@ fn arb_file() -> impl Strategy<Value = Path> {
 }
 
 pub(super) fn arb_op() -> impl Strategy<Value = MOp> {
-    use libc::{
-        FALLOC_FL_KEEP_SIZE as KEEP, FALLOC_FL_PUNCH_HOLE as PUNCH, FALLOC_FL_ZERO_RANGE as ZERO,
-    };
+    use libc::{FALLOC_FL_KEEP_SIZE as KEEP, FALLOC_FL_PUNCH_HOLE as PUNCH, FALLOC_FL_ZERO_RANGE as ZERO};
     let flags = prop::sample::select(vec![0, 0, libc::RENAME_NOREPLACE, libc::RENAME_EXCHANGE]);
     let modes = prop::sample::select(vec![0, KEEP, PUNCH | KEEP, ZERO, ZERO | KEEP]);
     prop_oneof![
@@ -102,11 +100,7 @@ pub(super) fn join(p: &Path, n: u8) -> Path {
 
 impl Model {
     fn new() -> Model {
-        Model {
-            nodes: BTreeMap::from([(vec![], Node::Dir)]),
-            files: BTreeMap::new(),
-            next_id: 0,
-        }
+        Model { nodes: BTreeMap::from([(vec![], Node::Dir)]), files: BTreeMap::new(), next_id: 0 }
     }
 
     /// Path walk (no symlink following): ENOTDIR through a non-directory,
@@ -138,10 +132,7 @@ impl Model {
     }
 
     fn is_empty_dir(&self, p: &Path) -> bool {
-        !self
-            .nodes
-            .keys()
-            .any(|k| k.len() == p.len() + 1 && k.starts_with(p))
+        !self.nodes.keys().any(|k| k.len() == p.len() + 1 && k.starts_with(p))
     }
 
     /// The data of the regular file at `p`, as opening it O_RDWR would find it.
@@ -155,16 +146,8 @@ impl Model {
 
     /// Moves the subtree at `from` to `to` (which must be free).
     fn move_tree(&mut self, from: &Path, to: &Path) {
-        let keys: Vec<Path> = self
-            .nodes
-            .keys()
-            .filter(|k| k.starts_with(from))
-            .cloned()
-            .collect();
-        let moved: Vec<(Path, Node)> = keys
-            .iter()
-            .map(|k| (k.clone(), self.nodes.remove(k).unwrap()))
-            .collect();
+        let keys: Vec<Path> = self.nodes.keys().filter(|k| k.starts_with(from)).cloned().collect();
+        let moved: Vec<(Path, Node)> = keys.iter().map(|k| (k.clone(), self.nodes.remove(k).unwrap())).collect();
         for (k, v) in moved {
             let mut nk = to.clone();
             nk.extend_from_slice(&k[from.len()..]);
@@ -269,11 +252,7 @@ impl Model {
             return Err(libc::EINVAL);
         }
         if d == Some(Node::Dir) && p.starts_with(&dst) {
-            return Err(if exchange {
-                libc::EINVAL
-            } else {
-                libc::ENOTEMPTY
-            });
+            return Err(if exchange { libc::EINVAL } else { libc::ENOTEMPTY });
         }
         let same_file = matches!((&s, &d), (Node::File(a), Some(Node::File(b))) if a == b);
         if src == dst || same_file {
@@ -287,9 +266,7 @@ impl Model {
             return Ok(());
         }
         match (&s, &d) {
-            (Node::Dir, Some(Node::Dir)) if !self.is_empty_dir(&dst) => {
-                return Err(libc::ENOTEMPTY)
-            }
+            (Node::Dir, Some(Node::Dir)) if !self.is_empty_dir(&dst) => return Err(libc::ENOTEMPTY),
             (Node::Dir, Some(Node::Dir)) => {}
             (_, Some(Node::Dir)) => return Err(libc::EISDIR),
             (Node::Dir, Some(_)) => return Err(libc::ENOTDIR),
@@ -301,21 +278,13 @@ impl Model {
     }
 
     fn seen(&self) -> BTreeMap<Path, Seen> {
-        let links = |id: u32| {
-            self.nodes
-                .values()
-                .filter(|n| **n == Node::File(id))
-                .count() as u32
-        };
+        let links = |id: u32| self.nodes.values().filter(|n| **n == Node::File(id)).count() as u32;
         self.nodes
             .iter()
             .map(|(p, n)| {
                 let seen = match n {
                     Node::Dir => Seen::Dir,
-                    Node::File(id) => Seen::File {
-                        data: self.files[id].clone(),
-                        nlink: links(*id),
-                    },
+                    Node::File(id) => Seen::File { data: self.files[id].clone(), nlink: links(*id) },
                     Node::Symlink(t) => Seen::Symlink(t.clone()),
                 };
                 (p.clone(), seen)
@@ -355,23 +324,11 @@ fn apply_store(h: &mut Harness, op: &MOp) -> Result<(), i32> {
     match op {
         MOp::Mkdir(p, n) => {
             let parent = resolve(h, p)?;
-            unit(h.run(Op::Mkdir {
-                parent,
-                name: vec![*n],
-                mode: 0o755,
-                umask: 0,
-            }))
+            unit(h.run(Op::Mkdir { parent, name: vec![*n], mode: 0o755, umask: 0 }))
         }
         MOp::Create(p, n) => {
             let parent = resolve(h, p)?;
-            let op = Op::Create {
-                parent,
-                name: vec![*n],
-                mode: 0o644,
-                umask: 0,
-                flags: libc::O_RDWR,
-                excl: true,
-            };
+            let op = Op::Create { parent, name: vec![*n], mode: 0o644, umask: 0, flags: libc::O_RDWR, excl: true };
             match h.run(op) {
                 Ok(Reply::Created { attr, fh }) => {
                     h.release(attr.ino, fh);
@@ -382,78 +339,41 @@ fn apply_store(h: &mut Harness, op: &MOp) -> Result<(), i32> {
         }
         MOp::Symlink(p, n) => {
             let parent = resolve(h, p)?;
-            unit(h.run(Op::Symlink {
-                parent,
-                name: vec![*n],
-                target: join(p, *n),
-            }))
+            unit(h.run(Op::Symlink { parent, name: vec![*n], target: join(p, *n) }))
         }
         MOp::Link(s, p, n) => {
             let ino = resolve(h, s)?;
             let newparent = resolve(h, p)?;
-            unit(h.run(Op::Link {
-                ino,
-                newparent,
-                newname: vec![*n],
-            }))
+            unit(h.run(Op::Link { ino, newparent, newname: vec![*n] }))
         }
         MOp::Unlink(p, n) => {
             let parent = resolve(h, p)?;
-            unit(h.run(Op::Unlink {
-                parent,
-                name: vec![*n],
-            }))
+            unit(h.run(Op::Unlink { parent, name: vec![*n] }))
         }
         MOp::Rmdir(p, n) => {
             let parent = resolve(h, p)?;
-            unit(h.run(Op::Rmdir {
-                parent,
-                name: vec![*n],
-            }))
+            unit(h.run(Op::Rmdir { parent, name: vec![*n] }))
         }
         MOp::Rename(p, n, q, m, flags) => {
             let parent = resolve_dir(h, p)?;
             let newparent = resolve(h, q)?;
-            unit(h.run(Op::Rename {
-                parent,
-                name: vec![*n],
-                newparent,
-                newname: vec![*m],
-                flags: *flags,
-            }))
+            unit(h.run(Op::Rename { parent, name: vec![*n], newparent, newname: vec![*m], flags: *flags }))
         }
         MOp::Write(p, ..) | MOp::Truncate(p, _) | MOp::Fallocate(p, ..) => {
             let ino = resolve(h, p)?;
-            let fh = match h.run(Op::Open {
-                ino,
-                flags: libc::O_RDWR,
-            }) {
+            let fh = match h.run(Op::Open { ino, flags: libc::O_RDWR }) {
                 Ok(Reply::Opened { fh, .. }) => fh,
                 other => return unit(other),
             };
             let result = match op {
-                MOp::Write(_, offset, data) => unit(h.run(Op::Write {
-                    ino,
-                    fh,
-                    offset: *offset,
-                    data: data.clone(),
-                    flags: 0,
-                })),
+                MOp::Write(_, offset, data) => unit(h.run(Op::Write { ino, fh, offset: *offset, data: data.clone(), flags: 0 })),
                 MOp::Truncate(_, size) => {
-                    let attr = SetAttr {
-                        size: Some(*size),
-                        fh: Some(fh),
-                        ..Default::default()
-                    };
+                    let attr = SetAttr { size: Some(*size), fh: Some(fh), ..Default::default() };
                     unit(h.run(Op::SetAttr { ino, attr }))
                 }
-                MOp::Fallocate(_, offset, length, mode) => unit(h.run(Op::Fallocate {
-                    ino,
-                    fh,
-                    offset: *offset,
-                    length: *length,
-                    mode: *mode,
-                })),
+                MOp::Fallocate(_, offset, length, mode) => {
+                    unit(h.run(Op::Fallocate { ino, fh, offset: *offset, length: *length, mode: *mode }))
+                }
                 _ => unreachable!(),
             };
             h.release(ino, fh);
@@ -476,11 +396,7 @@ pub(super) fn store_tree(h: &Harness) -> BTreeMap<Path, Seen> {
                     let child = h.lookup(ino, &n).unwrap();
                     if child.kind == FileKind::Dir {
                         subdirs += 1;
-                        assert_eq!(
-                            h.lookup(child.ino, "..").unwrap().ino,
-                            ino,
-                            "'..' of {path:?}/{n}"
-                        );
+                        assert_eq!(h.lookup(child.ino, "..").unwrap().ino, ino, "'..' of {path:?}/{n}");
                     }
                     stack.push((join(&path, n.as_bytes()[0]), child.ino));
                 }
@@ -490,10 +406,7 @@ pub(super) fn store_tree(h: &Harness) -> BTreeMap<Path, Seen> {
             FileKind::File => {
                 let data = h.read(ino, 0, attr.size as u32 + 10).unwrap();
                 assert_eq!(data.len() as u64, attr.size);
-                Seen::File {
-                    data,
-                    nlink: attr.nlink,
-                }
+                Seen::File { data, nlink: attr.nlink }
             }
             FileKind::Symlink => match h.query(Query::ReadLink { ino }) {
                 Ok(Reply::Data(target)) => Seen::Symlink(target),

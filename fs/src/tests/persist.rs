@@ -8,90 +8,21 @@ use crate::{FsStore, StoreOptions};
 fn script() -> Vec<Command> {
     let at = |sec: i64| Timestamp::new(sec, 0);
     let root = Caller::root();
-    let cmd = |sec: i64, op: Op| Command {
-        now: at(sec),
-        caller: root.clone(),
-        op,
-    };
+    let cmd = |sec: i64, op: Op| Command { now: at(sec), caller: root.clone(), op };
     vec![
-        cmd(
-            1,
-            Op::Mkdir {
-                parent: ROOT_INO,
-                name: b"d".to_vec(),
-                mode: 0o755,
-                umask: 0o022,
-            },
-        ),
-        cmd(
-            2,
-            Op::Create {
-                parent: 2,
-                name: b"f".to_vec(),
-                mode: 0o644,
-                umask: 0,
-                flags: libc::O_RDWR,
-                excl: true,
-            },
-        ),
-        cmd(
-            3,
-            Op::Write {
-                ino: 3,
-                fh: 1,
-                offset: 70_000,
-                data: b"payload".to_vec(),
-                flags: 0,
-            },
-        ),
-        cmd(
-            4,
-            Op::SetXattr {
-                ino: 3,
-                name: b"user.k".to_vec(),
-                value: b"v".to_vec(),
-                flags: 0,
-            },
-        ),
-        cmd(
-            5,
-            Op::Symlink {
-                parent: ROOT_INO,
-                name: b"s".to_vec(),
-                target: b"d/f".to_vec(),
-            },
-        ),
-        cmd(
-            6,
-            Op::Rename {
-                parent: 2,
-                name: b"f".to_vec(),
-                newparent: ROOT_INO,
-                newname: b"g".to_vec(),
-                flags: 0,
-            },
-        ),
-        cmd(
-            7,
-            Op::Unlink {
-                parent: ROOT_INO,
-                name: b"missing".to_vec(),
-            },
-        ),
-        cmd(
-            8,
-            Op::Fsync {
-                ino: 3,
-                datasync: false,
-            },
-        ),
+        cmd(1, Op::Mkdir { parent: ROOT_INO, name: b"d".to_vec(), mode: 0o755, umask: 0o022 }),
+        cmd(2, Op::Create { parent: 2, name: b"f".to_vec(), mode: 0o644, umask: 0, flags: libc::O_RDWR, excl: true }),
+        cmd(3, Op::Write { ino: 3, fh: 1, offset: 70_000, data: b"payload".to_vec(), flags: 0 }),
+        cmd(4, Op::SetXattr { ino: 3, name: b"user.k".to_vec(), value: b"v".to_vec(), flags: 0 }),
+        cmd(5, Op::Symlink { parent: ROOT_INO, name: b"s".to_vec(), target: b"d/f".to_vec() }),
+        cmd(6, Op::Rename { parent: 2, name: b"f".to_vec(), newparent: ROOT_INO, newname: b"g".to_vec(), flags: 0 }),
+        cmd(7, Op::Unlink { parent: ROOT_INO, name: b"missing".to_vec() }),
+        cmd(8, Op::Fsync { ino: 3, datasync: false }),
     ]
 }
 
 fn run_script(store: &FsStore, cmds: &[Command]) -> Vec<OpResult> {
-    cmds.iter()
-        .map(|c| store.apply(store.applied_index() + 1, c).expect("apply"))
-        .collect()
+    cmds.iter().map(|c| store.apply(store.applied_index() + 1, c).expect("apply")).collect()
 }
 
 #[test]
@@ -107,13 +38,7 @@ fn same_log_same_digest_different_log_different_digest() {
     other[2] = Command {
         now: Timestamp::new(3, 0),
         caller: Caller::root(),
-        op: Op::Write {
-            ino: 3,
-            fh: 1,
-            offset: 70_000,
-            data: b"PAYLOAD".to_vec(),
-            flags: 0,
-        },
+        op: Op::Write { ino: 3, fh: 1, offset: 70_000, data: b"PAYLOAD".to_vec(), flags: 0 },
     };
     run_script(&c.store, &other);
     assert_ne!(a.store.digest().unwrap(), c.store.digest().unwrap());
@@ -131,14 +56,7 @@ fn reopen_keeps_state_and_checkpoint_reopens_with_same_digest() {
     let path = dir.path().join("db");
     let digest;
     {
-        let store = FsStore::open(
-            &path,
-            StoreOptions {
-                sync_every_write: false,
-                skip_wal: false,
-            },
-        )
-        .unwrap();
+        let store = FsStore::open(&path, StoreOptions { sync_every_write: false, skip_wal: false }).unwrap();
         run_script(&store, &script());
         store.sync().unwrap();
         digest = store.digest().unwrap();
@@ -146,54 +64,25 @@ fn reopen_keeps_state_and_checkpoint_reopens_with_same_digest() {
     let store = FsStore::open(&path, StoreOptions::default()).unwrap();
     assert_eq!(store.applied_index(), script().len() as u64);
     assert_eq!(store.digest().unwrap(), digest);
-    let got = store
-        .query(
-            &Caller::root(),
-            &Query::Read {
-                ino: 3,
-                offset: 70_000,
-                size: 100,
-            },
-        )
-        .unwrap();
+    let got = store.query(&Caller::root(), &Query::Read { ino: 3, offset: 70_000, size: 100 }).unwrap();
     assert_eq!(got, Ok(Reply::Data(b"payload".to_vec())));
     // Counters persisted: the next inode is 5 (1 root, 2 d, 3 f, 4 s).
     let next = Command {
         now: Timestamp::new(9, 0),
         caller: Caller::root(),
-        op: Op::Mkdir {
-            parent: ROOT_INO,
-            name: b"e".to_vec(),
-            mode: 0o755,
-            umask: 0,
-        },
+        op: Op::Mkdir { parent: ROOT_INO, name: b"e".to_vec(), mode: 0o755, umask: 0 },
     };
-    let Ok(Reply::Entry(e)) = store.apply(store.applied_index() + 1, &next).unwrap() else {
-        panic!()
-    };
+    let Ok(Reply::Entry(e)) = store.apply(store.applied_index() + 1, &next).unwrap() else { panic!() };
     assert_eq!(e.ino, 5);
 
     let cp = dir.path().join("cp");
     let index = store.checkpoint(&cp).unwrap();
     assert_eq!(index, store.applied_index());
-    assert!(
-        store.checkpoint(&cp).is_err(),
-        "existing directory is refused"
-    );
+    assert!(store.checkpoint(&cp).is_err(), "existing directory is refused");
     let live_digest = store.digest().unwrap();
     // The live store moves on; the checkpoint does not.
-    let more = Command {
-        now: Timestamp::new(10, 0),
-        caller: Caller::root(),
-        op: Op::Rmdir {
-            parent: ROOT_INO,
-            name: b"e".to_vec(),
-        },
-    };
-    store
-        .apply(store.applied_index() + 1, &more)
-        .unwrap()
-        .unwrap();
+    let more = Command { now: Timestamp::new(10, 0), caller: Caller::root(), op: Op::Rmdir { parent: ROOT_INO, name: b"e".to_vec() } };
+    store.apply(store.applied_index() + 1, &more).unwrap().unwrap();
     let copy = FsStore::open(&cp, StoreOptions::default()).unwrap();
     assert_eq!(copy.applied_index(), index);
     assert_eq!(copy.digest().unwrap(), live_digest);
@@ -209,14 +98,7 @@ fn queries_run_concurrently_with_apply() {
     let mk = Command {
         now: Timestamp::new(1, 0),
         caller: Caller::root(),
-        op: Op::Create {
-            parent: ROOT_INO,
-            name: b"f".to_vec(),
-            mode: 0o644,
-            umask: 0,
-            flags: libc::O_RDWR,
-            excl: true,
-        },
+        op: Op::Create { parent: ROOT_INO, name: b"f".to_vec(), mode: 0o644, umask: 0, flags: libc::O_RDWR, excl: true },
     };
     store.apply(1, &mk).unwrap().unwrap();
     std::thread::scope(|s| {
@@ -225,13 +107,7 @@ fn queries_run_concurrently_with_apply() {
                 let w = Command {
                     now: Timestamp::new(2 + i as i64, 0),
                     caller: Caller::root(),
-                    op: Op::Write {
-                        ino: 2,
-                        fh: 1,
-                        offset: i * 10,
-                        data: vec![b'a'; 10],
-                        flags: 0,
-                    },
+                    op: Op::Write { ino: 2, fh: 1, offset: i * 10, data: vec![b'a'; 10], flags: 0 },
                 };
                 store.apply(store.applied_index() + 1, &w).unwrap().unwrap();
             }
@@ -239,23 +115,8 @@ fn queries_run_concurrently_with_apply() {
         for _ in 0..2 {
             s.spawn(|| {
                 for _ in 0..200 {
-                    let Ok(Reply::Attr(a)) = store
-                        .query(&Caller::root(), &Query::GetAttr { ino: 2 })
-                        .unwrap()
-                    else {
-                        panic!()
-                    };
-                    let Ok(Reply::Data(d)) = store
-                        .query(
-                            &Caller::root(),
-                            &Query::Read {
-                                ino: 2,
-                                offset: 0,
-                                size: 4096,
-                            },
-                        )
-                        .unwrap()
-                    else {
+                    let Ok(Reply::Attr(a)) = store.query(&Caller::root(), &Query::GetAttr { ino: 2 }).unwrap() else { panic!() };
+                    let Ok(Reply::Data(d)) = store.query(&Caller::root(), &Query::Read { ino: 2, offset: 0, size: 4096 }).unwrap() else {
                         panic!()
                     };
                     assert!(d.len() as u64 >= a.size.min(4096) || d.len() == 4096);
@@ -276,48 +137,21 @@ fn corrupt_records_and_foreign_formats_are_store_errors() {
     {
         let store = FsStore::open(&path, StoreOptions::default()).unwrap();
         store.put_raw(Table::Inodes, &inode_key(ROOT_INO), b"\x01garbage");
-        let err = store
-            .query(&Caller::root(), &Query::GetAttr { ino: ROOT_INO })
-            .unwrap_err();
-        assert!(
-            matches!(
-                err,
-                StoreError::Corrupt {
-                    table: "inodes",
-                    ..
-                }
-            ),
-            "{err}"
-        );
+        let err = store.query(&Caller::root(), &Query::GetAttr { ino: ROOT_INO }).unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt { table: "inodes", .. }), "{err}");
         assert!(err.to_string().contains("0000000000000001"), "{err}");
         let mkdir = Command {
             now: Timestamp::new(1, 0),
             caller: Caller::root(),
-            op: Op::Mkdir {
-                parent: ROOT_INO,
-                name: b"d".to_vec(),
-                mode: 0o755,
-                umask: 0,
-            },
+            op: Op::Mkdir { parent: ROOT_INO, name: b"d".to_vec(), mode: 0o755, umask: 0 },
         };
         assert!(store.apply(1, &mkdir).is_err());
         assert_eq!(store.applied_index(), 0, "a store error applies nothing");
-        let meta = crate::records::Meta {
-            format_version: 99,
-            applied_index: 0,
-            next_ino: 2,
-            next_fh: 1,
-            inodes_live: 1,
-        };
+        let meta = crate::records::Meta { format_version: 99, applied_index: 0, next_ino: 2, next_fh: 1, inodes_live: 1 };
         store.put_raw(Table::Meta, META_KEY, &crate::records::encode(&meta));
     }
-    let err = FsStore::open(&path, StoreOptions::default())
-        .err()
-        .expect("refused");
-    assert!(
-        matches!(err, StoreError::FormatVersion { found: 99, .. }),
-        "{err}"
-    );
+    let err = FsStore::open(&path, StoreOptions::default()).err().expect("refused");
+    assert!(matches!(err, StoreError::FormatVersion { found: 99, .. }), "{err}");
 }
 
 /// Applies `cmds` with tags: entry op = command number / 2 + 1 (two commands
@@ -326,13 +160,8 @@ fn run_script_tagged(store: &FsStore, cmds: &[Command]) -> Vec<OpResult> {
     cmds.iter()
         .enumerate()
         .map(|(i, c)| {
-            let tag = crate::AppliedTag {
-                op: i as u64 / 2 + 1,
-                last_now: c.now,
-            };
-            store
-                .apply_tagged(store.applied_index() + 1, c, &tag)
-                .expect("apply")
+            let tag = crate::AppliedTag { op: i as u64 / 2 + 1, last_now: c.now };
+            store.apply_tagged(store.applied_index() + 1, c, &tag).expect("apply")
         })
         .collect()
 }
@@ -346,16 +175,9 @@ fn tag_is_stored_with_the_command_and_survives_reopen() {
         let store = FsStore::open(&path, StoreOptions::default()).unwrap();
         assert_eq!(store.tag(), None);
         let tagged = run_script_tagged(&store, &cmds);
-        assert_eq!(
-            tagged,
-            run_script(&Harness::new().store, &cmds),
-            "tags change no reply"
-        );
+        assert_eq!(tagged, run_script(&Harness::new().store, &cmds), "tags change no reply");
         let last = cmds.last().unwrap();
-        let expected = crate::AppliedTag {
-            op: (cmds.len() as u64 - 1) / 2 + 1,
-            last_now: last.now,
-        };
+        let expected = crate::AppliedTag { op: (cmds.len() as u64 - 1) / 2 + 1, last_now: last.now };
         assert_eq!(store.tag(), Some(expected));
     }
     let store = FsStore::open(&path, StoreOptions::default()).unwrap();
@@ -373,10 +195,7 @@ fn tag_is_stored_with_the_command_and_survives_reopen() {
 fn tag_must_carry_the_command_time() {
     let h = Harness::new();
     let cmd = script().remove(0);
-    let tag = crate::AppliedTag {
-        op: 1,
-        last_now: Timestamp::new(0, 0),
-    };
+    let tag = crate::AppliedTag { op: 1, last_now: Timestamp::new(0, 0) };
     let _ = h.store.apply_tagged(1, &cmd, &tag);
 }
 
@@ -418,14 +237,7 @@ fn image_round_trip_replaces_the_state_and_bad_images_are_refused() {
 #[test]
 fn checkpoint_of_a_store_without_wal_holds_everything() {
     let dir = tempfile::tempdir().unwrap();
-    let store = FsStore::open(
-        &dir.path().join("db"),
-        StoreOptions {
-            sync_every_write: false,
-            skip_wal: true,
-        },
-    )
-    .unwrap();
+    let store = FsStore::open(&dir.path().join("db"), StoreOptions { sync_every_write: false, skip_wal: true }).unwrap();
     run_script(&store, &script());
     let digest = store.digest().unwrap();
     let applied = store.checkpoint(&dir.path().join("cp")).unwrap();

@@ -6,7 +6,7 @@
 //! request may or may not commit later, and the client retries it with the
 //! same (session, seq), which the core's session layer makes exactly-once.
 
-use chorus_replication::{Op, Reply, ReplicaId, Request, ViewNumber};
+use chorus_replication::{Op, ReplicaId, Reply, Request, ViewNumber};
 use serde::{Deserialize, Serialize};
 
 /// A call to a node.

@@ -166,7 +166,13 @@ fn fsync_dir(dir: &Path) -> Result<(), CheckpointFileError> {
 /// `name` under `root`: checksums every file (reusing `known` sums of files
 /// with the same name and size: immutable files), fsyncs them, writes the
 /// manifest, renames the directory into place. Returns the manifest.
-pub fn seal(root: &Path, tmp_dir: &Path, name: &str, op: Op, known: &mut std::collections::HashMap<(String, u64), u32>) -> Result<Manifest, CheckpointFileError> {
+pub fn seal(
+    root: &Path,
+    tmp_dir: &Path,
+    name: &str,
+    op: Op,
+    known: &mut std::collections::HashMap<(String, u64), u32>,
+) -> Result<Manifest, CheckpointFileError> {
     let mut files = Vec::new();
     for entry in fs::read_dir(tmp_dir).map_err(io(tmp_dir))? {
         let entry = entry.map_err(io(tmp_dir))?;
@@ -334,16 +340,14 @@ pub async fn serve(conn: quinn::Connection, root: PathBuf) {
             let mut file = file;
             let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
             // Disk reads on a blocking thread, network writes here.
-            let reader = tokio::task::spawn_blocking(move || {
-                loop {
-                    let mut buf = vec![0u8; CHUNK_BYTES];
-                    match file.read(&mut buf) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => {
-                            buf.truncate(n);
-                            if tx.blocking_send(buf).is_err() {
-                                return;
-                            }
+            let reader = tokio::task::spawn_blocking(move || loop {
+                let mut buf = vec![0u8; CHUNK_BYTES];
+                match file.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => {
+                        buf.truncate(n);
+                        if tx.blocking_send(buf).is_err() {
+                            return;
                         }
                     }
                 }
@@ -511,7 +515,12 @@ impl Fetcher {
                 let (bytes, crc) = file_crc(&path)?;
                 if bytes != f.bytes || crc != f.crc32c {
                     let _ = fs::remove_file(&path);
-                    anyhow::bail!("fetched file {} of {} is damaged (crc32c {crc:08x}, expected {:08x}); fetching it again", f.name, manifest2.name, f.crc32c);
+                    anyhow::bail!(
+                        "fetched file {} of {} is damaged (crc32c {crc:08x}, expected {:08x}); fetching it again",
+                        f.name,
+                        manifest2.name,
+                        f.crc32c
+                    );
                 }
                 File::open(&path)?.sync_all()?;
             }
@@ -522,18 +531,26 @@ impl Fetcher {
         self.progress.bytes_fetched_total.fetch_add(fetched, Ordering::Relaxed);
         Ok(fetched)
     }
-
 }
 
 /// Fetches `file` of checkpoint `checkpoint` from `offset` to its end into
 /// `path`, on a stream of its own; returns the bytes received.
-async fn fetch_file(conn: &quinn::Connection, checkpoint: &str, file: &FileEntry, path: &Path, offset: u64, progress: &FetchProgress) -> anyhow::Result<FetchedFile> {
+async fn fetch_file(
+    conn: &quinn::Connection,
+    checkpoint: &str,
+    file: &FileEntry,
+    path: &Path,
+    offset: u64,
+    progress: &FetchProgress,
+) -> anyhow::Result<FetchedFile> {
     let (mut send, mut recv) = tokio::time::timeout(CHUNK_TIMEOUT, conn.open_bi()).await??;
     send.write_all(&[FETCH_STREAM_TAG]).await?;
     let request = FileRequest { checkpoint: checkpoint.to_string(), file: file.name.clone(), offset };
     frame::write_frame(&mut send, &codec::to_bytes(&request)?).await?;
     let _ = send.finish();
-    let answer = tokio::time::timeout(CHUNK_TIMEOUT, frame::read_frame(&mut recv)).await??.ok_or_else(|| anyhow::anyhow!("donor closed the stream"))?;
+    let answer = tokio::time::timeout(CHUNK_TIMEOUT, frame::read_frame(&mut recv))
+        .await??
+        .ok_or_else(|| anyhow::anyhow!("donor closed the stream"))?;
     match codec::from_bytes::<FileAnswer>(&answer)? {
         FileAnswer::Ok { bytes_total } if bytes_total == file.bytes => {}
         FileAnswer::Ok { bytes_total } => anyhow::bail!("donor has {} at {bytes_total} bytes, manifest says {}", file.name, file.bytes),
@@ -664,7 +681,12 @@ mod tests {
     fn manifests_with_escaping_names_are_refused() {
         let m = Manifest { version: MANIFEST_VERSION, name: "../x".into(), op: 1, files: vec![] };
         assert!(Manifest::from_bytes(&m.to_bytes()).is_err());
-        let m = Manifest { version: MANIFEST_VERSION, name: "cp".into(), op: 1, files: vec![FileEntry { name: "a/b".into(), bytes: 0, crc32c: 0 }] };
+        let m = Manifest {
+            version: MANIFEST_VERSION,
+            name: "cp".into(),
+            op: 1,
+            files: vec![FileEntry { name: "a/b".into(), bytes: 0, crc32c: 0 }],
+        };
         assert!(Manifest::from_bytes(&m.to_bytes()).is_err());
         assert!(Manifest::from_bytes(b"garbage").is_err());
     }

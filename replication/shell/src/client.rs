@@ -311,14 +311,8 @@ impl Session {
 
     async fn run(&mut self, operation: Operation, deadline: Instant) -> Result<(Vec<u8>, ViewNumber), ClientError> {
         self.seq += 1;
-        let request = Request {
-            client: self.client,
-            session: self.session,
-            seq: self.seq,
-            low_water: self.seq - 1,
-            epoch: self.epoch,
-            operation,
-        };
+        let request =
+            Request { client: self.client, session: self.session, seq: self.seq, low_water: self.seq - 1, epoch: self.epoch, operation };
         let (reply, only_copy) = self.cluster.submit_counted(request, deadline).await?;
         self.epoch = self.epoch.max(reply.view);
         match reply.outcome {

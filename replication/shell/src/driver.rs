@@ -32,7 +32,10 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use chorus_replication::{Action, ClientId, Config, Durable, Event, Message, Millis, Operation, Outcome, Reply, Replica, ReplicaId, Request, SessionId, StateMachine, Status, Write};
+use chorus_replication::{
+    Action, ClientId, Config, Durable, Event, Message, Millis, Operation, Outcome, Replica, ReplicaId, Reply, Request, SessionId,
+    StateMachine, Status, Write,
+};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{error, info, warn};
 
@@ -435,7 +438,7 @@ impl Executor {
             applied_op: r.applied_op,
             clients: 0, // the node fills it in (it owns the connections)
             durable_op: r.durable_op,
-            digest: 0, // filled in off the loop, see take_call
+            digest: 0,           // filled in off the loop, see take_call
             digests_computed: 0, // filled in from the DigestCache
             log_syncs: self.syncs,
             log_sync_us_total: self.sync_us_total,

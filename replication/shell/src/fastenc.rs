@@ -192,7 +192,14 @@ mod tests {
                 view: 2,
                 timestamp_ms: 1000 + op,
                 requests: vec![
-                    Request { client: 9, session: 4, seq: op, low_water: op - 1, epoch: 2, operation: Operation::Write(vec![op as u8; 100]) },
+                    Request {
+                        client: 9,
+                        session: 4,
+                        seq: op,
+                        low_water: op - 1,
+                        epoch: 2,
+                        operation: Operation::Write(vec![op as u8; 100]),
+                    },
                     Request { client: 8, session: 0, seq: 77, low_water: 0, epoch: 2, operation: Operation::Register },
                     Request { client: 7, session: 5, seq: 3, low_water: 2, epoch: 1, operation: Operation::Read(vec![1, 2, 3]) },
                 ],

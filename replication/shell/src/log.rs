@@ -267,10 +267,7 @@ impl SegmentLog {
         segment.file.read_exact_at(&mut header, offset).map_err(io_err(&segment.path))?;
         let (len, crc, stored_index) = decode_header(&header);
         let mut payload = vec![0u8; len as usize];
-        segment
-            .file
-            .read_exact_at(&mut payload, offset + RECORD_HEADER_BYTES)
-            .map_err(io_err(&segment.path))?;
+        segment.file.read_exact_at(&mut payload, offset + RECORD_HEADER_BYTES).map_err(io_err(&segment.path))?;
         if stored_index != index || record_crc(stored_index, &payload) != crc {
             return Err(LogError::Corrupt {
                 path: segment.path.clone(),
@@ -364,13 +361,7 @@ impl SegmentLog {
     fn create_segment(&mut self, first_index: u64) -> Result<(), LogError> {
         assert!(self.pending.is_empty(), "flush before rolling a segment");
         let path = self.dir.join(format!("{first_index:020}{SEGMENT_SUFFIX}"));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .map_err(io_err(&path))?;
+        let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path).map_err(io_err(&path))?;
         self.segments.push(Segment { path, file, first_index, offsets: Vec::new(), written_bytes: 0 });
         self.dir_dirty = true;
         Ok(())
@@ -539,11 +530,8 @@ mod tests {
     }
 
     fn segment_paths(dir: &Path) -> Vec<PathBuf> {
-        let mut v: Vec<_> = fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.extension().is_some_and(|e| e == "seg"))
-            .collect();
+        let mut v: Vec<_> =
+            fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "seg")).collect();
         v.sort();
         v
     }

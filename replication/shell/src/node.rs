@@ -25,9 +25,9 @@ use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tracing::{info, warn};
 
 use crate::api::{NodeRequest, NodeResponse, NodeStatus, BATCH_REQUESTS_MAX};
+use crate::checkpoint::Fetcher;
 use crate::driver::{self, Call, CLIENT_CALLS_QUEUE_MAX};
 use crate::log::SEGMENT_BYTES_DEFAULT;
-use crate::checkpoint::Fetcher;
 use crate::transport::Transport;
 
 /// Client connections served at once.
@@ -125,7 +125,8 @@ pub async fn run<S: StateMachine + Send + 'static>(cfg: NodeConfig, machine: S, 
     let fetcher = cfg.checkpoints_dir.clone().map(|root| Fetcher::new(root, ep.clone(), cfg.peers.clone()));
     let accept = tokio::spawn(accept_loop(ep.clone(), transport.clone(), calls_tx, cfg.checkpoints_dir.clone()));
     let disk = crate::disk_space::DiskGuard::new(cfg.data_dir.clone(), cfg.disk_reserve_bytes);
-    let result = driver::run(cfg.core, cfg.id, durable, log, machine, cfg.seed, transport, inbound, calls_rx, shutdown, fetcher, disk).await;
+    let result =
+        driver::run(cfg.core, cfg.id, durable, log, machine, cfg.seed, transport, inbound, calls_rx, shutdown, fetcher, disk).await;
     accept.abort();
     ep.close(0u32.into(), b"replica stopping");
     result.map_err(Into::into)
@@ -183,7 +184,9 @@ async fn accept_loop(ep: quinn::Endpoint, transport: Arc<Transport<Message>>, ca
 
 async fn handle(calls: mpsc::Sender<Call>, req: NodeRequest, admin: bool) -> NodeResponse {
     match req {
-        NodeRequest::Checkpoint if !admin => NodeResponse::Refused("taking a checkpoint needs the admin certificate (certs/admin.*)".into()),
+        NodeRequest::Checkpoint if !admin => {
+            NodeResponse::Refused("taking a checkpoint needs the admin certificate (certs/admin.*)".into())
+        }
         NodeRequest::Checkpoint => {
             let (tx, rx) = oneshot::channel();
             if calls.send(Call::Checkpoint(tx)).await.is_err() {

@@ -113,14 +113,8 @@ impl<J: Journal> LogWriter<J> {
     /// Starts the writer thread on an opened log.
     pub fn start(log: SegmentLog, journal: J) -> LogWriter<J> {
         let (queue_tx, queue_rx) = mpsc::channel(WRITER_QUEUE_SUBMISSIONS_MAX);
-        let initial = Durable {
-            ticket: 0,
-            last_index: log.last_index(),
-            first_index: log.first_index(),
-            syncs: 0,
-            sync_us_total: 0,
-            error: None,
-        };
+        let initial =
+            Durable { ticket: 0, last_index: log.last_index(), first_index: log.first_index(), syncs: 0, sync_us_total: 0, error: None };
         let (durable_tx, durable_rx) = watch::channel(initial);
         let thread = std::thread::Builder::new()
             .name("chorus-log-writer".into())

@@ -154,10 +154,7 @@ async fn kill_leader_new_view_keeps_committed_commands() {
     nodes.kill(old_leader);
     let killed_at = Instant::now();
     let survivors: Vec<usize> = all.iter().copied().filter(|&i| i != old_leader).collect();
-    session
-        .write(command(1_000, b"after the kill"), killed_at + Duration::from_secs(15))
-        .await
-        .expect("a new view commits");
+    session.write(command(1_000, b"after the kill"), killed_at + Duration::from_secs(15)).await.expect("a new view commits");
     let failover = killed_at.elapsed();
     let bound = FAILOVER_PROMISED + FAILOVER_MARGIN;
     eprintln!("MEASURED failover (kill -9 of the leader -> first new commit): {failover:?} (limit {bound:?})");
@@ -165,10 +162,7 @@ async fn kill_leader_new_view_keeps_committed_commands() {
     assert_ne!(new_leader, old_leader);
     let new_view = cluster.status(new_leader).await.expect("the new leader's status").view;
     assert!(new_view > old_view, "the view did not change: {new_view} (before {old_view})");
-    assert!(
-        failover <= bound,
-        "failover took {failover:?}; the README promises about {FAILOVER_PROMISED:?} (limit with margin {bound:?})"
-    );
+    assert!(failover <= bound, "failover took {failover:?}; the README promises about {FAILOVER_PROMISED:?} (limit with margin {bound:?})");
 
     // Every write acknowledged before the kill is still there, read through
     // the new leader (linearizable read).

@@ -17,7 +17,11 @@ fn free_addrs(n: usize) -> Vec<SocketAddr> {
 
 type Msg = (u8, u64);
 
-fn start(dir: &std::path::Path, id: u8, peers: &[SocketAddr]) -> (Arc<Transport<Msg>>, tokio::sync::mpsc::Receiver<(u8, Msg)>, quinn::Endpoint) {
+fn start(
+    dir: &std::path::Path,
+    id: u8,
+    peers: &[SocketAddr],
+) -> (Arc<Transport<Msg>>, tokio::sync::mpsc::Receiver<(u8, Msg)>, quinn::Endpoint) {
     let identity = certs::load_identity(dir, Role::Replica(id as usize)).unwrap();
     // A restarted replica may find its port still held for a moment by the
     // previous incarnation's tasks winding down: retry the bind, bounded.

@@ -65,11 +65,8 @@ pub fn check_with_final(history: &[HistoryOp], final_list: Option<&[u64]>) -> Re
         .filter(|op| op.complete_ms.is_some() || !matches!(op.kind, Kind::Append { value, .. } if !in_final(&value)))
         .collect();
     assert!(ops.len() <= OPS_PER_KEY_MAX, "history too long for the checker");
-    let completed: u128 = ops
-        .iter()
-        .enumerate()
-        .filter(|(_, op)| op.complete_ms.is_some() || final_list.is_some())
-        .fold(0, |m, (i, _)| m | (1u128 << i));
+    let completed: u128 =
+        ops.iter().enumerate().filter(|(_, op)| op.complete_ms.is_some() || final_list.is_some()).fold(0, |m, (i, _)| m | (1u128 << i));
     let mut search = Search { ops: &ops, completed, seen: HashSet::new(), steps: 0, final_list };
     if search.explore(0, &mut Vec::new()) {
         Ok(())
@@ -97,11 +94,8 @@ impl Search<'_> {
         }
         self.steps += 1;
         // No operation may go before one that completed before it started.
-        let horizon = (0..self.ops.len())
-            .filter(|i| done & (1 << i) == 0)
-            .filter_map(|i| self.ops[i].complete_ms)
-            .min()
-            .unwrap_or(u64::MAX);
+        let horizon =
+            (0..self.ops.len()).filter(|i| done & (1 << i) == 0).filter_map(|i| self.ops[i].complete_ms).min().unwrap_or(u64::MAX);
         for i in 0..self.ops.len() {
             if done & (1 << i) != 0 || self.ops[i].invoke_ms > horizon {
                 continue;

@@ -239,8 +239,7 @@ fn a_view_is_never_formed_twice() {
     net.isolated[first as usize] = true;
     // Wait until the next leader entered view v+1 durably, then its disk hangs.
     let entered = net.run_until(5_000, |n| {
-        n.durable[next as usize].superblock.is_some_and(|sb| sb.view == v + 1)
-            && n.status(next).status == Status::ViewChange
+        n.durable[next as usize].superblock.is_some_and(|sb| sb.view == v + 1) && n.status(next).status == Status::ViewChange
     });
     assert!(entered, "replica {next} never entered view {}", v + 1);
     net.disk_stalled[next as usize] = true;
@@ -259,9 +258,7 @@ fn a_view_is_never_formed_twice() {
     net.isolated[first as usize] = false;
     net.start(first);
     net.start(next);
-    let formed = net.run_until(10_000, |n| {
-        n.normal_leader().is_some_and(|l| l != voter && n.status(l).view > v)
-    });
+    let formed = net.run_until(10_000, |n| n.normal_leader().is_some_and(|l| l != voter && n.status(l).view > v));
     assert!(formed, "the two replicas did not form a view");
     let leader = net.normal_leader().unwrap();
     net.submit(leader, 9, 1);

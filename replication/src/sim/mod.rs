@@ -203,14 +203,34 @@ enum Payload {
 
 #[derive(Clone, Debug)]
 enum Ev {
-    Deliver { from: Addr, to: Addr, payload: Payload },
-    DiskDone { replica: ReplicaId, incarnation: u64, seq: u64 },
-    Timer { replica: ReplicaId, incarnation: u64 },
-    ClientWake { client: usize, token: u64, wake: Wake },
+    Deliver {
+        from: Addr,
+        to: Addr,
+        payload: Payload,
+    },
+    DiskDone {
+        replica: ReplicaId,
+        incarnation: u64,
+        seq: u64,
+    },
+    Timer {
+        replica: ReplicaId,
+        incarnation: u64,
+    },
+    ClientWake {
+        client: usize,
+        token: u64,
+        wake: Wake,
+    },
     Fault,
     /// A crash aimed at a moment (a new leader's install in flight).
-    CrashAt { replica: ReplicaId, incarnation: u64 },
-    Restart { replica: ReplicaId },
+    CrashAt {
+        replica: ReplicaId,
+        incarnation: u64,
+    },
+    Restart {
+        replica: ReplicaId,
+    },
     Heal,
     Check,
 }
@@ -601,9 +621,7 @@ impl Sim {
         let incarnation = node.incarnation;
         for action in actions {
             match action {
-                Action::Send { to, message } => {
-                    self.send(Addr::Replica(id), Addr::Replica(to), Payload::Replica(message))
-                }
+                Action::Send { to, message } => self.send(Addr::Replica(id), Addr::Replica(to), Payload::Replica(message)),
                 Action::Reply { client, reply } => {
                     let c = (client - 1_000) as usize;
                     self.send(Addr::Replica(id), Addr::Client(c), Payload::Reply(reply));
@@ -668,9 +686,9 @@ impl Sim {
                 None => {
                     self.applied.insert(op, (hash, id));
                 }
-                Some(&(h, first)) if h != hash => conflicts.push(format!(
-                    "op {op}: replica {id} applied {entry:?}, replica {first} applied something else"
-                )),
+                Some(&(h, first)) if h != hash => {
+                    conflicts.push(format!("op {op}: replica {id} applied {entry:?}, replica {first} applied something else"))
+                }
                 Some(_) => {}
             }
         }
@@ -953,9 +971,8 @@ impl Sim {
                 }
             }
             65..=84 => {
-                let down: Vec<usize> = (0..n)
-                    .filter(|&i| self.nodes[i].replica.is_none() && self.nodes[i].down_since_ms + 10 <= self.now_ms)
-                    .collect();
+                let down: Vec<usize> =
+                    (0..n).filter(|&i| self.nodes[i].replica.is_none() && self.nodes[i].down_since_ms + 10 <= self.now_ms).collect();
                 if !down.is_empty() {
                     let r = down[self.rng.gen_range(0..down.len())];
                     self.restart(r);
@@ -1081,8 +1098,7 @@ impl Sim {
         if !self.healed || self.done {
             return;
         }
-        let clients_done =
-            self.clients.iter().all(|c| c.ops_left == 0 && c.current.is_none() && c.rerun.is_none() && c.session.is_some());
+        let clients_done = self.clients.iter().all(|c| c.ops_left == 0 && c.current.is_none() && c.rerun.is_none() && c.session.is_some());
         if clients_done && self.converged() {
             self.done = true;
             return;
@@ -1166,7 +1182,10 @@ impl Sim {
             for (key, value) in &acked {
                 let present = lists.get(key).is_some_and(|l| l.contains(value));
                 if !present {
-                    found.push((Checker::AckedLost, format!("replica {} (applied {}): acknowledged append {value:#x} to key {key} missing", s.id, s.applied_op)));
+                    found.push((
+                        Checker::AckedLost,
+                        format!("replica {} (applied {}): acknowledged append {value:#x} to key {key} missing", s.id, s.applied_op),
+                    ));
                 }
             }
         }
@@ -1208,8 +1227,8 @@ impl Sim {
 }
 
 #[cfg(test)]
-mod tests;
+mod manual;
 #[cfg(test)]
 mod restart;
 #[cfg(test)]
-mod manual;
+mod tests;

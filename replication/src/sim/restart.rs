@@ -76,7 +76,14 @@ impl Harness {
     }
 
     fn start(&mut self, r: ReplicaId) {
-        let replica = Replica::new(self.config.clone(), r, self.durable[r as usize].clone(), KvStore::new(), 1000 + r as u64 + self.incarnation[r as usize] * 7, self.now_ms);
+        let replica = Replica::new(
+            self.config.clone(),
+            r,
+            self.durable[r as usize].clone(),
+            KvStore::new(),
+            1000 + r as u64 + self.incarnation[r as usize] * 7,
+            self.now_ms,
+        );
         self.replicas[r as usize] = Some(replica);
         self.drain(r);
     }
@@ -144,14 +151,8 @@ impl Harness {
                 }
                 Ev::Client => {
                     self.nonce += 1;
-                    let request = Request {
-                        client: 1,
-                        session: 0,
-                        seq: self.nonce,
-                        low_water: 0,
-                        epoch: 0,
-                        operation: Operation::Register,
-                    };
+                    let request =
+                        Request { client: 1, session: 0, seq: self.nonce, low_water: 0, epoch: 0, operation: Operation::Register };
                     for r in 0..self.config.replica_count {
                         self.step(r, Event::Request(request.clone()));
                     }

@@ -19,10 +19,7 @@ fn env_u64(name: &str) -> Option<u64> {
 /// Runs a seed, turning a panic (a failed internal assertion) into a message.
 fn run_caught(options: &Options) -> Result<Report, String> {
     catch_unwind(AssertUnwindSafe(|| run(options))).map_err(|e| {
-        e.downcast_ref::<String>()
-            .cloned()
-            .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_else(|| "panic".into())
+        e.downcast_ref::<String>().cloned().or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_else(|| "panic".into())
     })
 }
 
@@ -90,10 +87,7 @@ fn simulate_seeds() {
                             ));
                         }
                     }
-                    Err(panic) => failures
-                        .lock()
-                        .unwrap()
-                        .push(format!("seed {seed}: panic: {panic}\n  replay: {}", replay_command(seed))),
+                    Err(panic) => failures.lock().unwrap().push(format!("seed {seed}: panic: {panic}\n  replay: {}", replay_command(seed))),
                 }
             });
         }

@@ -191,12 +191,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
         // SAFETY: sysconf has no memory effects.
         let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
         let pct = |a: u64, b: u64| (a.saturating_sub(b)) as f64 / hz / window.as_secs_f64() * 100.0;
-        let parts: Vec<String> = cpu_after
-            .iter()
-            .zip(&cpu_before)
-            .enumerate()
-            .map(|(i, (a, b))| if i < args.pids.len() { format!("replica{i}={:.0}%", pct(*a, *b)) } else { format!("bench_client={:.0}%", pct(*a, *b)) })
-            .collect();
+        let parts: Vec<String> =
+            cpu_after
+                .iter()
+                .zip(&cpu_before)
+                .enumerate()
+                .map(|(i, (a, b))| {
+                    if i < args.pids.len() {
+                        format!("replica{i}={:.0}%", pct(*a, *b))
+                    } else {
+                        format!("bench_client={:.0}%", pct(*a, *b))
+                    }
+                })
+                .collect();
         println!("cpu (of one core) during the window: {}", parts.join(" "));
     }
     let failover = if args.pids.is_empty() { None } else { Some(kill_leader(&cluster, &shared, &args.pids).await?) };

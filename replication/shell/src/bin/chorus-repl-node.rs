@@ -22,9 +22,20 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Create the cluster CA and certificates in DIR.
-    Certs { dir: PathBuf, #[arg(long, default_value_t = 3)] replicas: usize },
+    Certs {
+        dir: PathBuf,
+        #[arg(long, default_value_t = 3)]
+        replicas: usize,
+    },
     /// Initialize the log of replica ID of a brand-new universe.
-    Init { #[arg(long)] id: u8, #[arg(long, default_value_t = 3)] replicas: u8, #[arg(long)] data: PathBuf },
+    Init {
+        #[arg(long)]
+        id: u8,
+        #[arg(long, default_value_t = 3)]
+        replicas: u8,
+        #[arg(long)]
+        data: PathBuf,
+    },
     /// Run replica ID.
     Run {
         #[arg(long)]
@@ -55,9 +66,7 @@ fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().command {
         Command::Certs { dir, replicas } => Ok(chorus_wire::certs::init_cluster(&dir, replicas)?),
-        Command::Init { id, replicas, data } => {
-            Ok(chorus_replication_shell::disk::init(&data, SEGMENT_BYTES_DEFAULT, id, replicas)?)
-        }
+        Command::Init { id, replicas, data } => Ok(chorus_replication_shell::disk::init(&data, SEGMENT_BYTES_DEFAULT, id, replicas)?),
         Command::Run { id, peers, certs, data, batch, pipeline, checkpoint_interval } => {
             let mut core = node::core_config(peers.len() as u8);
             if let Some(b) = batch {
@@ -69,7 +78,16 @@ fn main() -> anyhow::Result<()> {
             if let Some(c) = checkpoint_interval {
                 core.checkpoint_interval_ops = c;
             }
-            let cfg = NodeConfig { id, peers, certs_dir: certs, data_dir: data, core, seed: std::process::id() as u64 ^ ((id as u64) << 32), checkpoints_dir: None, disk_reserve_bytes: chorus_replication_shell::node::DISK_RESERVE_BYTES_DEFAULT };
+            let cfg = NodeConfig {
+                id,
+                peers,
+                certs_dir: certs,
+                data_dir: data,
+                core,
+                seed: std::process::id() as u64 ^ ((id as u64) << 32),
+                checkpoints_dir: None,
+                disk_reserve_bytes: chorus_replication_shell::node::DISK_RESERVE_BYTES_DEFAULT,
+            };
             let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
             runtime.block_on(async move {
                 let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
