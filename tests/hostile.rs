@@ -35,18 +35,7 @@ impl Up {
         std::fs::create_dir(&mnt).unwrap();
         let data = dir.path().join("data");
         let port = free_port().clamp(20000, 60000);
-        let port_s = port.to_string();
-        let args = [
-            "up".as_ref(),
-            mnt.as_os_str(),
-            "--data".as_ref(),
-            data.as_os_str(),
-            "--port".as_ref(),
-            port_s.as_ref(),
-            "--replicas".as_ref(),
-            "3".as_ref(),
-        ];
-        let up = spawn("up", &args, &dir.path().join("up.log"));
+        let up = spawn_up(&mnt, &data, port, REPLICAS as usize, &dir.path().join("up.log"));
         wait_until("replicated mount", Duration::from_secs(90), || is_mounted(&mnt));
         let peers: Vec<SocketAddr> = (0..REPLICAS).map(|i| SocketAddr::from(([127, 0, 0, 1], port + i))).collect();
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();

@@ -60,20 +60,9 @@ fn leader_killed_during_fsynced_creates_loses_nothing() {
     std::fs::create_dir(&mnt).unwrap();
     let data: PathBuf = dir.path().join("data");
     let port_n = free_port().min(60000);
-    let port = port_n.to_string();
     let _cleanup = Cleanup { data: data.clone(), mnt: mnt.clone() };
     let log = dir.path().join("up.log");
-    let args = [
-        "up".as_ref(),
-        mnt.as_os_str(),
-        "--data".as_ref(),
-        data.as_os_str(),
-        "--port".as_ref(),
-        port.as_ref(),
-        "--replicas".as_ref(),
-        "3".as_ref(),
-    ];
-    let mut up = spawn("up", &args, &log);
+    let mut up = spawn_up(&mnt, &data, port_n, 3, &log);
     wait_until("replicated mount", Duration::from_secs(90), || is_mounted(&mnt));
     let stream = mnt.join("stream");
     std::fs::create_dir(&stream).unwrap();
@@ -212,7 +201,7 @@ fn leader_killed_during_fsynced_creates_loses_nothing() {
     );
     drop(cluster);
     drop(rt);
-    let report = run_ok(std::process::Command::new(chorus_bin()).args(["status", "--port", &port, "--data"]).arg(&data));
+    let report = run_ok(std::process::Command::new(chorus_bin()).args(["status", "--port", &port_n.to_string(), "--data"]).arg(&data));
     eprintln!("{report}");
     for p in &peers {
         let line = report

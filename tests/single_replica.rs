@@ -201,20 +201,10 @@ fn up_restart_finds_files_again() {
     let mnt = dir.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
     let data = dir.path().join("data");
-    let port = free_port().to_string();
+    let port = free_port();
     let log = dir.path().join("up.log");
-    let args = [
-        "up".as_ref(),
-        mnt.as_os_str(),
-        "--data".as_ref(),
-        data.as_os_str(),
-        "--port".as_ref(),
-        port.as_ref(),
-        "--replicas".as_ref(),
-        "1".as_ref(),
-    ];
     for round in 0..2 {
-        let mut up = spawn("up", &args, &log);
+        let mut up = spawn_up(&mnt, &data, port, 1, &log);
         wait_until("chorus up to mount", Duration::from_secs(60), || is_mounted(&mnt));
         if round == 0 {
             std::fs::create_dir(mnt.join("d")).unwrap();

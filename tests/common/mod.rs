@@ -94,6 +94,22 @@ impl Drop for Proc {
     }
 }
 
+/// `chorus up MNT --data DATA --port PORT --replicas N`, logging to `log`.
+pub fn spawn_up(mnt: &Path, data: &Path, port: u16, replicas: usize, log: &Path) -> Proc {
+    let (port, replicas) = (port.to_string(), replicas.to_string());
+    let args = [
+        "up".as_ref(),
+        mnt.as_os_str(),
+        "--data".as_ref(),
+        data.as_os_str(),
+        "--port".as_ref(),
+        port.as_ref(),
+        "--replicas".as_ref(),
+        replicas.as_ref(),
+    ];
+    spawn("up", &args, log)
+}
+
 pub fn spawn(name: &str, args: &[&std::ffi::OsStr], log: &Path) -> Proc {
     let logf = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("log file");
     let child = Command::new(chorus_bin())
