@@ -145,7 +145,8 @@ fn wait_for_group(
         let all: Vec<_> = last.iter().flatten().collect();
         if all.len() == last.len()
             && all.iter().all(|s| s.status == "normal" && s.view == all[0].view)
-            && (!converged || all.iter().all(|s| (s.commit_op, s.digest) == (all[0].commit_op, all[0].digest)))
+            && (!converged
+                || all.iter().all(|s| (s.commit_op, s.digest) == (all[0].commit_op, all[0].digest) && s.digest_op == s.applied_op))
         {
             return all[0].clone();
         }

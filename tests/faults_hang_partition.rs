@@ -190,9 +190,10 @@ impl Rig {
             let all: Vec<&NodeStatus> = last.iter().flatten().collect();
             if all.len() == REPLICAS
                 && all.iter().all(|s| s.status == "normal")
-                && all
-                    .iter()
-                    .all(|s| (s.view, s.leader, s.commit_op, s.digest) == (all[0].view, all[0].leader, all[0].commit_op, all[0].digest))
+                && all.iter().all(|s| {
+                    (s.view, s.leader, s.commit_op, s.digest) == (all[0].view, all[0].leader, all[0].commit_op, all[0].digest)
+                        && s.digest_op == s.applied_op
+                })
             {
                 return (start.elapsed(), all[0].clone());
             }

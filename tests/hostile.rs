@@ -62,7 +62,7 @@ impl Up {
             let s = statuses(&self.rt, &self.cluster);
             let all: Vec<_> = s.iter().flatten().collect();
             if all.len() == s.len()
-                && all.iter().all(|x| x.status == "normal" && x.commit_op == x.op)
+                && all.iter().all(|x| x.status == "normal" && x.commit_op == x.op && x.digest_op == x.applied_op)
                 && all.iter().all(|x| (x.view, x.commit_op, x.digest) == (all[0].view, all[0].commit_op, all[0].digest))
             {
                 return;

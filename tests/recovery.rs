@@ -345,7 +345,7 @@ fn converged(s: &Statuses, digests: bool) -> bool {
     all.len() == s.len()
         && all.iter().all(|x| x.status == "normal")
         && all.iter().all(|x| (x.view, x.commit_op) == (all[0].view, all[0].commit_op))
-        && (!digests || all.iter().all(|x| x.digest == all[0].digest && x.commit_op == x.op))
+        && (!digests || all.iter().all(|x| x.digest == all[0].digest && x.commit_op == x.op && x.digest_op == x.applied_op))
 }
 
 fn brief(s: &Statuses) -> String {

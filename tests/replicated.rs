@@ -180,6 +180,7 @@ fn leader_killed_during_fsynced_creates_loses_nothing() {
         if all.len() == 3
             && all.iter().all(|s| s.status == "normal")
             && all.iter().all(|s| (s.view, s.commit_op, s.digest) == (all[0].view, all[0].commit_op, all[0].digest))
+            && all.iter().all(|s| s.digest_op == s.applied_op)
         {
             break true;
         }

@@ -74,6 +74,10 @@ pub struct NodeStatus {
     /// `Status` answer may be a snapshot of up to about a second ago, its
     /// fields all of one moment.
     pub digest: u64,
+    /// The applied op the digest was computed at: while Status requests
+    /// come faster than digests may be computed, the digest lags the other
+    /// fields; compare digests only where `digest_op == applied_op`.
+    pub digest_op: Op,
     /// Digests this replica computed since it started (bounded whatever
     /// the number of `Status` requests).
     pub digests_computed: u64,

@@ -353,9 +353,9 @@ impl Executor {
                 let status = self.status(replica);
                 let mut cache = self.digests.lock().unwrap_or_else(|e| e.into_inner());
                 let status = NodeStatus { digests_computed: cache.computed, ..status };
-                if let Some(last) = cache.last.as_ref().filter(|l| l.applied_op == status.applied_op) {
+                if let Some(last) = cache.last.as_ref().filter(|l| l.digest_op == status.applied_op) {
                     // Same applied op, same state: the digest is exact.
-                    let _ = tx.send(NodeStatus { digest: last.digest, ..status });
+                    let _ = tx.send(NodeStatus { digest: last.digest, digest_op: last.digest_op, ..status });
                     return;
                 }
                 if cache.running {
@@ -366,10 +366,18 @@ impl Executor {
                 }
                 if let Some((last, finished)) = cache.last.as_ref().zip(cache.finished) {
                     if finished.elapsed() < cache.spacing() {
-                        // Too soon for another: the last snapshot, whole
-                        // (status and digest of one moment), at most a
-                        // spacing old.
-                        let _ = tx.send(NodeStatus { digests_computed: cache.computed, ..last.clone() });
+                        // Too soon for another: the status as it is now,
+                        // with the last digest, of `digest_op` (at most a
+                        // spacing old). The fields must stay fresh: callers
+                        // compare commit points across replicas while
+                        // clients write (a whole old snapshot made replicas
+                        // look forever apart under load).
+                        let _ = tx.send(NodeStatus {
+                            digest: last.digest,
+                            digest_op: last.digest_op,
+                            digests_computed: cache.computed,
+                            ..status
+                        });
                         return;
                     }
                 }
@@ -387,7 +395,7 @@ impl Executor {
                     cache.computed += 1;
                     cache.took = started.elapsed();
                     cache.finished = Some(Instant::now());
-                    let done = NodeStatus { digest, digests_computed: cache.computed, ..status };
+                    let done = NodeStatus { digest, digest_op: status.applied_op, digests_computed: cache.computed, ..status };
                     for waiter in cache.waiters.drain(..) {
                         let _ = waiter.send(done.clone());
                     }
@@ -438,7 +446,8 @@ impl Executor {
             applied_op: r.applied_op,
             clients: 0, // the node fills it in (it owns the connections)
             durable_op: r.durable_op,
-            digest: 0,           // filled in off the loop, see take_call
+            digest: 0, // filled in off the loop, see take_call
+            digest_op: 0,
             digests_computed: 0, // filled in from the DigestCache
             log_syncs: self.syncs,
             log_sync_us_total: self.sync_us_total,
