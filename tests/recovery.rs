@@ -118,6 +118,35 @@ impl Group {
         format!("--- replica {i} log (tail) ---\n{}", &l[start..])
     }
 
+    /// After a failed test: which replicas still run (with the exit status
+    /// of those that do not), and every log copied to
+    /// `$CHORUS_TEST_LOGS` (default /var/tmp/chorus-test-logs), since a CI
+    /// report shows only the end of the output and the folder goes with
+    /// the test.
+    fn keep_logs_of_failure(&mut self) {
+        for (i, p) in self.procs.iter_mut().enumerate() {
+            let state = match p.as_mut().map(|p| p.exit_status()) {
+                None => "not started (killed by the test)".to_string(),
+                Some(None) => "running".to_string(),
+                Some(Some(status)) => format!("exited: {status}"),
+            };
+            eprintln!("replica {i}: {state}");
+        }
+        let root = std::env::var_os("CHORUS_TEST_LOGS").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/var/tmp/chorus-test-logs"));
+        let name = std::thread::current().name().unwrap_or("test").replace("::", "-");
+        let dest = root.join(format!("{name}-{}", std::process::id()));
+        if std::fs::create_dir_all(&dest).is_ok() {
+            if let Ok(entries) = std::fs::read_dir(self.dir.path()) {
+                for e in entries.flatten() {
+                    if e.file_name().to_string_lossy().ends_with(".log") {
+                        let _ = std::fs::copy(e.path(), dest.join(e.file_name()));
+                    }
+                }
+            }
+            eprintln!("logs of the failed test kept in {}", dest.display());
+        }
+    }
+
     fn tails(&self) -> String {
         (0..self.peers.len()).map(|i| self.tail(i)).collect::<Vec<_>>().join("\n")
     }
@@ -303,6 +332,9 @@ impl Group {
 
 impl Drop for Group {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.keep_logs_of_failure();
+        }
         self.unmount();
         for p in self.procs.iter_mut() {
             // SIGKILL by PID (Proc's drop) of what is still running.

@@ -56,7 +56,6 @@
 //!   digests differ. The server should answer reads locally (lease) and
 //!   never order StatFs.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -154,7 +153,7 @@ struct CheckpointRefs {
     checkpoints: PathBuf,
     options: StoreOptions,
     /// CRC32C of immutable files already summed, by (name, size).
-    crc_known: Mutex<HashMap<(String, u64), u32>>,
+    crc_known: Mutex<checkpoint::CrcCache>,
 }
 
 impl FsMachine {
@@ -215,9 +214,7 @@ impl FsMachine {
         let manifest = checkpoint::seal(&refs.checkpoints, &tmp, &name, op, &mut known).map_err(|e| e.to_string())?;
         // Forget sums of files no kept checkpoint holds any more.
         checkpoint::prune(&refs.checkpoints, CHECKPOINTS_KEPT, &name);
-        let live: std::collections::HashSet<(String, u64)> =
-            checkpoint::list(&refs.checkpoints).into_iter().flat_map(|m| m.files.into_iter().map(|f| (f.name, f.bytes))).collect();
-        known.retain(|k, _| live.contains(k));
+        checkpoint::forget_unkept(&refs.checkpoints, &mut known);
         Ok(manifest.to_bytes())
     }
 
@@ -243,8 +240,7 @@ impl FsMachine {
             if matches!(e, checkpoint::CheckpointFileError::Damaged { .. }) {
                 // Never used again: set aside for inspection (a fetch
                 // brings a good copy when one is needed).
-                let dir = refs.checkpoints.join(&manifest.name);
-                let _ = std::fs::rename(&dir, refs.checkpoints.join(format!("{}.damaged", manifest.name)));
+                checkpoint::set_aside_damaged(&refs.checkpoints, &manifest.name);
             }
             let _ = std::fs::remove_dir_all(&next);
             return Err(CheckpointError(e.to_string()));

@@ -162,30 +162,69 @@ fn fsync_dir(dir: &Path) -> Result<(), CheckpointFileError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
 }
 
+/// What a cached checksum belongs to: one file (device and inode, which
+/// every hard link of it shares), at one size and modification time. Not
+/// its name: a store restored from another checkpoint (or another
+/// replica's) numbers its new files from that checkpoint's counter, so one
+/// name can hold different bytes of the same size over a replica's life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FileIdentity {
+    dev: u64,
+    ino: u64,
+    bytes: u64,
+    mtime_ns: i128,
+}
+
+impl FileIdentity {
+    fn of(meta: &fs::Metadata) -> FileIdentity {
+        use std::os::unix::fs::MetadataExt;
+        FileIdentity {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            bytes: meta.len(),
+            mtime_ns: meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128,
+        }
+    }
+}
+
+/// CRC32C sums of immutable files already read, so sealing a checkpoint
+/// reads only the files that are new since the last one.
+pub type CrcCache = std::collections::HashMap<FileIdentity, u32>;
+
+/// Drops the sums of files no complete checkpoint under `root` holds any
+/// more (their inodes may be reused).
+pub fn forget_unkept(root: &Path, cache: &mut CrcCache) {
+    let mut kept = std::collections::HashSet::new();
+    for m in list(root) {
+        for f in &m.files {
+            if let Ok(meta) = fs::metadata(root.join(&m.name).join(&f.name)) {
+                kept.insert(FileIdentity::of(&meta));
+            }
+        }
+    }
+    cache.retain(|k, _| kept.contains(k));
+}
+
 /// Makes `tmp_dir` (a finished checkpoint's files) the complete checkpoint
-/// `name` under `root`: checksums every file (reusing `known` sums of files
-/// with the same name and size: immutable files), fsyncs them, writes the
+/// `name` under `root`: checksums every file (reusing `known` sums of the
+/// same immutable files, see [`FileIdentity`]), fsyncs them, writes the
 /// manifest, renames the directory into place. Returns the manifest.
-pub fn seal(
-    root: &Path,
-    tmp_dir: &Path,
-    name: &str,
-    op: Op,
-    known: &mut std::collections::HashMap<(String, u64), u32>,
-) -> Result<Manifest, CheckpointFileError> {
+pub fn seal(root: &Path, tmp_dir: &Path, name: &str, op: Op, known: &mut CrcCache) -> Result<Manifest, CheckpointFileError> {
     let mut files = Vec::new();
     for entry in fs::read_dir(tmp_dir).map_err(io(tmp_dir))? {
         let entry = entry.map_err(io(tmp_dir))?;
         let file_name = entry.file_name().to_string_lossy().into_owned();
         let path = entry.path();
-        let bytes = entry.metadata().map_err(io(&path))?.len();
+        let meta = fs::metadata(&path).map_err(io(&path))?;
+        let (bytes, identity) = (meta.len(), FileIdentity::of(&meta));
         let immutable = file_name.ends_with(".sst") || file_name.ends_with(".blob");
-        let crc = match known.get(&(file_name.clone(), bytes)) {
+        let crc = match known.get(&identity) {
             Some(&crc) if immutable => crc,
             _ => {
                 let (len, crc) = file_crc(&path)?;
+                assert_eq!(len, bytes, "{} changed size while being summed", path.display());
                 if immutable {
-                    known.insert((file_name.clone(), len), crc);
+                    known.insert(identity, crc);
                 }
                 crc
             }
@@ -620,11 +659,33 @@ fn link_known_files(root: &Path, partial: &Path, manifest: &Manifest) -> Result<
         if !immutable {
             continue;
         }
-        if let Some(source) = local.iter().find(|m| m.files.iter().any(|g| g == f)) {
-            let _ = fs::hard_link(root.join(&source.name).join(&f.name), &target);
+        if let Some(source) = local.iter().find(|m| m.files.iter().any(|g| g == f) && root.join(&m.name).exists()) {
+            // Linked only once its bytes are checked: a local file that does
+            // not match its own manifest would otherwise be linked again at
+            // every attempt, and the fetch would never finish.
+            let from = root.join(&source.name).join(&f.name);
+            match file_crc(&from) {
+                Ok((bytes, crc)) if bytes == f.bytes && crc == f.crc32c => {
+                    let _ = fs::hard_link(&from, &target);
+                }
+                _ => {
+                    warn!(checkpoint = %source.name, file = %f.name, "a local checkpoint's file differs from its manifest; setting it aside");
+                    set_aside_damaged(root, &source.name);
+                }
+            }
         }
     }
     Ok(())
+}
+
+/// Moves the complete checkpoint `name` out of use (to `<name>.damaged`,
+/// for inspection; an older one of that name goes). Never used again.
+pub fn set_aside_damaged(root: &Path, name: &str) {
+    let aside = root.join(format!("{name}.damaged"));
+    let _ = fs::remove_dir_all(&aside);
+    if fs::rename(root.join(name), &aside).is_err() {
+        let _ = fs::remove_dir_all(root.join(name));
+    }
 }
 
 /// Builds a fresh directory `dest` holding the files of the verified local
@@ -675,6 +736,47 @@ mod tests {
         assert!(err.contains("000001.sst") && err.contains("damaged"), "{err}");
         let dest = dir.path().join("live");
         assert!(materialize(dir.path(), &m, &dest).is_err(), "a damaged checkpoint is never used");
+    }
+
+    /// CI failure of 2026-11-30: after a restore from another checkpoint a
+    /// replica's RocksDB reused an SST name; the new file had the old one's
+    /// size, and the sum cached by (name, size) went into the manifest, so
+    /// the checkpoint could never be fetched or restored.
+    #[test]
+    fn a_reused_file_name_of_the_same_size_is_summed_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut known = Default::default();
+        let tmp = dir.path().join("cp-1.tmp");
+        fs::create_dir_all(&tmp).unwrap();
+        fs::write(tmp.join("000134.sst"), b"first content").unwrap();
+        seal(dir.path(), &tmp, "cp-1", 1, &mut known).unwrap();
+        let tmp = dir.path().join("cp-2.tmp");
+        fs::create_dir_all(&tmp).unwrap();
+        fs::write(tmp.join("000134.sst"), b"other content").unwrap();
+        let m = seal(dir.path(), &tmp, "cp-2", 2, &mut known).unwrap();
+        verify(dir.path(), &m).expect("the manifest describes the files it names");
+    }
+
+    /// The same failure seen from the joiner: a local file that differs from
+    /// its manifest is not linked into a fetch (which then fetches it) and
+    /// its checkpoint is set aside, so the next attempt cannot link it again.
+    #[test]
+    fn a_local_file_that_differs_from_its_manifest_is_not_linked() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = make(dir.path(), "cp-7", &[("000001.sst", b"hello world")]);
+        fs::write(dir.path().join("cp-7").join("000001.sst"), b"HELLO WORLD").unwrap();
+        let wanted = Manifest { name: "cp-9".into(), op: 9, ..m.clone() };
+        let partial = dir.path().join("cp-9.partial");
+        link_known_files(dir.path(), &partial, &wanted).unwrap();
+        assert!(!partial.join("000001.sst").exists(), "a damaged file was linked");
+        assert!(list(dir.path()).is_empty(), "the damaged checkpoint is still in use");
+        assert!(dir.path().join("cp-7.damaged").exists());
+        // A good one is linked.
+        let good = make(dir.path(), "cp-8", &[("000001.sst", b"hello world")]);
+        let wanted = Manifest { name: "cp-10".into(), op: 10, ..good };
+        let partial = dir.path().join("cp-10.partial");
+        link_known_files(dir.path(), &partial, &wanted).unwrap();
+        assert_eq!(fs::read(partial.join("000001.sst")).unwrap(), b"hello world");
     }
 
     #[test]
