@@ -46,7 +46,10 @@ pub mod sim;
 pub use access::{machine_part, Sessions};
 pub use log::{Checkpoint, Durable, Superblock, Write};
 pub use membership::Members;
-pub use message::{Action, ClientId, Entry, Event, Message, Operation, Outcome, Reply, Request, SessionId};
+pub use message::{
+    is_caching_client, Action, ClientId, Entry, Event, Message, ObjectId, Operation, Outcome, RecallId, Reply, Request, SessionId,
+    CACHING_CLIENT_BIT,
+};
 pub use replica::{Replica, Status, StatusReport};
 pub use state_machine::{ApplyContext, CheckpointError, StateMachine};
 
@@ -177,6 +180,16 @@ pub struct Config {
     /// a session whose last request ran but whose reply was lost is never
     /// evicted under a client that is still retrying it.
     pub session_evict_idle_ms: Millis,
+    /// How long a callback granted with a read lasts (0: no callbacks, no
+    /// client caching). Also how long a new leader waits, at most, for
+    /// caching mounts to reset before it lets a change be seen. Must be
+    /// below `session_evict_idle_ms`.
+    pub callback_lease_ms: Millis,
+    /// Callbacks the leader holds at most (object × mount); beyond, reads
+    /// are answered without one.
+    pub callbacks_max: usize,
+    /// Reads waiting for a recall to end, at most; beyond, `Busy`.
+    pub parked_reads_max: usize,
     /// Injected bugs; only honoured in tests and with the `sim` feature.
     pub bugs: Bugs,
 }
@@ -208,6 +221,9 @@ impl Config {
             session_replies_max: 64,
             session_timeout_ms: 3_600_000,
             session_evict_idle_ms: 120_000,
+            callback_lease_ms: 5_000,
+            callbacks_max: 1_000_000,
+            parked_reads_max: 4_096,
             bugs: Bugs::NONE,
         }
     }
@@ -248,6 +264,9 @@ impl Config {
         }
         if self.session_evict_idle_ms > self.session_timeout_ms {
             return Err(ConfigError("session_evict_idle_ms must not exceed session_timeout_ms".into()));
+        }
+        if self.callback_lease_ms >= self.session_evict_idle_ms {
+            return Err(ConfigError("callback_lease_ms must be below session_evict_idle_ms".into()));
         }
         if self.sessions_max == 0 || self.session_replies_max == 0 {
             return Err(ConfigError("session bounds must be positive".into()));

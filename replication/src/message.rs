@@ -33,7 +33,29 @@ use crate::membership::Members;
 use crate::{Millis, Op, ReplicaId, ViewNumber};
 
 /// Network identity of a client (where replies go); chosen by the client.
+/// A mount uses one id for all its sessions (its mount id, which outlives
+/// them); ids with [`CACHING_CLIENT_BIT`] set are mounts that cache under
+/// callbacks.
 pub type ClientId = u64;
+
+/// Set in the [`ClientId`] of a client that caches under callbacks: only
+/// such clients are granted callbacks, and a new leader waits for exactly
+/// these (the ones in its session table) to reset their caches, or for the
+/// longest lease to pass, before it lets a change be seen. Kept in the id
+/// rather than in `Register` so the replicated session table already
+/// records it.
+pub const CACHING_CLIENT_BIT: ClientId = 1 << 63;
+
+/// Whether `client` caches under callbacks (see [`CACHING_CLIENT_BIT`]).
+pub fn is_caching_client(client: ClientId) -> bool {
+    client & CACHING_CLIENT_BIT != 0
+}
+
+/// A cached object (for the file system: an inode number; a directory's
+/// entries, negative ones included, belong to the directory's object).
+pub type ObjectId = u64;
+/// One recall of callbacks, numbered by the leader that sent it.
+pub type RecallId = u64;
 /// A session in the replicated session table; assigned by a committed
 /// [`Operation::Register`] and never reused.
 pub type SessionId = u64;
@@ -123,6 +145,14 @@ pub struct Reply {
     pub leader: ReplicaId,
     /// The answer.
     pub outcome: Outcome,
+    /// A read answered under a callback: the leader promises to recall the
+    /// objects this read returned before any of them changes, for this long
+    /// (counted by the client from when it sent the request). 0: no
+    /// callback, do not cache.
+    pub lease_ms: Millis,
+    /// A write: the objects it changed. The writer's own mount gets no
+    /// recall for its own change; it drops these from its cache itself.
+    pub changed: Vec<ObjectId>,
 }
 
 /// One log entry: a batch of client requests at position `op`, sequenced by
@@ -326,6 +356,19 @@ pub enum Event {
         /// Sequence number from [`Action::Persist`].
         seq: u64,
     },
+    /// `client` dropped the objects of recall `recall` from its cache.
+    RecallAck {
+        /// The mount.
+        client: ClientId,
+        /// From [`Action::Recall`].
+        recall: RecallId,
+    },
+    /// `client` (a caching mount) dropped everything it cached under
+    /// earlier leaders and trusts nothing granted before this view.
+    CacheReset {
+        /// The mount.
+        client: ClientId,
+    },
 }
 
 /// Outputs of the core, drained with [`crate::Replica::poll_actions`].
@@ -353,6 +396,17 @@ pub enum Action {
         client: ClientId,
         /// The reply.
         reply: Reply,
+    },
+    /// Tell `client` to drop `objects` from its cache, then answer with
+    /// [`Event::RecallAck`]. Best effort: an unanswered recall ends when the
+    /// client's callbacks expire.
+    Recall {
+        /// The mount.
+        client: ClientId,
+        /// Names this recall in the acknowledgement.
+        recall: RecallId,
+        /// What to drop.
+        objects: Vec<ObjectId>,
     },
     /// Call `step(now, Event::Tick)` at (or after) this time.
     SetTimer {

@@ -279,6 +279,7 @@ impl<S: StateMachine> Replica<S> {
             Event::Message { from, message } => self.on_message(from, message),
             Event::Request(request) => self.on_request(request),
             Event::Persisted { seq } => self.on_persisted(seq),
+            Event::RecallAck { .. } | Event::CacheReset { .. } => {}
         }
         invariant!(self, self.view >= view_before, "view went back");
         invariant!(self, self.commit_op >= commit_before, "commit point went back");
@@ -441,7 +442,15 @@ impl<S: StateMachine> Replica<S> {
     }
 
     fn reply(&mut self, request: &Request, outcome: Outcome) {
-        let reply = Reply { session: request.session, seq: request.seq, view: self.view, leader: self.leader(), outcome };
+        let reply = Reply {
+            session: request.session,
+            seq: request.seq,
+            view: self.view,
+            leader: self.leader(),
+            outcome,
+            lease_ms: 0,
+            changed: Vec::new(),
+        };
         self.actions.push(Action::Reply { client: request.client, reply });
     }
 

@@ -54,6 +54,20 @@ pub trait StateMachine {
     /// A digest of the state; equal states give equal digests.
     fn digest(&self) -> u64;
 
+    /// The objects a read-only `query` that gave `answer` returned (what a
+    /// client may cache under a callback; see DESIGN.md §5). Only the
+    /// leader asks. The default: none (nothing is cached).
+    fn read_set(&self, query: &[u8], answer: &[u8]) -> Vec<crate::message::ObjectId> {
+        let _ = (query, answer);
+        Vec::new()
+    }
+
+    /// The objects the last `apply` changed (every one whose cached copy it
+    /// makes stale), taken once right after it. The default: none.
+    fn take_changed(&mut self) -> Vec<crate::message::ObjectId> {
+        Vec::new()
+    }
+
     /// A job computing `digest()` off the replica's event loop, for a
     /// machine whose digest reads its whole state (seconds for gigabytes: the
     /// loop must keep heartbeating meanwhile). It may see a later state than

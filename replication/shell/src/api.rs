@@ -6,7 +6,7 @@
 //! request may or may not commit later, and the client retries it with the
 //! same (session, seq), which the core's session layer makes exactly-once.
 
-use chorus_replication::{Op, ReplicaId, Reply, Request, ViewNumber};
+use chorus_replication::{ClientId, ObjectId, Op, RecallId, ReplicaId, Reply, Request, ViewNumber};
 use serde::{Deserialize, Serialize};
 
 /// A call to a node.
@@ -25,6 +25,43 @@ pub enum NodeRequest {
     Checkpoint,
     /// The status without the digest (cheap: for progress polling).
     Progress,
+    /// Makes this connection the one the node pushes [`Push`] messages
+    /// (callback recalls) for mount `client` on; a later Subscribe of the
+    /// same mount on another connection replaces it. Answered `Ack`.
+    Subscribe {
+        /// The mount (a caching client id).
+        client: ClientId,
+    },
+    /// The mount dropped the objects of a [`Push::Recall`]. Answered `Ack`.
+    RecallAck {
+        /// The mount.
+        client: ClientId,
+        /// From the recall.
+        recall: RecallId,
+    },
+    /// The mount dropped everything it cached under earlier leaders (it
+    /// sends this to each new leader it meets, before trusting any grant
+    /// of that leader). Answered `Ack`.
+    CacheReset {
+        /// The mount.
+        client: ClientId,
+    },
+}
+
+/// What a node pushes to a subscribed mount (server push on the mount's
+/// own connection, see `chorus_wire::rpc::ServerConn`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Push {
+    /// Drop these objects from your cache (kernel included), then answer
+    /// [`NodeRequest::RecallAck`] with `recall`.
+    Recall {
+        /// Names the recall in the acknowledgement.
+        recall: RecallId,
+        /// Inode numbers (for the file system).
+        objects: Vec<ObjectId>,
+        /// The view of the leader that sent it.
+        view: ViewNumber,
+    },
 }
 
 /// Requests in one [`NodeRequest::Batch`]; the node answers `None` beyond.
@@ -46,6 +83,8 @@ pub enum NodeResponse {
     Checkpoint(Op),
     /// The request needs another role (e.g. the admin certificate).
     Refused(String),
+    /// Answer to `Subscribe`, `RecallAck` and `CacheReset`.
+    Ack,
 }
 
 /// A node's protocol status (a serializable subset of the core's report).

@@ -411,6 +411,8 @@ impl Executor {
                         view: report.view,
                         leader: report.leader,
                         outcome: Outcome::Busy,
+                        lease_ms: 0,
+                        changed: Vec::new(),
                     });
                     return;
                 }
@@ -514,6 +516,7 @@ impl Executor {
                         }
                     }
                 }
+                Action::Recall { .. } => {}   // wired with the push connections (next step)
                 Action::SetTimer { .. } => {} // the loop asks poll_timeout() each turn
                 Action::FetchCheckpoint { from, checkpoint } => match &self.fetcher {
                     Some(fetcher) => fetcher.request(from, checkpoint),

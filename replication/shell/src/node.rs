@@ -235,6 +235,9 @@ async fn handle(calls: mpsc::Sender<Call>, req: NodeRequest, admin: bool) -> Nod
                 _ => NodeResponse::NoReply,
             }
         }
+        NodeRequest::Subscribe { .. } | NodeRequest::RecallAck { .. } | NodeRequest::CacheReset { .. } => {
+            NodeResponse::Refused("callbacks are not wired yet".into())
+        }
         NodeRequest::Status => {
             let (tx, rx) = oneshot::channel();
             if calls.send(Call::Status(tx)).await.is_err() {

@@ -99,6 +99,7 @@ impl Net {
                 Action::SetTimer { at_ms } => self.timers[r as usize] = Some(at_ms),
                 Action::Reply { reply, .. } => self.replies.push((r, reply)),
                 Action::FetchCheckpoint { .. } => panic!("image checkpoints need no fetch"),
+                Action::Recall { .. } => panic!("no caching clients here"),
             }
         }
         self.observe(r);

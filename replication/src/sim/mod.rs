@@ -172,6 +172,9 @@ pub fn sim_config(replica_count: u8, bugs: Bugs) -> Config {
         session_replies_max: 4,
         session_timeout_ms: 1_000_000,
         session_evict_idle_ms: 150,
+        callback_lease_ms: 200,
+        callbacks_max: 10_000,
+        parked_reads_max: 64,
         bugs,
     }
 }
@@ -636,6 +639,7 @@ impl Sim {
                 Action::FetchCheckpoint { .. } => {
                     panic!("the simulated machines checkpoint by image: nothing to fetch")
                 }
+                Action::Recall { .. } => panic!("simulated clients are not caching clients: no callbacks"),
                 Action::SetTimer { at_ms } => {
                     let node = &mut self.nodes[id as usize];
                     node.timer_ms = Some(at_ms);

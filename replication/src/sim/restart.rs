@@ -112,6 +112,7 @@ impl Harness {
                     self.durable[r as usize].apply(&write);
                     self.schedule(self.now_ms + 1, Ev::Persisted { to: r, incarnation, seq });
                 }
+                Action::Recall { .. } => panic!("no caching clients here"),
                 Action::SetTimer { at_ms } => self.schedule(at_ms, Ev::Timer { to: r, incarnation }),
                 Action::Reply { .. } => {}
                 Action::FetchCheckpoint { .. } => panic!("image checkpoints need no fetch"),
