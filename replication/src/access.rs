@@ -47,7 +47,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::message::{ClientId, Entry, Operation, Outcome, SessionId};
+use crate::message::{is_caching_client, ClientId, Entry, ObjectId, Operation, Outcome, SessionId};
 use crate::state_machine::{ApplyContext, CheckpointError, StateMachine};
 use crate::{fnv64, Config, Millis, Op};
 
@@ -169,6 +169,11 @@ impl<S: StateMachine> Sessions<S> {
         &self.machine
     }
 
+    /// The caching mounts with a session here (those a new leader waits for).
+    pub fn caching_clients(&self) -> BTreeSet<ClientId> {
+        self.table.values().map(|s| s.client).filter(|&c| is_caching_client(c)).collect()
+    }
+
     /// Number of open sessions.
     pub fn session_count(&self) -> usize {
         self.table.len()
@@ -194,6 +199,12 @@ impl<S: StateMachine> Sessions<S> {
 
     /// Applies the next committed entry; returns one outcome per request.
     pub fn apply_entry(&mut self, entry: &Entry) -> Vec<Outcome> {
+        self.apply_entry_tracked(entry).into_iter().map(|(outcome, _)| outcome).collect()
+    }
+
+    /// [`Sessions::apply_entry`], with the objects each request changed
+    /// (`StateMachine::take_changed`; empty for a reply from the cache).
+    pub fn apply_entry_tracked(&mut self, entry: &Entry) -> Vec<(Outcome, Vec<ObjectId>)> {
         assert_eq!(entry.op, self.applied_op + 1, "entries apply in order, exactly once");
         assert!(entry.timestamp_ms >= self.timestamp_ms, "leader clock went back in the log");
         let session_now_ms = self.clock.advance(entry.view, entry.timestamp_ms);
@@ -204,9 +215,14 @@ impl<S: StateMachine> Sessions<S> {
             let outcome = match &request.operation {
                 Operation::Register => self.register(entry.op, index, request.client, request.seq, session_now_ms),
                 Operation::Write(command) => {
-                    self.execute(request.session, request.seq, request.low_water, session_now_ms, Cache::Reply, |m| {
-                        m.apply(context, command)
-                    })
+                    let mut changed = Vec::new();
+                    let outcome = self.execute(request.session, request.seq, request.low_water, session_now_ms, Cache::Reply, |m| {
+                        let reply = m.apply(context, command);
+                        changed = m.take_changed();
+                        reply
+                    });
+                    outcomes.push((outcome, changed));
+                    continue;
                 }
                 // A query changes nothing, and its answer may depend on the
                 // replica (statfs: its own disk's free space): it must not
@@ -216,7 +232,7 @@ impl<S: StateMachine> Sessions<S> {
                     self.execute(request.session, request.seq, request.low_water, session_now_ms, Cache::Nothing, |m| m.query(query))
                 }
             };
-            outcomes.push(outcome);
+            outcomes.push((outcome, Vec::new()));
         }
         self.applied_op = entry.op;
         self.timestamp_ms = entry.timestamp_ms;

@@ -22,6 +22,7 @@
 //! | [`recovery`]   | state transfer and recovery of a replica that lost its disk|
 //! | [`access`]     | client sessions, the replicated reply cache, epochs        |
 //! | [`lease`]      | the leader lease for linearizable local reads              |
+//! | [`callbacks`]  | leases on what caching clients hold; recalls before change |
 //! | [`replica`]    | ties the protocols together                                |
 //!
 //! The exact rules are in `docs/protocol.md`.
@@ -29,6 +30,7 @@
 #![warn(missing_docs)]
 
 pub mod access;
+pub mod callbacks;
 pub mod detector;
 pub mod lease;
 pub mod log;

@@ -17,12 +17,15 @@
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use std::collections::BTreeSet;
+
 use crate::access::Sessions;
+use crate::callbacks::Callbacks;
 use crate::detector::Detector;
 use crate::lease::Lease;
 use crate::log::{Checkpoint, Durable, Journal, Log, Superblock, Write};
 use crate::membership::{leader_of, next_view_led_by, Members, ViewChange, Vote};
-use crate::message::{Action, Entry, Event, LogSuffix, Message, Operation, Outcome, Reply, Request, StateTransfer};
+use crate::message::{Action, Entry, Event, LogSuffix, Message, ObjectId, Operation, Outcome, Reply, Request, StateTransfer};
 use crate::order::{same_request, Sequencer};
 use crate::recovery::Recovery;
 use crate::stability::AckTracker;
@@ -149,6 +152,10 @@ pub struct Replica<S: StateMachine> {
 
     /// Messages waiting for the write with this seq (and all before) to be durable.
     held: Vec<(u64, ReplicaId, Message)>,
+    /// Callbacks granted by this replica as leader (empty otherwise).
+    callbacks: Callbacks,
+    /// The view whose leadership `callbacks` belongs to.
+    callbacks_view: Option<ViewNumber>,
     /// The shell's latest word on the disk (see `set_disk_low`).
     disk_low: bool,
     actions: Vec<Action>,
@@ -196,6 +203,7 @@ impl<S: StateMachine> Replica<S> {
             }
         };
         let base = log.base();
+        let callbacks = Callbacks::new(config.callback_lease_ms, config.callbacks_max, config.parked_reads_max);
         let mut replica = Replica {
             detector: Detector::new(&config, jitter_ms),
             // A restarted replica may have forgotten a lease promise: wait.
@@ -234,6 +242,8 @@ impl<S: StateMachine> Replica<S> {
             view_change_retry_ms: now_ms,
             held: Vec::new(),
             disk_low: false,
+            callbacks,
+            callbacks_view: None,
             actions: Vec::new(),
             timer_ms: None,
         };
@@ -279,8 +289,19 @@ impl<S: StateMachine> Replica<S> {
             Event::Message { from, message } => self.on_message(from, message),
             Event::Request(request) => self.on_request(request),
             Event::Persisted { seq } => self.on_persisted(seq),
-            Event::RecallAck { .. } | Event::CacheReset { .. } => {}
+            Event::RecallAck { client, recall } => {
+                if self.is_leader_normal() {
+                    self.callbacks.on_ack(client, recall);
+                }
+            }
+            Event::CacheReset { client } => {
+                if self.is_leader_normal() {
+                    self.ensure_callbacks_view();
+                    self.callbacks.on_cache_reset(client);
+                }
+            }
         }
+        self.release_callbacks();
         invariant!(self, self.view >= view_before, "view went back");
         invariant!(self, self.commit_op >= commit_before, "commit point went back");
         self.check_invariants();
@@ -442,18 +463,110 @@ impl<S: StateMachine> Replica<S> {
     }
 
     fn reply(&mut self, request: &Request, outcome: Outcome) {
-        let reply = Reply {
-            session: request.session,
-            seq: request.seq,
-            view: self.view,
-            leader: self.leader(),
-            outcome,
-            lease_ms: 0,
-            changed: Vec::new(),
-        };
+        let reply = self.reply_to(request, outcome, 0, Vec::new());
         self.actions.push(Action::Reply { client: request.client, reply });
     }
 
+    fn reply_to(&self, request: &Request, outcome: Outcome, lease_ms: Millis, changed: Vec<ObjectId>) -> Reply {
+        Reply { session: request.session, seq: request.seq, view: self.view, leader: self.leader(), outcome, lease_ms, changed }
+    }
+
+    // -------------------------------------------------------------- callbacks
+
+    /// The registry belongs to one leadership: a leader that starts a view
+    /// starts with none and in grace (see `callbacks`).
+    fn ensure_callbacks_view(&mut self) {
+        if self.is_leader_normal() && self.callbacks_view != Some(self.view) {
+            self.callbacks.start_leading(self.now_ms);
+            self.callbacks_view = Some(self.view);
+        }
+    }
+
+    fn in_callback_grace(&mut self) -> bool {
+        self.ensure_callbacks_view();
+        let complete = self.commit_op >= self.view_start_op;
+        let machine = &self.machine;
+        self.callbacks.in_grace(self.now_ms, complete, || machine.caching_clients())
+    }
+
+    /// Answers a lease read under callbacks: parked while the grace holds
+    /// or one of the objects it returns is being recalled.
+    fn lease_read_with_callbacks(&mut self, request: Request, query: &[u8]) {
+        if self.in_callback_grace() {
+            self.park_read(request);
+            return;
+        }
+        let answer = self.machine.query(query);
+        let objects = self.machine.machine().read_set(query, &answer);
+        if self.callbacks.recalling_any(&objects) {
+            self.park_read(request);
+            return;
+        }
+        let lease_ms = self.callbacks.grant(request.client, &objects, self.now_ms);
+        let reply = self.reply_to(&request, Outcome::Done(answer), lease_ms, Vec::new());
+        self.actions.push(Action::Reply { client: request.client, reply });
+    }
+
+    fn park_read(&mut self, request: Request) {
+        if !self.callbacks.park(request.clone()) {
+            self.reply(&request, Outcome::Busy);
+        }
+    }
+
+    /// The reply to an applied request: a write recalls other mounts'
+    /// callbacks on what it changed; a reply that reveals an object under
+    /// recall, or any reply in the grace, is held until that ends.
+    fn reply_after_apply(&mut self, request: &Request, outcome: Outcome, changed: Vec<ObjectId>) {
+        if !self.callbacks.enabled() {
+            let reply = self.reply_to(request, outcome, 0, changed);
+            self.actions.push(Action::Reply { client: request.client, reply });
+            return;
+        }
+        let grace = self.in_callback_grace();
+        let waits_for = match &request.operation {
+            Operation::Register => BTreeSet::new(),
+            Operation::Write(_) => {
+                let (waits_for, orders) = self.callbacks.on_change(request.client, &changed, self.now_ms);
+                for o in orders {
+                    self.actions.push(Action::Recall { client: o.client, recall: o.recall, objects: o.objects });
+                }
+                waits_for
+            }
+            Operation::Read(query) => match &outcome {
+                Outcome::Done(answer) => self.callbacks.covering(&self.machine.machine().read_set(query, answer)),
+                _ => BTreeSet::new(),
+            },
+        };
+        let reply = self.reply_to(request, outcome, 0, changed);
+        if waits_for.is_empty() && (!grace || request.operation == Operation::Register) {
+            self.actions.push(Action::Reply { client: request.client, reply });
+        } else {
+            self.callbacks.hold(waits_for, request.client, reply);
+        }
+    }
+
+    /// Sends the replies whose recalls ended and runs parked reads again;
+    /// a replica that stopped leading forgets its callbacks.
+    fn release_callbacks(&mut self) {
+        if !self.is_leader_normal() {
+            if self.callbacks_view.take().is_some() {
+                self.callbacks.clear();
+            }
+            return;
+        }
+        if !self.callbacks.enabled() || self.callbacks_view.is_none() {
+            return;
+        }
+        self.callbacks.tick(self.now_ms);
+        let grace = self.in_callback_grace();
+        let (replies, parked) = self.callbacks.release(grace);
+        for (client, reply) in replies {
+            self.actions.push(Action::Reply { client, reply });
+        }
+        for request in parked {
+            self.on_request(request);
+        }
+    }
     fn update_timer(&mut self) {
         let next = self.next_deadline();
         if next != self.timer_ms {
@@ -475,7 +588,10 @@ impl<S: StateMachine> Replica<S> {
             }
             // A leader whose install is not durable yet is woken by Persisted.
             Status::Normal if self.is_leader() && !self.view_durable() => {}
-            Status::Normal if self.is_leader() => at.push(self.heartbeat_sent_ms + self.config.heartbeat_interval_ms),
+            Status::Normal if self.is_leader() => {
+                at.push(self.heartbeat_sent_ms + self.config.heartbeat_interval_ms);
+                at.extend(self.callbacks.next_deadline());
+            }
             Status::Normal => {
                 if let Some(d) = self.detector.deadline_ms(self.leader()) {
                     at.push(d);
@@ -667,7 +783,15 @@ impl<S: StateMachine> Replica<S> {
             self.reply(&request, Outcome::SessionUnknown);
             return;
         }
+        if self.callbacks.is_held(request.session, request.seq) {
+            return; // ran; its reply waits for a recall and goes with it
+        }
         if let Operation::Read(query) = &request.operation {
+            if self.can_read_locally() && self.callbacks.enabled() {
+                let query = query.clone();
+                self.lease_read_with_callbacks(request, &query);
+                return;
+            }
             if self.can_read_locally() {
                 let answer = self.machine.query(query);
                 self.reply(&request, Outcome::Done(answer));
@@ -959,12 +1083,13 @@ impl<S: StateMachine> Replica<S> {
                 return;
             };
             self.applied_bytes_since_checkpoint += entry.payload_bytes() as u64;
-            let outcomes = self.machine.apply_entry(entry);
+            let outcomes = self.machine.apply_entry_tracked(entry);
             if self.status == Status::Normal && leader_of(self.view, self.config.replica_count) == self.id {
-                // Uniform output: the entry is committed, so the reply may go.
+                // Uniform output: the entry is committed, so the reply may go
+                // (once the callbacks on what it changed are recalled).
                 let requests: Vec<Request> = entry.requests.clone();
-                for (request, outcome) in requests.iter().zip(outcomes) {
-                    self.reply(request, outcome);
+                for (request, (outcome, changed)) in requests.iter().zip(outcomes) {
+                    self.reply_after_apply(request, outcome, changed);
                 }
             }
             if op.is_multiple_of(self.config.checkpoint_interval_ops)

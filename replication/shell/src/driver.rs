@@ -37,9 +37,9 @@ use chorus_replication::{
     StateMachine, Status, Write,
 };
 use tokio::sync::{mpsc, oneshot, watch};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
-use crate::api::NodeStatus;
+use crate::api::{NodeStatus, Push};
 use crate::checkpoint::Fetcher;
 use crate::disk::CoreJournal;
 use crate::log::SegmentLog;
@@ -67,7 +67,14 @@ pub enum Call {
     Progress(oneshot::Sender<NodeStatus>),
     /// Take a checkpoint now; answers the newest checkpoint's op.
     Checkpoint(oneshot::Sender<chorus_replication::Op>),
+    /// A mount's callback message (`Event::RecallAck`, `Event::CacheReset`).
+    Callback(Event),
 }
+
+/// The connection each subscribed mount receives recalls on (server push),
+/// by mount id; shared between the node's connection tasks (which insert on
+/// `Subscribe`) and the driver (which pushes `Action::Recall`).
+pub type Subscribers = Arc<std::sync::Mutex<HashMap<ClientId, chorus_wire::rpc::ServerConn>>>;
 
 /// Why the driver stopped.
 #[derive(Debug, thiserror::Error)]
@@ -159,6 +166,7 @@ pub async fn run<S: StateMachine + Send + 'static>(
     mut shutdown: watch::Receiver<bool>,
     fetcher: Option<Arc<Fetcher>>,
     disk: crate::disk_space::DiskGuard,
+    subscribers: Subscribers,
 ) -> Result<(), DriverError> {
     let clock = Clock::new();
     let mut writer = LogWriter::start(log, CoreJournal::new(durable.clone()));
@@ -176,6 +184,8 @@ pub async fn run<S: StateMachine + Send + 'static>(
         clock_ms: clock.now_ms(),
         digests: Arc::new(std::sync::Mutex::new(DigestCache::default())),
         disk,
+        subscribers,
+        recalls_unsent: 0,
     };
     let mut last_sweep = Instant::now();
     let mut last_view = (replica.status().view, replica.status().status);
@@ -336,6 +346,11 @@ struct Executor {
     digests: Arc<std::sync::Mutex<DigestCache>>,
     /// This replica's disk reserve (sampled before client writes).
     disk: crate::disk_space::DiskGuard,
+    /// Where recalls go.
+    subscribers: Subscribers,
+    /// Recalls that found no subscribed connection (or a full one): they
+    /// end when the callbacks expire.
+    recalls_unsent: u64,
 }
 
 impl Executor {
@@ -426,6 +441,7 @@ impl Executor {
                 }
                 replica.step(clock.now_ms(), Event::Request(request));
             }
+            Call::Callback(event) => replica.step(clock.now_ms(), event),
         }
     }
 
@@ -516,7 +532,15 @@ impl Executor {
                         }
                     }
                 }
-                Action::Recall { .. } => {}   // wired with the push connections (next step)
+                Action::Recall { client, recall, objects } => {
+                    let conn = self.subscribers.lock().expect("subscribers lock").get(&client).cloned();
+                    let view = replica.status().view;
+                    let sent = conn.is_some_and(|c| c.try_push(&Push::Recall { recall, objects, view }).is_ok());
+                    if !sent {
+                        self.recalls_unsent += 1;
+                        debug!(client, recall, "recall not delivered; it ends when the callbacks expire");
+                    }
+                }
                 Action::SetTimer { .. } => {} // the loop asks poll_timeout() each turn
                 Action::FetchCheckpoint { from, checkpoint } => match &self.fetcher {
                     Some(fetcher) => fetcher.request(from, checkpoint),

@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chorus_replication::{Config, Message, ReplicaId, StateMachine};
+use chorus_replication::{Config, Event, Message, ReplicaId, StateMachine};
 use chorus_wire::certs::{self, Role};
 use chorus_wire::{endpoint, rpc, tls};
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
@@ -26,7 +26,7 @@ use tracing::{info, warn};
 
 use crate::api::{NodeRequest, NodeResponse, NodeStatus, BATCH_REQUESTS_MAX};
 use crate::checkpoint::Fetcher;
-use crate::driver::{self, Call, CLIENT_CALLS_QUEUE_MAX};
+use crate::driver::{self, Call, Subscribers, CLIENT_CALLS_QUEUE_MAX};
 use crate::log::SEGMENT_BYTES_DEFAULT;
 use crate::transport::Transport;
 
@@ -123,22 +123,31 @@ pub async fn run<S: StateMachine + Send + 'static>(cfg: NodeConfig, machine: S, 
     let (transport, inbound) = Transport::<Message>::start(ep.clone(), cfg.id, &cfg.peers, supersede_key, crate::fastenc::encode_message);
     let (calls_tx, calls_rx) = mpsc::channel(CLIENT_CALLS_QUEUE_MAX);
     let fetcher = cfg.checkpoints_dir.clone().map(|root| Fetcher::new(root, ep.clone(), cfg.peers.clone()));
-    let accept = tokio::spawn(accept_loop(ep.clone(), transport.clone(), calls_tx, cfg.checkpoints_dir.clone()));
+    let subscribers: Subscribers = Arc::default();
+    let accept = tokio::spawn(accept_loop(ep.clone(), transport.clone(), calls_tx, cfg.checkpoints_dir.clone(), subscribers.clone()));
     let disk = crate::disk_space::DiskGuard::new(cfg.data_dir.clone(), cfg.disk_reserve_bytes);
     let result =
-        driver::run(cfg.core, cfg.id, durable, log, machine, cfg.seed, transport, inbound, calls_rx, shutdown, fetcher, disk).await;
+        driver::run(cfg.core, cfg.id, durable, log, machine, cfg.seed, transport, inbound, calls_rx, shutdown, fetcher, disk, subscribers)
+            .await;
     accept.abort();
     ep.close(0u32.into(), b"replica stopping");
     result.map_err(Into::into)
 }
 
-async fn accept_loop(ep: quinn::Endpoint, transport: Arc<Transport<Message>>, calls: mpsc::Sender<Call>, checkpoints: Option<PathBuf>) {
+async fn accept_loop(
+    ep: quinn::Endpoint,
+    transport: Arc<Transport<Message>>,
+    calls: mpsc::Sender<Call>,
+    checkpoints: Option<PathBuf>,
+    subscribers: Subscribers,
+) {
     let clients = Arc::new(Semaphore::new(CONNECTIONS_MAX));
     while let Some(incoming) = ep.accept().await {
         let transport = transport.clone();
         let calls = calls.clone();
         let clients = clients.clone();
         let checkpoints = checkpoints.clone();
+        let subscribers = subscribers.clone();
         tokio::spawn(async move {
             let Ok(conn) = rpc::accept(incoming).await else { return };
             match certs::peer_role(&conn) {
@@ -159,11 +168,15 @@ async fn accept_loop(ep: quinn::Endpoint, transport: Arc<Transport<Message>>, ca
                         return;
                     };
                     let peer = conn.remote_address();
+                    // Recalls for a mount subscribed here go out on this
+                    // connection (server push).
+                    let push = rpc::ServerConn::new(conn.clone());
                     let handler = move |req: NodeRequest| {
                         let calls = calls.clone();
                         let clients = clients_in_use.clone();
+                        let (push, subscribers) = (push.clone(), subscribers.clone());
                         async move {
-                            match handle(calls, req, admin).await {
+                            match handle(calls, req, admin, Some(push), &subscribers).await {
                                 NodeResponse::Status(s) => NodeResponse::Status(NodeStatus {
                                     clients: (CONNECTIONS_MAX - clients.available_permits()) as u64,
                                     ..s
@@ -182,7 +195,20 @@ async fn accept_loop(ep: quinn::Endpoint, transport: Arc<Transport<Message>>, ca
     }
 }
 
-async fn handle(calls: mpsc::Sender<Call>, req: NodeRequest, admin: bool) -> NodeResponse {
+async fn callback(calls: mpsc::Sender<Call>, event: Event) -> NodeResponse {
+    match calls.send(Call::Callback(event)).await {
+        Ok(()) => NodeResponse::Ack,
+        Err(_) => NodeResponse::NoReply,
+    }
+}
+
+async fn handle(
+    calls: mpsc::Sender<Call>,
+    req: NodeRequest,
+    admin: bool,
+    push: Option<rpc::ServerConn>,
+    subscribers: &Subscribers,
+) -> NodeResponse {
     match req {
         NodeRequest::Checkpoint if !admin => {
             NodeResponse::Refused("taking a checkpoint needs the admin certificate (certs/admin.*)".into())
@@ -235,9 +261,22 @@ async fn handle(calls: mpsc::Sender<Call>, req: NodeRequest, admin: bool) -> Nod
                 _ => NodeResponse::NoReply,
             }
         }
-        NodeRequest::Subscribe { .. } | NodeRequest::RecallAck { .. } | NodeRequest::CacheReset { .. } => {
-            NodeResponse::Refused("callbacks are not wired yet".into())
+        NodeRequest::Subscribe { client } => {
+            let Some(push) = push else { return NodeResponse::Refused("this connection cannot take pushes".into()) };
+            if !chorus_replication::is_caching_client(client) {
+                return NodeResponse::Refused(format!("client {client:#x} is not a caching client id"));
+            }
+            let mut subs = subscribers.lock().expect("subscribers lock");
+            // Bounded like the connections: closed ones go first.
+            subs.retain(|_, c| !c.is_closed());
+            if subs.len() >= CONNECTIONS_MAX && !subs.contains_key(&client) {
+                return NodeResponse::Refused("too many subscribed mounts".into());
+            }
+            subs.insert(client, push);
+            NodeResponse::Ack
         }
+        NodeRequest::RecallAck { client, recall } => callback(calls, Event::RecallAck { client, recall }).await,
+        NodeRequest::CacheReset { client } => callback(calls, Event::CacheReset { client }).await,
         NodeRequest::Status => {
             let (tx, rx) = oneshot::channel();
             if calls.send(Call::Status(tx)).await.is_err() {

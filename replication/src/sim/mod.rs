@@ -172,7 +172,7 @@ pub fn sim_config(replica_count: u8, bugs: Bugs) -> Config {
         session_replies_max: 4,
         session_timeout_ms: 1_000_000,
         session_evict_idle_ms: 150,
-        callback_lease_ms: 200,
+        callback_lease_ms: 100,
         callbacks_max: 10_000,
         parked_reads_max: 64,
         bugs,
