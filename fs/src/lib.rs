@@ -9,15 +9,16 @@
 //! For the replication core: `apply_tagged` also records the log entry and
 //! time stamp of the command ([`AppliedTag`], read back with `tag`), and
 //! `export_image`/`import_image` move the whole state as one self-contained,
-//! digest-checked value ([`StoreImage`]).
+//! digest-checked value ([`StoreImage`]). `apply_tagged_tracked` also names
+//! the inodes the command changed ([`Applied`]), for callbacks.
 //!
 //! Layout: `ops` (the contract: commands, queries, replies), `store` (the
 //! [`FsStore`] API), and the operations by concern: `namespace` (names),
 //! `data` (file contents), `attrs` (attributes, open/release), `xattr`; under
 //! them `perm` (permission rules), `state` (reading inodes and entries), `ctx`
-//! (one command's pending writes and shared mutations), `view` (snapshot and
-//! overlay reads), `records` and `keys` (the on-disk layout: one column family
-//! per table, big-endian keys).
+//! (one command's pending writes and shared mutations), `changes` (the inodes
+//! those writes change), `view` (snapshot and overlay reads), `records` and
+//! `keys` (the on-disk layout: one column family per table, big-endian keys).
 //!
 //! Notes for callers:
 //! - Open handles live in the replicated state: an unlinked file keeps its
@@ -30,6 +31,7 @@
 pub mod ops;
 
 mod attrs;
+mod changes;
 mod ctx;
 mod data;
 mod error;
@@ -49,4 +51,4 @@ mod tests;
 
 pub use error::StoreError;
 pub use records::AppliedTag;
-pub use store::{FsStore, StoreImage, StoreOptions};
+pub use store::{Applied, FsStore, StoreImage, StoreOptions};

@@ -15,6 +15,8 @@
 //!   `apply` (RocksDB is thread-safe).
 //! - Durability: with `sync_every_write` every batch is fsynced; otherwise
 //!   `sync` (and every `Op::Fsync`) fsyncs the WAL, covering all earlier applies.
+//! - `apply_tagged_tracked` also names the inodes the command changed (see
+//!   `changes`): empty for a failed command, since nothing of it is written.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,7 +29,7 @@ use crate::error::{Fail, StoreError};
 use crate::image::StateHasher;
 pub use crate::image::StoreImage;
 use crate::keys::{inode_key, Table, META_KEY, TAG_KEY};
-use crate::ops::{Caller, Command, FileKind, Op, OpResult, Query, Reply, StatFs, Timestamp, NAME_MAX_BYTES, ROOT_INO};
+use crate::ops::{Caller, Command, FileKind, Ino, Op, OpResult, Query, Reply, StatFs, Timestamp, NAME_MAX_BYTES, ROOT_INO};
 use crate::records::{decode, AppliedTag, Inode, Meta, FORMAT_VERSION};
 use crate::view::{cf, Db, SnapView, Tx, View};
 use crate::{attrs, data, namespace, xattr};
@@ -52,6 +54,17 @@ const OPEN_FILES_MAX: i32 = 256;
 const BLOB_VALUE_BYTES_MIN: u64 = 4096;
 /// Inode numbers we claim to have in statfs.
 const FILES_MAX: u64 = 1 << 32;
+
+/// What [`FsStore::apply_tagged_tracked`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Applied {
+    /// The reply, as from [`FsStore::apply_tagged`].
+    pub result: OpResult,
+    /// Every inode whose cached copy (attributes, data, xattrs, symlink
+    /// target, directory entries) the command made stale: sorted, no
+    /// duplicates; empty when the command failed.
+    pub changed: Vec<Ino>,
+}
 
 struct Applier {
     /// The committed meta record (matches the database).
@@ -149,7 +162,7 @@ impl FsStore {
     /// `applied_index() + 1`). POSIX failures are `Ok(Err(errno))`; the
     /// applied index advances either way.
     pub fn apply(&self, index: u64, cmd: &Command) -> Result<OpResult, StoreError> {
-        self.apply_inner(index, cmd, None)
+        Ok(self.apply_inner(index, cmd, None, false)?.result)
     }
 
     /// [`FsStore::apply`], and records `tag` in the same WriteBatch, so after
@@ -160,7 +173,15 @@ impl FsStore {
     /// `apply_tagged` for its whole life (an untagged `apply` in between
     /// would leave the tag behind the state).
     pub fn apply_tagged(&self, index: u64, cmd: &Command, tag: &AppliedTag) -> Result<OpResult, StoreError> {
-        self.apply_inner(index, cmd, Some(tag))
+        Ok(self.apply_inner(index, cmd, Some(tag), false)?.result)
+    }
+
+    /// [`FsStore::apply_tagged`], and the inodes the command changed (for
+    /// recalling what clients cache). Costs one read of each inode record
+    /// the command rewrites, to leave out rewrites that change nothing a
+    /// query can see.
+    pub fn apply_tagged_tracked(&self, index: u64, cmd: &Command, tag: &AppliedTag) -> Result<Applied, StoreError> {
+        self.apply_inner(index, cmd, Some(tag), true)
     }
 
     /// The tag of the last `apply_tagged` (or of the imported image); `None`
@@ -169,7 +190,7 @@ impl FsStore {
         self.applier.lock().expect("applier lock poisoned by an earlier panic").tag
     }
 
-    fn apply_inner(&self, index: u64, cmd: &Command, tag: Option<&AppliedTag>) -> Result<OpResult, StoreError> {
+    fn apply_inner(&self, index: u64, cmd: &Command, tag: Option<&AppliedTag>, track: bool) -> Result<Applied, StoreError> {
         let mut applier = self.applier.lock().expect("applier lock poisoned by an earlier panic");
         assert_eq!(index, applier.meta.applied_index + 1, "apply out of order: index {index} after {}", applier.meta.applied_index);
         if let Some(tag) = tag {
@@ -190,6 +211,8 @@ impl FsStore {
             }
             Err(Fail::Store(e)) => return Err(e),
         };
+        // Before the meta record joins the batch: counters belong to no inode.
+        let changed = if track { crate::changes::changed_inos(&ctx.tx)? } else { Vec::new() };
         let sync = ctx.sync_requested || self.sync_every_write;
         let mut meta = ctx.meta;
         meta.applied_index = index;
@@ -211,7 +234,7 @@ impl FsStore {
             applier.tag = Some(*tag);
         }
         self.applied.store(index, Ordering::Release);
-        Ok(result)
+        Ok(Applied { result, changed })
     }
 
     /// Answers a read-only query from one snapshot of the applied state.

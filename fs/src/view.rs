@@ -140,6 +140,16 @@ impl<'a> Tx<'a> {
         self.writes.insert((table, key), None);
     }
 
+    /// The pending writes in key order; `None` = delete.
+    pub(crate) fn pending(&self) -> impl Iterator<Item = (Table, &[u8], Option<&[u8]>)> {
+        self.writes.iter().map(|((table, key), value)| (*table, key.as_slice(), value.as_deref()))
+    }
+
+    /// The value of `key` before this command (its own writes ignored).
+    pub(crate) fn committed(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.db.get_cf(cf(self.db, table), key)?)
+    }
+
     /// Forgets every pending write (the command failed).
     pub(crate) fn discard(&mut self) {
         self.writes.clear();

@@ -32,6 +32,12 @@
 //!   WriteBatch; afterwards `digest()` equals the source's.
 //! - `digest()` is the first 8 bytes of `FsStore::digest()` (SHA-256 of all
 //!   tables, the tag included).
+//! - Callbacks: objects are inode numbers; a directory's object holds its
+//!   entries too (a negative lookup is its parent's). `read_set` names the
+//!   inodes a query's answer came from (none for errors other than a lookup's
+//!   ENOENT, nor for StatFs); `take_changed` the inodes the last command
+//!   changed (`FsStore::apply_tagged_tracked`; none for a failed or refused
+//!   command), once.
 //!
 //! Assumes:
 //! - `ctx.timestamp_ms` is milliseconds since the Unix epoch (it becomes file
@@ -61,9 +67,9 @@ use std::sync::{Arc, Mutex};
 
 use chorus_replication_shell::checkpoint::{self, Manifest};
 
-use chorus_fs::ops::{Errno, OpResult, Request, Timestamp};
+use chorus_fs::ops::{Errno, Ino, OpResult, Query, Reply, Request, Timestamp};
 use chorus_fs::{AppliedTag, FsStore, StoreError, StoreImage, StoreOptions};
-use chorus_replication::{ApplyContext, CheckpointError, Op, StateMachine};
+use chorus_replication::{ApplyContext, CheckpointError, ObjectId, Op, StateMachine};
 use chorus_wire::WireError;
 
 const NANOS_PER_SEC: u32 = 1_000_000_000;
@@ -137,6 +143,8 @@ pub struct FsMachine {
     store: Arc<FsStore>,
     /// Checkpoints by reference (a replica); None: checkpoints are images.
     refs: Option<CheckpointRefs>,
+    /// Inodes the last command changed, until `take_changed`.
+    changed: Vec<Ino>,
 }
 
 /// Checkpoints kept on disk (the newest few; older ones are pruned).
@@ -163,7 +171,7 @@ impl FsMachine {
         if store.tag().is_none() && store.applied_index() != 0 {
             return Err(MachineError::Untagged { applied_index: store.applied_index() });
         }
-        Ok(FsMachine { store, refs: None })
+        Ok(FsMachine { store, refs: None, changed: Vec::new() })
     }
 
     /// A replica's machine: the live store is derived state, rebuilt at every
@@ -185,7 +193,7 @@ impl FsMachine {
         let options = StoreOptions { sync_every_write: false, skip_wal: true };
         let store = Arc::new(FsStore::open(&live_root.join("0"), options.clone())?);
         let refs = CheckpointRefs { replica, live_root, generation: 0, checkpoints, options, crc_known: Mutex::default() };
-        Ok(FsMachine { store, refs: Some(refs) })
+        Ok(FsMachine { store, refs: Some(refs), changed: Vec::new() })
     }
 
     /// Folder of this replica's checkpoints (None: image checkpoints).
@@ -299,6 +307,32 @@ fn einval() -> Vec<u8> {
     encode_result(&Err(Errno(libc::EINVAL)))
 }
 
+/// The inodes `answer` to `query` came from, sorted: what a client may cache
+/// under a callback. An answer of an unexpected kind gives none (nothing
+/// cached is never stale).
+pub fn read_set_of(query: &Query, answer: &OpResult) -> Vec<Ino> {
+    let mut objects = match (query, answer) {
+        (Query::GetAttr { ino }, Ok(Reply::Attr(attr))) if attr.ino == *ino => vec![*ino],
+        (
+            Query::Read { ino, .. } | Query::ReadLink { ino } | Query::GetXattr { ino, .. } | Query::ListXattr { ino },
+            Ok(Reply::Data(_)),
+        ) => {
+            vec![*ino]
+        }
+        (Query::Lookup { parent, .. }, Ok(Reply::Entry(attr))) => vec![*parent, attr.ino],
+        // "No such name" is a fact about the directory: its entries.
+        (Query::Lookup { parent, .. }, Err(Errno(libc::ENOENT))) => vec![*parent],
+        (Query::ReadDir { ino, .. }, Ok(Reply::Dir(entries))) => {
+            std::iter::once(*ino).chain(entries.iter().filter_map(|e| e.attr.as_ref().map(|a| a.ino))).collect()
+        }
+        // StatFs is the host's, not an object's; errors are not cached.
+        _ => Vec::new(),
+    };
+    objects.sort_unstable();
+    objects.dedup();
+    objects
+}
+
 impl StateMachine for FsMachine {
     fn apply(&mut self, context: ApplyContext, command: &[u8]) -> Vec<u8> {
         let previous = self.tag();
@@ -308,19 +342,33 @@ impl StateMachine for FsMachine {
             Ok(Request::Mutate { caller, op }) => (caller, op),
             // A query is not a command (reads come through `query`); garbage
             // is refused. Neither touches the store.
-            Ok(Request::Query { .. }) | Err(_) => return einval(),
+            Ok(Request::Query { .. }) | Err(_) => {
+                self.changed.clear();
+                return einval();
+            }
         };
         let now = command_time(previous.last_now, context.timestamp_ms);
         let tag = AppliedTag { op: context.op, last_now: now };
         let index = self.store.applied_index() + 1;
         let command = chorus_fs::ops::Command { now, caller, op };
-        let result = match self.store.apply_tagged(index, &command, &tag) {
-            Ok(result) => result,
+        let applied = match self.store.apply_tagged_tracked(index, &command, &tag) {
+            Ok(applied) => applied,
             Err(e) => stop_on_storage_failure(&format!("apply log entry {}", context.op), &e),
         };
         assert_eq!(self.store.applied_index(), index, "one command, one index");
         assert_eq!(self.store.tag(), Some(tag), "the tag lands with the command");
-        encode_result(&result)
+        self.changed = applied.changed;
+        encode_result(&applied.result)
+    }
+
+    fn read_set(&self, query: &[u8], answer: &[u8]) -> Vec<ObjectId> {
+        let Ok(Request::Query { query, .. }) = decode_request(query) else { return Vec::new() };
+        let Ok(answer) = decode_result(answer) else { return Vec::new() };
+        read_set_of(&query, &answer)
+    }
+
+    fn take_changed(&mut self) -> Vec<ObjectId> {
+        std::mem::take(&mut self.changed)
     }
 
     fn refusal_when_disk_low(&self, command: &[u8]) -> Option<Vec<u8>> {
@@ -364,6 +412,8 @@ impl StateMachine for FsMachine {
     }
 
     fn restore(&mut self, index: Op, checkpoint: &[u8]) -> Result<(), CheckpointError> {
+        // A restore replaces the whole state: no command's set describes it.
+        self.changed.clear();
         if self.refs.is_some() {
             return self.restore_by_reference(index, checkpoint);
         }

@@ -191,6 +191,25 @@ fn tag_is_stored_with_the_command_and_survives_reopen() {
 }
 
 #[test]
+fn tracked_apply_names_the_changed_inodes_and_changes_nothing_else() {
+    let (plain, tracked) = (Harness::new(), Harness::new());
+    let cmds = script();
+    let replies = run_script_tagged(&plain.store, &cmds);
+    let mut changed = Vec::new();
+    for (i, c) in cmds.iter().enumerate() {
+        let tag = crate::AppliedTag { op: i as u64 / 2 + 1, last_now: c.now };
+        let applied = tracked.store.apply_tagged_tracked(tracked.store.applied_index() + 1, c, &tag).expect("apply");
+        assert_eq!(applied.result, replies[i], "command {i}");
+        changed.push(applied.changed);
+    }
+    assert_eq!(tracked.store.digest().unwrap(), plain.store.digest().unwrap(), "tracking writes nothing");
+    // mkdir d (2) in the root; create f (3) in d; write, setxattr on f;
+    // symlink s (4) in the root; rename d/f to /g; a failed unlink; fsync.
+    let expected: Vec<Vec<Ino>> = vec![vec![1, 2], vec![2, 3], vec![3], vec![3], vec![1, 4], vec![1, 2, 3], vec![], vec![]];
+    assert_eq!(changed, expected);
+}
+
+#[test]
 #[should_panic(expected = "the tag records the command's time")]
 fn tag_must_carry_the_command_time() {
     let h = Harness::new();
