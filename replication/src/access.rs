@@ -69,6 +69,10 @@ struct Session {
     low_water: u64,
     /// Replies of executed requests above `low_water`.
     replies: BTreeMap<u64, Vec<u8>>,
+    /// The objects each of those commands changed (callbacks): a retry
+    /// answered from the cache must tell the writer's mount too, else it
+    /// keeps a stale copy that no recall will ever reach.
+    changed: BTreeMap<u64, Vec<ObjectId>>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -192,6 +196,12 @@ impl<S: StateMachine> Sessions<S> {
         s.replies.get(&seq).map(|r| Outcome::Done(r.clone()))
     }
 
+    /// The objects the cached command (session, seq) changed (empty when
+    /// not cached).
+    pub fn cached_changed(&self, session: SessionId, seq: u64) -> Vec<ObjectId> {
+        self.table.get(&session).and_then(|s| s.changed.get(&seq).cloned()).unwrap_or_default()
+    }
+
     /// Answers a read-only query from applied state.
     pub fn query(&self, query: &[u8]) -> Vec<u8> {
         self.machine.query(query)
@@ -215,12 +225,11 @@ impl<S: StateMachine> Sessions<S> {
             let outcome = match &request.operation {
                 Operation::Register => self.register(entry.op, index, request.client, request.seq, session_now_ms),
                 Operation::Write(command) => {
-                    let mut changed = Vec::new();
                     let outcome = self.execute(request.session, request.seq, request.low_water, session_now_ms, Cache::Reply, |m| {
                         let reply = m.apply(context, command);
-                        changed = m.take_changed();
-                        reply
+                        (reply, m.take_changed())
                     });
+                    let changed = self.cached_changed(request.session, request.seq);
                     outcomes.push((outcome, changed));
                     continue;
                 }
@@ -229,7 +238,9 @@ impl<S: StateMachine> Sessions<S> {
                 // enter the replicated reply cache. A retry runs it again,
                 // which is still linearizable (a read is idempotent).
                 Operation::Read(query) => {
-                    self.execute(request.session, request.seq, request.low_water, session_now_ms, Cache::Nothing, |m| m.query(query))
+                    self.execute(request.session, request.seq, request.low_water, session_now_ms, Cache::Nothing, |m| {
+                        (m.query(query), Vec::new())
+                    })
                 }
             };
             outcomes.push((outcome, Vec::new()));
@@ -246,7 +257,7 @@ impl<S: StateMachine> Sessions<S> {
         low_water: u64,
         now_ms: Millis,
         cache: Cache,
-        run: impl FnOnce(&mut S) -> Vec<u8>,
+        run: impl FnOnce(&mut S) -> (Vec<u8>, Vec<ObjectId>),
     ) -> Outcome {
         let Some(s) = self.table.get(&session) else { return Outcome::SessionUnknown };
         let last_active_ms = s.last_active_ms;
@@ -258,7 +269,7 @@ impl<S: StateMachine> Sessions<S> {
                 return Outcome::Done(reply.clone());
             }
         }
-        let reply = run(&mut self.machine);
+        let (reply, changed) = run(&mut self.machine);
         self.by_activity.remove(&(last_active_ms, session));
         self.by_activity.insert((now_ms, session));
         let replies_max = self.replies_max;
@@ -266,6 +277,9 @@ impl<S: StateMachine> Sessions<S> {
         s.last_active_ms = now_ms;
         if cache == Cache::Reply {
             s.replies.insert(seq, reply.clone());
+            if !changed.is_empty() {
+                s.changed.insert(seq, changed);
+            }
         }
         // The client has seen everything up to its mark; never drop the reply
         // of the request being answered now.
@@ -276,6 +290,8 @@ impl<S: StateMachine> Sessions<S> {
             let (oldest, _) = s.replies.pop_first().expect("non-empty");
             s.low_water = s.low_water.max(oldest);
         }
+        let low = s.low_water;
+        s.changed.retain(|k, _| *k > low);
         Outcome::Done(reply)
     }
 
@@ -293,7 +309,7 @@ impl<S: StateMachine> Sessions<S> {
             }
         }
         let id = self.fresh_id(op, index, client, nonce);
-        let session = Session { client, nonce, last_active_ms: now_ms, low_water: 0, replies: BTreeMap::new() };
+        let session = Session { client, nonce, last_active_ms: now_ms, low_water: 0, replies: BTreeMap::new(), changed: BTreeMap::new() };
         assert!(self.table.insert(id, session).is_none(), "fresh_id returns an unused id");
         self.by_activity.insert((now_ms, id));
         self.by_nonce.insert((client, nonce), id);

@@ -159,6 +159,11 @@ impl Callbacks {
         true
     }
 
+    /// Ends the grace at once (only the simulator's injected bug does this).
+    pub fn end_grace(&mut self) {
+        self.grace = None;
+    }
+
     /// `client` dropped everything cached under earlier leaders.
     pub fn on_cache_reset(&mut self, client: ClientId) {
         if let Some(grace) = &mut self.grace {

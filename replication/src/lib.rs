@@ -92,6 +92,12 @@ pub struct Bugs {
     /// after retransmissions (issue 12, finding 3): a request that ran before
     /// its session expired runs again in a new session.
     pub trust_session_unknown: bool,
+    /// The leader lets a change be seen without waiting for the recall of
+    /// other mounts' callbacks on it (callbacks: a cached copy goes stale).
+    pub skip_recall_wait: bool,
+    /// A new leader lets changes be seen at once, without waiting for old
+    /// callbacks to be reset or to expire.
+    pub skip_callback_grace: bool,
 }
 
 impl Bugs {
@@ -105,6 +111,8 @@ impl Bugs {
         ignore_suspicion: false,
         reveal_view_before_durable: false,
         trust_session_unknown: false,
+        skip_recall_wait: false,
+        skip_callback_grace: false,
     };
 
     /// Whether any bug is switched on (internal assertions then stand aside

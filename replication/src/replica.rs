@@ -478,6 +478,9 @@ impl<S: StateMachine> Replica<S> {
     fn ensure_callbacks_view(&mut self) {
         if self.is_leader_normal() && self.callbacks_view != Some(self.view) {
             self.callbacks.start_leading(self.now_ms);
+            if self.config.bugs().skip_callback_grace {
+                self.callbacks.end_grace();
+            }
             self.callbacks_view = Some(self.view);
         }
     }
@@ -530,7 +533,11 @@ impl<S: StateMachine> Replica<S> {
                 for o in orders {
                     self.actions.push(Action::Recall { client: o.client, recall: o.recall, objects: o.objects });
                 }
-                waits_for
+                if self.config.bugs().skip_recall_wait {
+                    BTreeSet::new()
+                } else {
+                    waits_for
+                }
             }
             Operation::Read(query) => match &outcome {
                 Outcome::Done(answer) => self.callbacks.covering(&self.machine.machine().read_set(query, answer)),
@@ -800,7 +807,9 @@ impl<S: StateMachine> Replica<S> {
         }
         if request.operation != Operation::Register {
             if let Some(outcome) = self.machine.precheck(request.session, request.seq) {
-                self.reply(&request, outcome);
+                let changed = self.machine.cached_changed(request.session, request.seq);
+                let reply = self.reply_to(&request, outcome, 0, changed);
+                self.actions.push(Action::Reply { client: request.client, reply });
                 return;
             }
         }

@@ -41,6 +41,9 @@ impl KvCommand {
 pub struct KvStore {
     lists: BTreeMap<u8, Vec<u64>>,
     applied: Op,
+    /// The key the last apply appended to (callbacks: what changed).
+    #[serde(skip)]
+    changed: Option<u8>,
 }
 
 impl KvStore {
@@ -62,6 +65,7 @@ impl StateMachine for KvStore {
             Ok(KvCommand::Append { key, value }) => {
                 let list = self.lists.entry(key).or_default();
                 list.push(value);
+                self.changed = Some(key);
                 bincode::serialize(&(list.len() as u64)).expect("encode")
             }
             Ok(KvCommand::Read { key }) => self.query(&KvCommand::Read { key }.encode()),
@@ -81,6 +85,17 @@ impl StateMachine for KvStore {
 
     fn applied_index(&self) -> Op {
         self.applied
+    }
+
+    fn read_set(&self, query: &[u8], _answer: &[u8]) -> Vec<crate::message::ObjectId> {
+        match bincode::deserialize::<KvCommand>(query) {
+            Ok(KvCommand::Read { key }) => vec![key as u64],
+            _ => Vec::new(),
+        }
+    }
+
+    fn take_changed(&mut self) -> Vec<crate::message::ObjectId> {
+        self.changed.take().map(|k| vec![k as u64]).unwrap_or_default()
     }
 
     fn checkpoint(&self) -> Vec<u8> {

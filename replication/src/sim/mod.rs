@@ -30,7 +30,9 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::log::{Durable, Write};
-use crate::message::{Action, Event, Message, Operation, Outcome, Reply, Request, SessionId};
+use crate::message::{
+    is_caching_client, Action, Event, Message, ObjectId, Operation, Outcome, RecallId, Reply, Request, SessionId, CACHING_CLIENT_BIT,
+};
 use crate::replica::{Replica, Status};
 use crate::{fnv64, Bugs, Config, Millis, Op, ReplicaId};
 
@@ -135,6 +137,10 @@ pub struct Report {
     pub commit_op: Op,
     /// Replica messages delivered, by kind.
     pub messages: BTreeMap<&'static str, u64>,
+    /// Reads caching clients answered from their cache.
+    pub cached_reads: u64,
+    /// Recalls the leaders sent.
+    pub recalls_sent: u64,
 }
 
 impl Report {
@@ -172,7 +178,7 @@ pub fn sim_config(replica_count: u8, bugs: Bugs) -> Config {
         session_replies_max: 4,
         session_timeout_ms: 1_000_000,
         session_evict_idle_ms: 150,
-        callback_lease_ms: 100,
+        callback_lease_ms: 140,
         callbacks_max: 10_000,
         parked_reads_max: 64,
         bugs,
@@ -202,6 +208,20 @@ enum Payload {
     Replica(Message),
     Request(Request),
     Reply(Reply),
+    /// Leader → caching client.
+    Recall {
+        recall: RecallId,
+        objects: Vec<ObjectId>,
+    },
+    /// Caching client → the replica that recalled.
+    RecallAck {
+        client: u64,
+        recall: RecallId,
+    },
+    /// Caching client → a new leader it met.
+    CacheReset {
+        client: u64,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -311,6 +331,10 @@ struct PendingOp {
     transmissions: u32,
     /// When it was first sent: if it ran, it ran after this.
     first_sent_ms: Millis,
+    /// The client's recall count when it was created: a read answered
+    /// after a recall (or a cache reset) may return a state older than the
+    /// recall, so it is not cached.
+    recalls_seen: u64,
 }
 
 /// Local time of a clock with `offset` and `ppm` at virtual time `t`.
@@ -343,6 +367,12 @@ struct Client {
     /// An operation refused with SessionUnknown that provably did not run:
     /// sent again in the next session, as the real client does.
     rerun: Option<(Operation, Option<usize>)>,
+    /// Caches reads under callbacks (a mount), as the real mount does:
+    /// key → (list, trusted until), trusting 9/10 of the lease from the
+    /// first send of the read.
+    cache: Option<BTreeMap<u8, (Vec<u64>, Millis)>>,
+    /// Recalls and cache resets so far.
+    recalls_seen: u64,
 }
 
 struct Record {
@@ -383,6 +413,8 @@ struct Sim {
     disk_stalls: u32,
     done: bool,
     messages: BTreeMap<&'static str, u64>,
+    cached_reads: u64,
+    recalls_sent: u64,
 }
 
 /// Virtual time allowed after the heal for every client to finish and every
@@ -455,6 +487,8 @@ impl Sim {
             disk_stalls: 0,
             done: false,
             messages: BTreeMap::new(),
+            cached_reads: 0,
+            recalls_sent: 0,
             config,
             rng,
         };
@@ -490,8 +524,12 @@ impl Sim {
         }
         for c in 0..client_count {
             let target = sim.rng.gen_range(0..replicas);
+            // Every other client caches under callbacks, like a mount.
+            let caching = c % 2 == 1;
             sim.clients.push(Client {
-                id: 1_000 + c as u64,
+                id: (1_000 + c as u64) | if caching { CACHING_CLIENT_BIT } else { 0 },
+                cache: caching.then(BTreeMap::new),
+                recalls_seen: 0,
                 session: None,
                 session_seen_ms: 0,
                 next_seq: 1,
@@ -626,8 +664,14 @@ impl Sim {
             match action {
                 Action::Send { to, message } => self.send(Addr::Replica(id), Addr::Replica(to), Payload::Replica(message)),
                 Action::Reply { client, reply } => {
-                    let c = (client - 1_000) as usize;
+                    let c = ((client & !CACHING_CLIENT_BIT) - 1_000) as usize;
                     self.send(Addr::Replica(id), Addr::Client(c), Payload::Reply(reply));
+                }
+                Action::Recall { client, recall, objects } => {
+                    assert!(is_caching_client(client), "a recall for a client that caches nothing");
+                    let c = ((client & !CACHING_CLIENT_BIT) - 1_000) as usize;
+                    self.recalls_sent += 1;
+                    self.send(Addr::Replica(id), Addr::Client(c), Payload::Recall { recall, objects });
                 }
                 Action::Persist { seq, write } => {
                     let latency = self.rng.gen_range(1..=3) * if self.nodes[id as usize].slow { 8 } else { 1 };
@@ -639,7 +683,6 @@ impl Sim {
                 Action::FetchCheckpoint { .. } => {
                     panic!("the simulated machines checkpoint by image: nothing to fetch")
                 }
-                Action::Recall { .. } => panic!("simulated clients are not caching clients: no callbacks"),
                 Action::SetTimer { at_ms } => {
                     let node = &mut self.nodes[id as usize];
                     node.timer_ms = Some(at_ms);
@@ -769,6 +812,20 @@ impl Sim {
             }
             (Addr::Replica(r), Payload::Request(request)) => self.step(r, Event::Request(request)),
             (Addr::Client(c), Payload::Reply(reply)) => self.client_reply(c, reply),
+            (Addr::Client(c), Payload::Recall { recall, objects }) => {
+                let Addr::Replica(r) = from else { return };
+                let client = &mut self.clients[c];
+                if let Some(cache) = &mut client.cache {
+                    for o in &objects {
+                        cache.remove(&(*o as u8));
+                    }
+                }
+                client.recalls_seen += 1;
+                let id = client.id;
+                self.send(Addr::Client(c), Addr::Replica(r), Payload::RecallAck { client: id, recall });
+            }
+            (Addr::Replica(r), Payload::RecallAck { client, recall }) => self.step(r, Event::RecallAck { client, recall }),
+            (Addr::Replica(r), Payload::CacheReset { client }) => self.step(r, Event::CacheReset { client }),
             _ => {}
         }
     }
@@ -808,10 +865,27 @@ impl Sim {
             Some(_) => {
                 client.ops_left -= 1;
                 let key = self.rng.gen_range(0..keys);
-                if self.rng.gen_bool(0.6) {
+                // Some caching clients mostly read: they keep answering
+                // from their cache across faults, which is where stale
+                // copies would show.
+                let write_share = if client.cache.is_some() && c % 4 == 1 { 0.1 } else { 0.6 };
+                if self.rng.gen_bool(write_share) {
                     let value = (client.id << 32) | client.next_seq;
                     let op = Operation::Write(KvCommand::Append { key, value }.encode());
                     (op, Some(Record { key, kind: Kind::Append { value, len: None }, invoke_ms: now, complete_ms: None }))
+                } else if let Some((list, _)) = client.cache.as_ref().and_then(|c| c.get(&key)).filter(|(_, until)| *until > now) {
+                    // Answered from the cache, at once: the linearizability
+                    // checker judges it like any other read.
+                    let list = list.clone();
+                    self.cached_reads += 1;
+                    self.history.push(Record { key, kind: Kind::Read { list: Some(list) }, invoke_ms: now, complete_ms: Some(now) });
+                    let token = client.token;
+                    let think = self.rng.gen_range(0..5);
+                    self.schedule(now + think, Ev::ClientWake { client: c, token, wake: Wake::Next });
+                    if self.healed {
+                        self.check_done();
+                    }
+                    return;
                 } else {
                     let op = Operation::Read(KvCommand::Read { key }.encode());
                     (op, Some(Record { key, kind: Kind::Read { list: None }, invoke_ms: now, complete_ms: None }))
@@ -833,7 +907,8 @@ impl Sim {
             self.history.push(r);
             history = Some(self.history.len() - 1);
         }
-        self.clients[c].current = Some(PendingOp { request, history, transmissions: 0, first_sent_ms: now });
+        let recalls_seen = self.clients[c].recalls_seen;
+        self.clients[c].current = Some(PendingOp { request, history, transmissions: 0, first_sent_ms: now, recalls_seen });
         self.client_send(c);
     }
 
@@ -857,6 +932,31 @@ impl Sim {
         }
         if reply.view > client.known_view {
             client.known_view = reply.view;
+            // A new leader knows none of our callbacks: drop everything,
+            // then tell it (it holds changes back until we do, or a lease).
+            if let Some(cache) = &mut client.cache {
+                cache.clear();
+                client.recalls_seen += 1;
+                let (id, leader) = (client.id, reply.leader);
+                self.send(Addr::Client(c), Addr::Replica(leader), Payload::CacheReset { client: id });
+            }
+        }
+        let client = &mut self.clients[c];
+        let current = client.current.as_ref().expect("checked above");
+        if let (Some(cache), Outcome::Done(bytes)) = (&mut client.cache, &reply.outcome) {
+            for o in &reply.changed {
+                cache.remove(&(*o as u8));
+            }
+            // A grant from an older view than the newest this client has
+            // reset for is not trusted: that leader's successor counts on
+            // the reset.
+            let unchanged = current.recalls_seen == client.recalls_seen && reply.view >= client.known_view;
+            if let (Operation::Read(query), true, true) = (&current.request.operation, reply.lease_ms > 0, unchanged) {
+                if let Ok(KvCommand::Read { key }) = bincode::deserialize::<KvCommand>(query) {
+                    let list: Vec<u64> = bincode::deserialize(bytes).expect("list");
+                    cache.insert(key, (list, current.first_sent_ms + reply.lease_ms * 9 / 10));
+                }
+            }
         }
         let history = current.history;
         let sent_once = current.transmissions == 1 || self.config.bugs().trust_session_unknown;
@@ -1153,6 +1253,8 @@ impl Sim {
             disk_stalls: self.disk_stalls,
             commit_op,
             messages: self.messages,
+            cached_reads: self.cached_reads,
+            recalls_sent: self.recalls_sent,
         }
     }
 

@@ -126,6 +126,8 @@ struct FaultTotals {
     drops: u64,
     disk_stalls: u64,
     view_changes: u64,
+    cached_reads: u64,
+    recalls: u64,
 }
 
 impl FaultTotals {
@@ -137,6 +139,8 @@ impl FaultTotals {
         self.drops += report.drops;
         self.disk_stalls += report.disk_stalls as u64;
         self.view_changes += report.view;
+        self.cached_reads += report.cached_reads;
+        self.recalls += report.recalls_sent;
     }
 
     fn assert_every_kind_happened(&self, seeds: u64) {
@@ -151,6 +155,8 @@ impl FaultTotals {
             ("message drops", self.drops),
             ("disk stalls", self.disk_stalls),
             ("view changes", self.view_changes),
+            ("reads answered from a client cache", self.cached_reads),
+            ("callback recalls", self.recalls),
         ] {
             assert!(n >= floor, "only {n} {kind} in {seeds} seeds: the fault injection is (partly) off");
         }
@@ -215,6 +221,20 @@ fn checker_double_execution_catches_forgotten_reply_cache() {
 #[test]
 fn checker_linearizability_catches_reads_without_lease() {
     expect_caught(Bugs { read_without_lease: true, ..Bugs::NONE }, Checker::Linearizability, 500);
+}
+
+#[test]
+fn checker_linearizability_catches_changes_seen_before_the_recall_ends() {
+    // Callbacks (issue 9): a write's reply and reads of what it changed
+    // must wait for other clients' cached copies to be recalled.
+    expect_caught(Bugs { skip_recall_wait: true, ..Bugs::NONE }, Checker::Linearizability, 2_000);
+}
+
+#[test]
+fn checker_linearizability_catches_a_new_leader_without_callback_grace() {
+    // A new leader knows nobody's callbacks: it must wait for the caching
+    // clients to reset, or for one lease.
+    expect_caught(Bugs { skip_callback_grace: true, ..Bugs::NONE }, Checker::Linearizability, 20_000);
 }
 
 #[test]
