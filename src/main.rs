@@ -74,6 +74,12 @@ enum Command {
         /// never run out mid-entry. Deleting files still works.
         #[arg(long, default_value_t = chorus_replication_shell::node::DISK_RESERVE_BYTES_DEFAULT >> 20)]
         disk_reserve_mib: u64,
+        /// With --peers: how long a mount may cache what it read before the
+        /// leader must recall it (a change waits for the recall, at most
+        /// this long when a mount does not answer); 0 turns client caching
+        /// off. Every replica of a cluster must use the same value.
+        #[arg(long, default_value_t = chorus_server::replicated::CALLBACK_LEASE_MS_DEFAULT)]
+        callback_lease_ms: u64,
     },
     /// Mount a ChorusFS cluster at a folder (runs until unmounted or Ctrl-C).
     #[command(
@@ -234,6 +240,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             checkpoint_interval_ops,
             checkpoint_interval_bytes,
             disk_reserve_mib,
+            callback_lease_ms,
         } => {
             let rt = runtime()?;
             if peers.is_empty() {
@@ -256,6 +263,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         checkpoint_interval_ops,
                         checkpoint_interval_bytes,
                         disk_reserve_bytes: disk_reserve_mib << 20,
+                        callback_lease_ms,
                     };
                     chorus_server::replicated::run(cfg, shutdown_signal()).await
                 })

@@ -156,6 +156,7 @@ pub fn run(rt: &tokio::runtime::Runtime, args: RecoverArgs, shutdown: impl std::
         checkpoint_interval_ops: args.checkpoint_interval_ops,
         checkpoint_interval_bytes: args.checkpoint_interval_bytes,
         disk_reserve_bytes: chorus_replication_shell::node::DISK_RESERVE_BYTES_DEFAULT,
+        callback_lease_ms: chorus_server::replicated::CALLBACK_LEASE_MS_DEFAULT,
     };
     let id = args.id;
     let (certs, peers) = (args.certs.clone(), args.peers.clone());

@@ -56,7 +56,12 @@ pub struct ReplicaConfig {
     /// Free space kept in reserve on the data folder's disk: below it the
     /// leader refuses writes that need space with ENOSPC.
     pub disk_reserve_bytes: u64,
+    /// How long a mount's callback lasts (0: no client caching).
+    pub callback_lease_ms: u64,
 }
+
+/// Default of [`ReplicaConfig::callback_lease_ms`].
+pub const CALLBACK_LEASE_MS_DEFAULT: u64 = 5_000;
 
 /// Default of [`ReplicaConfig::checkpoint_interval_ops`].
 pub const CHECKPOINT_INTERVAL_OPS_DEFAULT: u64 = 20_000;
@@ -71,6 +76,7 @@ pub async fn run(cfg: ReplicaConfig, shutdown: impl std::future::Future<Output =
     anyhow::ensure!(count % 2 == 1, "a cluster needs an odd number of replicas (got {count})");
     anyhow::ensure!(cfg.id < count, "replica id {} outside 0..{count}", cfg.id);
     anyhow::ensure!(cfg.checkpoint_interval_ops > 0 && cfg.checkpoint_interval_bytes > 0, "checkpoint intervals must be positive");
+    anyhow::ensure!(cfg.callback_lease_ms <= 60_000, "--callback-lease-ms may be at most 60000 (a change may wait that long)");
     anyhow::ensure!(
         cfg.checkpoint_interval_bytes <= 24 * 1024 * 1024,
         "--checkpoint-interval-bytes may be at most 24 MiB (log suffixes must fit a peer message)"
@@ -106,6 +112,7 @@ pub async fn run(cfg: ReplicaConfig, shutdown: impl std::future::Future<Output =
             let mut core = node::core_config(count);
             core.checkpoint_interval_ops = cfg.checkpoint_interval_ops;
             core.checkpoint_interval_bytes = cfg.checkpoint_interval_bytes;
+            core.callback_lease_ms = cfg.callback_lease_ms;
             core
         },
         seed: seed_for(cfg.id),
