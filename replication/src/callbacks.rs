@@ -164,6 +164,14 @@ impl Callbacks {
         self.grace = None;
     }
 
+    /// Whether the grace waits for `client` (a caching mount that has not
+    /// reset yet): its requests are answered `Busy` at once, whose view tells
+    /// it to reset (a held reply would tell it nothing, and the grace would
+    /// last a whole lease).
+    pub fn awaits_reset(&self, client: ClientId) -> bool {
+        is_caching_client(client) && self.grace.as_ref().is_some_and(|g| !g.reset.contains(&client))
+    }
+
     /// `client` dropped everything cached under earlier leaders.
     pub fn on_cache_reset(&mut self, client: ClientId) {
         if let Some(grace) = &mut self.grace {

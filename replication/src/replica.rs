@@ -793,6 +793,15 @@ impl<S: StateMachine> Replica<S> {
         if self.callbacks.is_held(request.session, request.seq) {
             return; // ran; its reply waits for a recall and goes with it
         }
+        if self.callbacks.enabled() && request.operation != Operation::Register {
+            self.ensure_callbacks_view();
+            if self.callbacks.awaits_reset(request.client) {
+                // C4: this mount must drop what older leaders let it cache
+                // first; the reply's view tells it so.
+                self.reply(&request, Outcome::Busy);
+                return;
+            }
+        }
         if let Operation::Read(query) = &request.operation {
             if self.can_read_locally() && self.callbacks.enabled() {
                 let query = query.clone();

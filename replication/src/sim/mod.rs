@@ -991,7 +991,15 @@ impl Sim {
                 client.target = if reply.view >= client.known_view { reply.leader } else { (client.target + 1) % n };
                 Some(2)
             }
-            Outcome::Busy => Some(10),
+            Outcome::Busy => {
+                // A new leader waiting for our reset answers Busy: the reset
+                // (or an earlier one) may have been lost, send it again.
+                if client.cache.is_some() && reply.view == client.known_view {
+                    let (id, leader) = (client.id, reply.leader);
+                    self.send(Addr::Client(c), Addr::Replica(leader), Payload::CacheReset { client: id });
+                }
+                Some(10)
+            }
             Outcome::SessionUnknown => {
                 // Sessions end only after `session_evict_idle_ms` or
                 // `session_timeout_ms` of inactivity in log time; half of
