@@ -1129,19 +1129,21 @@ fn registers(test: &str, secs: u64, kill_leader_at: Option<Duration>) {
             .collect();
         let reads = hist.iter().filter(|h| matches!(h.op, lin::Op::Read(_))).count();
         let stale = lin::stale_reads(0, &hist);
+        let inverted = lin::new_then_old(0, &hist);
         let checked = Instant::now();
         let verdict = lin::check(0, &hist, 20_000_000);
         let line = format!(
-            "register {reg}: {} ops ({reads} reads, {} writes); definitely stale reads: {}; Wing–Gong: {verdict:?} in {:?}",
+            "register {reg}: {} ops ({reads} reads, {} writes); definitely stale reads: {}; old after new: {}; Wing–Gong: {verdict:?} in {:?}",
             hist.len(),
             hist.len() - reads,
             stale.len(),
+            inverted.len(),
             checked.elapsed()
         );
         if !stale.is_empty() || verdict != lin::Verdict::Linearizable {
             bad.push(reg);
             let mut l = line.clone();
-            for s in stale.iter().take(3) {
+            for s in stale.iter().take(3).chain(inverted.iter().take(3)) {
                 l += &format!("\n    e.g. {s}");
             }
             verdicts.push(l);
@@ -1155,8 +1157,8 @@ fn registers(test: &str, secs: u64, kill_leader_at: Option<Duration>) {
     let pct = |q: f64| took.get(((took.len() as f64 * q) as usize).min(took.len().saturating_sub(1))).copied().unwrap_or_default();
     let latency = format!("call times p50 {:?}, p99 {:?}, max {:?}", pct(0.5), pct(0.99), took.last().copied().unwrap_or_default());
     eprintln!(
-        "MEASURED {test}: {total} operations by 4 workers (2 on A, 2 on B) in {secs} s ({latency}); {unknown_writes} writes of unknown \
-         outcome (EIO), {failed_reads} reads failed (EIO); faults: {faults:?}"
+        "MEASURED {test}: {total} operations by 4 workers (workers 0 and 1 on A, 2 and 3 on B) in {secs} s ({latency}); \
+         {unknown_writes} writes of unknown outcome (EIO), {failed_reads} reads failed (EIO); faults: {faults:?}"
     );
     for v in &verdicts {
         eprintln!("  {v}");
@@ -1764,6 +1766,72 @@ mod lin {
         Verdict::Linearizable
     }
 
+    /// Reads that saw an older value than a read that had already returned
+    /// (a quick explanation of a history without a single stale read that
+    /// `check` still rejects): read r2 was called after read r1 returned,
+    /// yet r2 returned the value of a write that had returned before the
+    /// write r1 saw was even called (or the initial value, when r1 saw any
+    /// write). Says whether r1's write was still in progress when r1
+    /// returned (a reader seeing a write before it is acknowledged).
+    pub fn new_then_old(init: u64, hist: &[Rec]) -> Vec<String> {
+        let by_value: std::collections::HashMap<u64, &Rec> = hist
+            .iter()
+            .filter_map(|w| match w.op {
+                Op::Write(v) => Some((v, w)),
+                Op::Read(_) => None,
+            })
+            .collect();
+        // Completed reads of a write, by return time, with the one whose
+        // write was called last so far.
+        let mut reads: Vec<(u64, u64, usize)> = hist
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| match (r.op, r.ret) {
+                (Op::Read(v), Some(ret)) => by_value.get(&v).map(|w| (ret, w.call, i)),
+                _ => None,
+            })
+            .collect();
+        reads.sort();
+        let mut latest: Vec<(u64, usize)> = Vec::with_capacity(reads.len());
+        for &(_, wcall, i) in &reads {
+            let best = latest.last().copied().filter(|&(c, _)| c >= wcall).unwrap_or((wcall, i));
+            latest.push(best);
+        }
+        let mut out = Vec::new();
+        for r2 in hist {
+            let Op::Read(v) = r2.op else { continue };
+            // When the write r2 saw returned (the initial value: before
+            // everything).
+            let old_ret: i128 = match by_value.get(&v) {
+                Some(w) => match w.ret {
+                    Some(ret) => ret as i128,
+                    None => continue,
+                },
+                None if v == init => -1,
+                None => continue,
+            };
+            let k = reads.partition_point(|&(ret, _, _)| ret < r2.call);
+            let Some(&(new_call, i)) = latest.get(k.wrapping_sub(1)) else { continue };
+            if new_call as i128 <= old_ret {
+                continue;
+            }
+            let r1 = &hist[i];
+            let Op::Read(new) = r1.op else { continue };
+            let w_new = by_value[&new];
+            let in_flight = w_new.ret.is_none_or(|ret| ret > r1.ret.unwrap_or(u64::MAX));
+            out.push(format!(
+                "worker {} read {v} at {} ns after worker {} had read the newer {new} (returned {} ns, written by worker {}{})",
+                r2.who,
+                r2.call,
+                r1.who,
+                r1.ret.unwrap_or_default(),
+                w_new.who,
+                if in_flight { ", whose write had not returned yet" } else { "" }
+            ));
+        }
+        out
+    }
+
     /// Reads that are stale beyond doubt (a quick explanation; `check` is
     /// the verdict): the read returned the value of write w, but another
     /// write w2 was called after w returned and returned before the read
@@ -1849,6 +1917,7 @@ fn checker_accepts_a_linearizable_history() {
     ];
     assert_eq!(lin::check(0, &h, 1_000_000), lin::Verdict::Linearizable);
     assert!(lin::stale_reads(0, &h).is_empty());
+    assert!(lin::new_then_old(0, &h).is_empty());
 }
 
 #[test]
@@ -1869,6 +1938,7 @@ fn checker_rejects_new_then_old_reads_during_a_write() {
     // read cannot see the old one. No single read is stale by itself.
     let h = vec![rec(Write(1), 0, Some(100), 0), rec(Read(1), 10, Some(20), 1), rec(Read(0), 30, Some(40), 2)];
     assert!(lin::stale_reads(0, &h).is_empty());
+    assert_eq!(lin::new_then_old(0, &h).len(), 1, "{:?}", lin::new_then_old(0, &h));
     assert!(matches!(lin::check(0, &h, 1_000_000), lin::Verdict::NotLinearizable(_)));
 }
 
@@ -1936,6 +2006,7 @@ fn checker_on_random_register_histories() {
         let t = Instant::now();
         assert_eq!(lin::check(0, &hist, 20_000_000), lin::Verdict::Linearizable, "seed {seed}");
         assert!(lin::stale_reads(0, &hist).is_empty(), "seed {seed}");
+        assert!(lin::new_then_old(0, &hist).is_empty(), "seed {seed}");
         eprintln!("seed {seed}: {} operations checked in {:?}", hist.len(), t.elapsed());
         // A few writes of unknown outcome (as after an EIO) keep it
         // linearizable: they did happen, at their instant.
