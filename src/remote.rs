@@ -5,11 +5,15 @@
 //! once on a fresh connection (they are side-effect free). Mutations are not
 //! retried here: without the session protocol a retry could execute twice,
 //! so the caller sees EIO instead. Every call is bounded by `CALL_TIMEOUT`.
+//! The single-server [`RemoteBackend`] grants no callbacks (the mount caches
+//! nothing: every kernel TTL is 0); the [`ReplicatedBackend`] caches under
+//! the leader's callbacks (see its comment).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use chorus_client::CacheInfo;
 use chorus_fs::ops::{Errno, OpResult, Request};
 use chorus_wire::rpc::RpcClient;
 use parking_lot::Mutex;
@@ -83,24 +87,50 @@ impl chorus_client::Backend for RemoteBackend {
 /// replaced and the request sent again; if the session ended while a
 /// request was being retransmitted, an earlier copy may have run, and the
 /// call fails with EIO instead of running it a second time.
+///
+/// Callbacks (DESIGN.md §5): all sessions share the mount id (a caching
+/// client id, `Cluster::caching`), whose link task follows the leader. A
+/// read's lease is counted from before the read was first sent and trusted
+/// for 90% of it (clock-rate drift); the shell client passes on only grants
+/// of a leader this mount has reset with. A write's `changed` goes up to the
+/// FUSE layer, which drops those objects itself (the writer gets no recall).
+/// Recalls and new leaders reach the mount's cache through the
+/// `CacheControl` it attaches; before that, nothing is cached and they are
+/// acknowledged at once. A write whose outcome is unknown (it may have run,
+/// changing objects without this mount learning which) drops the whole
+/// cache.
 pub struct ReplicatedBackend {
     runtime: tokio::runtime::Handle,
     cluster: Arc<chorus_replication_shell::client::Cluster>,
     sessions: Vec<tokio::sync::Mutex<Option<chorus_replication_shell::client::Session>>>,
     next: std::sync::atomic::AtomicUsize,
+    /// The mount's cache, once attached.
+    cache: Arc<Mutex<Option<chorus_client::CacheControl>>>,
 }
 
 /// Sessions per mount: concurrent requests in flight.
 pub const SESSIONS_PER_MOUNT: usize = 8;
 
+/// The share of a lease a mount trusts (counted from before it sent the
+/// read): the rest covers clock-rate drift between it and the leader.
+const LEASE_TRUST_NUM: u64 = 9;
+const LEASE_TRUST_DEN: u64 = 10;
+
+/// Until when a read sent at `sent` may be cached, for a grant of `lease_ms`.
+fn lease_until(sent: Instant, lease_ms: u64) -> Option<Instant> {
+    (lease_ms > 0).then(|| sent + Duration::from_millis(lease_ms.saturating_mul(LEASE_TRUST_NUM) / LEASE_TRUST_DEN))
+}
+
 impl ReplicatedBackend {
     pub async fn connect(certs: &std::path::Path, peers: Vec<SocketAddr>) -> anyhow::Result<Arc<Self>> {
-        let cluster = chorus_replication_shell::client::Cluster::new(certs, peers)?;
+        let (cluster, events) = chorus_replication_shell::client::Cluster::caching(certs, peers)?;
+        let cache: Arc<Mutex<Option<chorus_client::CacheControl>>> = Arc::default();
+        tokio::spawn(forward_cache_events(events, cache.clone()));
         // Every session now: a dead cluster is reported at mount time, and a
         // mount that holds its sessions keeps working while another client
         // floods the session table (new registrations are then refused
         // until the flood's sessions have idled, docs/protocol.md R4b).
-        let deadline = std::time::Instant::now() + CALL_TIMEOUT;
+        let deadline = Instant::now() + CALL_TIMEOUT;
         let mut sessions = Vec::with_capacity(SESSIONS_PER_MOUNT);
         for _ in 0..SESSIONS_PER_MOUNT {
             sessions.push(tokio::sync::Mutex::new(Some(cluster.session(deadline).await?)));
@@ -110,32 +140,63 @@ impl ReplicatedBackend {
             cluster,
             sessions,
             next: std::sync::atomic::AtomicUsize::new(0),
+            cache,
         }))
     }
 
-    async fn call_async(&self, req: &Request) -> Result<OpResult, Errno> {
+    /// A write that may or may not have run changed objects this mount
+    /// cannot name: it stops trusting everything it cached.
+    fn drop_cache(&self) {
+        if let Some(c) = self.cache.lock().clone() {
+            c.drop_all(|| {});
+        }
+    }
+
+    async fn call_async(&self, req: &Request) -> (Result<OpResult, Errno>, CacheInfo) {
         use chorus_replication::Outcome;
         use chorus_replication_shell::client::ClientError;
-        let bytes = chorus_server::machine::encode_request(req).map_err(|_| Errno(libc::EINVAL))?;
+        let none = CacheInfo::default();
+        let Ok(bytes) = chorus_server::machine::encode_request(req) else { return (Err(Errno(libc::EINVAL)), none) };
         let is_query = matches!(req, Request::Query { .. });
         let slot = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.sessions.len();
         let mut guard = self.sessions[slot].lock().await;
-        let deadline = std::time::Instant::now() + CALL_TIMEOUT;
+        let deadline = Instant::now() + CALL_TIMEOUT;
         for _attempt in 0..2 {
             if guard.is_none() {
-                *guard = Some(self.cluster.session(deadline).await.map_err(|e| {
-                    warn!(error = %e, "cannot open a session");
-                    Errno(libc::EIO)
-                })?);
+                match self.cluster.session(deadline).await {
+                    Ok(s) => *guard = Some(s),
+                    Err(e) => {
+                        warn!(error = %e, "cannot open a session");
+                        return (Err(Errno(libc::EIO)), none);
+                    }
+                }
             }
             let session = guard.as_mut().expect("session just opened");
-            let result = if is_query { session.read(bytes.clone(), deadline).await } else { session.write(bytes.clone(), deadline).await };
+            // Before the first transmission: the lease runs from the
+            // leader's answer, which comes after any copy was sent.
+            let sent = Instant::now();
+            let result = if is_query {
+                session.read_leased(bytes.clone(), deadline).await.map(|r| {
+                    let info = CacheInfo { lease_until: lease_until(sent, r.lease_ms), changed: Vec::new() };
+                    (r.answer, info)
+                })
+            } else {
+                session
+                    .write_tracked(bytes.clone(), deadline)
+                    .await
+                    .map(|w| (w.answer, CacheInfo { lease_until: None, changed: w.changed }))
+            };
             match result {
-                Ok(reply) => {
-                    return chorus_server::machine::decode_result(&reply).map_err(|e| {
+                Ok((reply, info)) => {
+                    let decoded = chorus_server::machine::decode_result(&reply).map_err(|e| {
                         warn!(error = %e, "undecodable reply");
                         Errno(libc::EIO)
-                    })
+                    });
+                    return match decoded {
+                        Ok(r) => (Ok(r), info),
+                        // The write ran, but what it changed is still known.
+                        Err(e) => (Err(e), CacheInfo { lease_until: None, changed: info.changed }),
+                    };
                 }
                 Err(ClientError::Refused(Outcome::SessionUnknown)) => {
                     // The answer to the request's only transmission: the
@@ -148,21 +209,69 @@ impl ReplicatedBackend {
                     // may have run. Running it again could run it twice.
                     warn!("the session ended during a retry; the operation's outcome is unknown (EIO)");
                     *guard = None;
-                    return Err(Errno(libc::EIO));
+                    if !is_query {
+                        self.drop_cache();
+                    }
+                    return (Err(Errno(libc::EIO)), none);
                 }
                 Err(e) => {
                     warn!(error = %e, "replicated call failed");
                     *guard = None;
-                    return Err(Errno(libc::EIO));
+                    if !is_query {
+                        self.drop_cache();
+                    }
+                    return (Err(Errno(libc::EIO)), none);
                 }
             }
         }
-        Err(Errno(libc::EIO))
+        (Err(Errno(libc::EIO)), none)
+    }
+}
+
+/// Hands the link's cache events to the mount's cache; before a mount is
+/// attached nothing is cached, so they are acknowledged at once. Never
+/// blocks on the mount (the cache only queues), so the link is never slowed
+/// by the kernel.
+async fn forward_cache_events(
+    mut events: tokio::sync::mpsc::Receiver<chorus_replication_shell::client::CacheEvent>,
+    cache: Arc<Mutex<Option<chorus_client::CacheControl>>>,
+) {
+    use chorus_replication_shell::client::CacheEvent;
+    while let Some(event) = events.recv().await {
+        let control = cache.lock().clone();
+        match (event, control) {
+            (CacheEvent::Recall { objects, ack }, Some(c)) => c.recall(&objects, move || ack.done()),
+            (CacheEvent::Reset { ack }, Some(c)) => c.drop_all(move || ack.done()),
+            (event, None) => event.into_ack().done(),
+        }
     }
 }
 
 impl chorus_client::Backend for ReplicatedBackend {
     fn call(&self, req: Request) -> OpResult {
-        self.runtime.block_on(self.call_async(&req)).unwrap_or_else(Err)
+        self.call_leased(req).0
+    }
+
+    fn call_leased(&self, req: Request) -> (OpResult, CacheInfo) {
+        let (r, info) = self.runtime.block_on(self.call_async(&req));
+        (r.unwrap_or_else(Err), info)
+    }
+
+    fn attach(&self, cache: chorus_client::CacheControl) {
+        *self.cache.lock() = Some(cache);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lease_is_trusted_for_nine_tenths_from_the_send() {
+        let t = Instant::now();
+        assert_eq!(lease_until(t, 0), None, "no grant, no caching");
+        assert_eq!(lease_until(t, 5_000), Some(t + Duration::from_millis(4_500)));
+        assert_eq!(lease_until(t, 1), Some(t), "rounds down");
+        assert!(lease_until(t, u64::MAX).is_some(), "no overflow");
     }
 }

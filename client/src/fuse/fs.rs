@@ -1,17 +1,37 @@
 //! The fuser `Filesystem`: one FUSE request becomes (at most a few bounded)
-//! [`Backend::call`]s, and the answer becomes the FUSE reply.
+//! [`Backend::call_leased`]s, and the answer becomes the FUSE reply.
 //!
 //! Guarantees:
 //! - Every request gets exactly one reply (fuser replies EIO for a dropped
 //!   reply object; we never rely on that) and no handler panics on any input:
 //!   odd inputs become errno replies, a backend that panics becomes EIO.
-//! - Nothing here keeps file-system state: no inode table, no open-file table,
-//!   no caches beyond what the kernel holds for `attr_ttl`. The backend (the
-//!   replicated state machine) is the single source of truth, so `forget` is a
-//!   no-op and directories need no server-side handle.
+//! - No file-system state lives here: no inode table, no open-file table.
+//!   The backend (the replicated state machine) is the single source of
+//!   truth, so `forget` is a no-op and directories need no server-side
+//!   handle. What the kernel may cache is decided by the mount's cache
+//!   bookkeeping (`crate::cache`) from the callbacks the backend grants
+//!   (DESIGN.md §5): attribute and entry TTLs are the time left on the lease
+//!   of every object the answer came from, and 0 without one (so a backend
+//!   that grants none, e.g. a single server or an in-process store, is never
+//!   read stale); a negative lookup under a lease becomes a negative entry;
+//!   `FOPEN_KEEP_CACHE` only when the file's version is the one of its last
+//!   open under the same unbroken lease; `FOPEN_CACHE_DIR` only under a lease
+//!   on the directory. Mutations never carry a TTL, and what they changed
+//!   (the backend's `changed`) is dropped like a recall: the leader does not
+//!   recall the writer, it drops the writer's callbacks.
+//! - Each cacheable answer is judged against a ticket taken before its
+//!   request was sent: a recall that arrived meanwhile means no caching.
 //! - No kernel notification is sent from a handler (that can deadlock the
-//!   kernel against our own reply); invalidations come from a separate task
-//!   through `MountHandle::notifier`.
+//!   kernel against our own reply); handlers only queue invalidations, and
+//!   the mount's invalidation threads (`super::invalidate`) send them through
+//!   `fuser::Notifier`, then acknowledge recalls.
+//! - Files opened for writing are opened FOPEN_DIRECT_IO: the kernel's
+//!   buffered writes would show uncommitted bytes to the mount's other
+//!   readers (see `open_flags`). Read-only opens use the page cache.
+//! - O_APPEND writes land at the state machine's size, never at the
+//!   kernel's possibly stale one: the open flags travel with the write, and
+//!   (direct I/O) no cached page holds the bytes at the kernel's idea of the
+//!   end; the write's `changed` drops what else the kernel holds.
 //! - Sizes are bounded before they reach the backend: names by NAME_MAX,
 //!   symlink targets by PATH_MAX, xattrs by the Linux limits, reads and writes
 //!   by `IO_MAX_BYTES`, readdir batches by `READDIR_ENTRIES_MAX`.
@@ -26,7 +46,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use chorus_fs::ops::{
     self, Attr, DirEntry, Ino, Op, OpResult, Query, Reply, SetAttr, IO_MAX_BYTES, NAME_MAX_BYTES, READDIR_ENTRIES_MAX, SYMLINK_MAX_BYTES,
@@ -40,7 +60,9 @@ use fuser::{
 use tracing::{error, warn};
 
 use super::caller::{caller, caller_with_groups, op_needs_groups, query_needs_groups};
-use super::convert::{file_attr, file_type, set_time, timestamp_from_fuser_input};
+use super::convert::{file_attr, file_type, negative_entry_attr, set_time, timestamp_from_fuser_input};
+use crate::backend::CacheInfo;
+use crate::cache::{MountCache, Ticket};
 use crate::Backend;
 
 /// Largest write the kernel may send us in one request. 1 MiB keeps one
@@ -62,7 +84,21 @@ const READDIR_ROUND_TRIPS_MAX: usize = 8;
 
 pub struct ChorusFuse {
     backend: Arc<dyn Backend>,
-    ttl: Duration,
+    cache: Arc<MountCache>,
+}
+
+/// A query's answer with what decides its caching.
+struct Answer {
+    result: OpResult,
+    lease_until: Option<Instant>,
+    ticket: Ticket,
+}
+
+/// One readdir batch, as [`Answer`].
+struct Batch {
+    entries: Vec<DirEntry>,
+    lease_until: Option<Instant>,
+    ticket: Ticket,
 }
 
 fn errno(e: ops::Errno) -> Errno {
@@ -130,42 +166,51 @@ fn reply_xattr(reply: ReplyXattr, r: Result<Vec<u8>, Errno>, size: u32) {
 }
 
 impl ChorusFuse {
-    pub fn new(backend: Arc<dyn Backend>, ttl: Duration) -> Self {
-        ChorusFuse { backend, ttl }
+    pub(crate) fn new(backend: Arc<dyn Backend>, cache: Arc<MountCache>) -> Self {
+        ChorusFuse { backend, cache }
     }
 
     /// One backend call. A panicking backend must not take a FUSE worker
     /// thread (and with it part of the mount) down: it becomes EIO.
-    fn call(&self, req: ops::Request) -> OpResult {
-        match catch_unwind(AssertUnwindSafe(|| self.backend.call(req))) {
+    fn call(&self, req: ops::Request) -> (OpResult, CacheInfo) {
+        match catch_unwind(AssertUnwindSafe(|| self.backend.call_leased(req))) {
             Ok(r) => r,
             Err(_) => {
                 error!("backend panicked; answering EIO");
-                Err(ops::Errno(libc::EIO))
+                (Err(ops::Errno(libc::EIO)), CacheInfo::default())
             }
         }
     }
 
-    fn query(&self, req: &fuser::Request, query: Query) -> OpResult {
+    /// A query, with the ticket taken before it was sent.
+    fn query(&self, req: &fuser::Request, query: Query) -> Answer {
         let caller = if query_needs_groups(&query) { caller_with_groups(req) } else { caller(req) };
-        self.call(ops::Request::Query { caller, query })
+        let ticket = self.cache.ticket();
+        let (result, info) = self.call(ops::Request::Query { caller, query });
+        Answer { result, lease_until: info.lease_until, ticket }
     }
 
+    /// A mutation; what it changed is dropped from this mount's caches
+    /// (queued before the reply goes to the kernel).
     fn mutate(&self, req: &fuser::Request, op: Op) -> OpResult {
         let caller = if op_needs_groups(&op) { caller_with_groups(req) } else { caller(req) };
-        self.call(ops::Request::Mutate { caller, op })
+        let (result, info) = self.call(ops::Request::Mutate { caller, op });
+        self.cache.changed(&info.changed);
+        result
     }
 
-    fn reply_entry(&self, reply: ReplyEntry, r: Result<Attr, Errno>) {
-        match r {
-            Ok(a) => reply.entry(&self.ttl, &file_attr(&a), Generation(0)),
-            Err(e) => reply.error(e),
-        }
+    /// Attributes of `ino` from a query, with their TTL.
+    fn attr_query(&self, req: &fuser::Request, ino: Ino) -> Result<(Attr, Duration), Errno> {
+        let a = self.query(req, Query::GetAttr { ino });
+        let attr = attr_of("getattr", a.result)?;
+        let g = self.cache.grant(a.ticket, a.lease_until, &[ino], &[], &[], Instant::now());
+        Ok((attr, g.attr_ttl()))
     }
 
-    fn reply_attr(&self, reply: ReplyAttr, r: Result<Attr, Errno>) {
+    /// An entry a mutation made: no lease, so no TTL.
+    fn reply_new_entry(reply: ReplyEntry, r: Result<Attr, Errno>) {
         match r {
-            Ok(a) => reply.attr(&self.ttl, &file_attr(&a)),
+            Ok(a) => reply.entry(&Duration::ZERO, &file_attr(&a), Generation(0)),
             Err(e) => reply.error(e),
         }
     }
@@ -177,9 +222,10 @@ impl ChorusFuse {
         }
     }
 
-    fn read_dir_batch(&self, req: &fuser::Request, ino: Ino, cookie: u64, max_entries: u32, plus: bool) -> Result<Vec<DirEntry>, Errno> {
+    fn read_dir_batch(&self, req: &fuser::Request, ino: Ino, cookie: u64, max_entries: u32, plus: bool) -> Result<Batch, Errno> {
         let max_entries = max_entries.clamp(1, READDIR_ENTRIES_MAX);
-        match self.query(req, Query::ReadDir { ino, cookie, max_entries, plus }).map_err(errno)? {
+        let a = self.query(req, Query::ReadDir { ino, cookie, max_entries, plus });
+        match a.result.map_err(errno)? {
             Reply::Dir(mut entries) => {
                 // Never trust a peer to respect the bound we asked for.
                 entries.truncate(max_entries as usize);
@@ -189,7 +235,7 @@ impl ChorusFuse {
                     error!(ino, "backend returned a directory entry with cookie 0");
                     return Err(Errno::EIO);
                 }
-                Ok(entries)
+                Ok(Batch { entries, lease_until: a.lease_until, ticket: a.ticket })
             }
             other => Err(unexpected("readdir", &other)),
         }
@@ -198,35 +244,45 @@ impl ChorusFuse {
     /// Fills a readdir(plus) reply from successive bounded batches until the
     /// kernel's buffer is full (`push` returns true), the directory ends, or
     /// the round-trip bound is hit. Entries fetched but not fitting are
-    /// dropped; the kernel resumes from the last entry's cookie.
+    /// dropped; the kernel resumes from the last entry's cookie. `push` gets
+    /// each entry's attributes (plus only) and the TTL it may carry.
     fn fill_dir(
         &self,
         req: &fuser::Request,
         ino: Ino,
         offset: u64,
         plus: bool,
-        mut push: impl FnMut(&DirEntry, Option<&Attr>) -> bool,
+        mut push: impl FnMut(&DirEntry, Option<&Attr>, Duration) -> bool,
     ) -> Result<(), Errno> {
         let mut cookie = offset;
         let mut batch = if plus { READDIRPLUS_FIRST_BATCH } else { READDIR_FIRST_BATCH };
         for _ in 0..READDIR_ROUND_TRIPS_MAX {
-            let entries = self.read_dir_batch(req, ino, cookie, batch, plus)?;
+            let b = self.read_dir_batch(req, ino, cookie, batch, plus)?;
+            let entries = &b.entries;
             let complete = (entries.len() as u32) < batch;
-            for e in &entries {
+            // The listing fills the directory's pages (readdir cache); with
+            // plus, the entries' names and attributes are cached too, under
+            // the directory's and the children's objects (as the leader
+            // counts them: the directory and every child with attributes).
+            let objects: Vec<Ino> = std::iter::once(ino).chain(entries.iter().filter_map(|e| e.attr.as_ref().map(|a| a.ino))).collect();
+            let names: Vec<(Ino, &[u8])> = if plus { entries.iter().map(|e| (ino, e.name.as_slice())).collect() } else { Vec::new() };
+            let grant = self.cache.grant(b.ticket, b.lease_until, &objects, &names, &[ino], Instant::now());
+            for (i, e) in entries.iter().enumerate() {
                 let full = if plus {
                     let fetched;
-                    let attr = match &e.attr {
-                        Some(a) => Some(a),
-                        // A backend may omit attributes; fetch them. An entry
-                        // that vanished meanwhile is simply left out.
+                    let (attr, ttl) = match &e.attr {
+                        Some(a) => (Some(a), grant.entry_ttl(i)),
+                        // A backend may omit attributes; fetch them (not
+                        // cached: no lease covers the name with them). An
+                        // entry that vanished meanwhile is simply left out.
                         None => {
-                            fetched = attr_of("getattr", self.query(req, Query::GetAttr { ino: e.ino })).ok();
-                            fetched.as_ref()
+                            fetched = attr_of("getattr", self.query(req, Query::GetAttr { ino: e.ino }).result).ok();
+                            (fetched.as_ref(), Duration::ZERO)
                         }
                     };
-                    attr.is_some_and(|a| push(e, Some(a)))
+                    attr.is_some_and(|a| push(e, Some(a), ttl))
                 } else {
-                    push(e, None)
+                    push(e, None, Duration::ZERO)
                 };
                 if full {
                     return Ok(());
@@ -240,6 +296,26 @@ impl ChorusFuse {
         }
         Ok(())
     }
+}
+
+/// FOPEN flags of an open with `flags` (open(2)'s): a file opened for
+/// writing is read and written directly, past the page cache. A buffered
+/// write copies its bytes into a cached page and unlocks it before the
+/// WRITE is even sent, so the mount's other readers would see a write the
+/// leader has not committed (and holds while other mounts drop their
+/// copies), then another mount could still read the older value: not
+/// linearizable. Direct writes also drop the cached pages they cover first
+/// (the kernel does that for FOPEN_DIRECT_IO), and read-only opens keep the
+/// page cache. `keep`: the cached pages are current (FOPEN_KEEP_CACHE).
+fn open_flags(flags: i32, keep: bool) -> FopenFlags {
+    let mut f = FopenFlags::empty();
+    if flags & libc::O_ACCMODE != libc::O_RDONLY {
+        f |= FopenFlags::FOPEN_DIRECT_IO;
+    }
+    if keep {
+        f |= FopenFlags::FOPEN_KEEP_CACHE;
+    }
+    f
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -264,6 +340,9 @@ impl Filesystem for ChorusFuse {
             InitFlags::FUSE_BIG_WRITES,
             // Lets max_write above 128 KiB take effect.
             InitFlags::FUSE_MAX_PAGES,
+            // Shared mappings of files opened for writing, which are opened
+            // FOPEN_DIRECT_IO (see `open_flags`).
+            InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP,
             // Lookups/creates in one directory need not serialize in the kernel.
             InitFlags::FUSE_PARALLEL_DIROPS,
             InitFlags::FUSE_DO_READDIRPLUS,
@@ -291,8 +370,31 @@ impl Filesystem for ChorusFuse {
     }
 
     fn lookup(&self, req: &fuser::Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let r = name_of(name).and_then(|name| attr_of("lookup", self.query(req, Query::Lookup { parent: parent.0, name })));
-        self.reply_entry(reply, r);
+        let name = match name_of(name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        let a = self.query(req, Query::Lookup { parent: parent.0, name: name.clone() });
+        let now = Instant::now();
+        match a.result {
+            Ok(Reply::Entry(attr)) | Ok(Reply::Attr(attr)) if attr.ino != 0 => {
+                let g = self.cache.grant(a.ticket, a.lease_until, &[parent.0, attr.ino], &[(parent.0, &name)], &[], now);
+                reply.entry_with_ttls(&g.attr_ttl(), &g.entry_ttl(0), &file_attr(&attr), Generation(0));
+            }
+            Ok(other) => reply.error(unexpected("lookup", &other)),
+            Err(ops::Errno(libc::ENOENT)) => {
+                // "No such name" is the directory's: cache it as a negative
+                // entry (inode 0) while the directory's lease holds.
+                let g = self.cache.grant(a.ticket, a.lease_until, &[parent.0], &[(parent.0, &name)], &[], now);
+                let ttl = g.entry_ttl(0);
+                if ttl.is_zero() {
+                    reply.error(Errno::ENOENT);
+                } else {
+                    reply.entry(&ttl, &negative_entry_attr(), Generation(0));
+                }
+            }
+            Err(e) => reply.error(errno(e)),
+        }
     }
 
     fn forget(&self, _req: &fuser::Request, _ino: INodeNo, _nlookup: u64) {
@@ -300,8 +402,10 @@ impl Filesystem for ChorusFuse {
     }
 
     fn getattr(&self, req: &fuser::Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        let r = attr_of("getattr", self.query(req, Query::GetAttr { ino: ino.0 }));
-        self.reply_attr(reply, r);
+        match self.attr_query(req, ino.0) {
+            Ok((attr, ttl)) => reply.attr(&ttl, &file_attr(&attr)),
+            Err(e) => reply.error(e),
+        }
     }
 
     fn setattr(
@@ -342,15 +446,20 @@ impl Filesystem for ChorusFuse {
         let r = if nothing_to_change {
             // E.g. only macOS-specific fields or a lock owner: don't
             // replicate a no-op, just report the current attributes.
-            attr_of("getattr", self.query(req, Query::GetAttr { ino: ino.0 }))
+            self.attr_query(req, ino.0)
         } else {
-            attr_of("setattr", self.mutate(req, Op::SetAttr { ino: ino.0, attr }))
+            attr_of("setattr", self.mutate(req, Op::SetAttr { ino: ino.0, attr })).map(|a| (a, Duration::ZERO))
         };
-        self.reply_attr(reply, r);
+        match r {
+            Ok((attr, ttl)) => reply.attr(&ttl, &file_attr(&attr)),
+            Err(e) => reply.error(e),
+        }
     }
 
     fn readlink(&self, req: &fuser::Request, ino: INodeNo, reply: ReplyData) {
-        match data_of("readlink", self.query(req, Query::ReadLink { ino: ino.0 })) {
+        // Not cached here: FUSE_CACHE_SYMLINKS lets the kernel keep targets,
+        // which never change.
+        match data_of("readlink", self.query(req, Query::ReadLink { ino: ino.0 }).result) {
             Ok(t) if t.len() <= SYMLINK_MAX_BYTES => reply.data(&t),
             Ok(_) => reply.error(Errno::ENAMETOOLONG),
             Err(e) => reply.error(e),
@@ -362,7 +471,7 @@ impl Filesystem for ChorusFuse {
             let op = Op::Mknod { parent: parent.0, name, mode, umask, rdev };
             attr_of("mknod", self.mutate(req, op))
         });
-        self.reply_entry(reply, r);
+        Self::reply_new_entry(reply, r);
     }
 
     fn mkdir(&self, req: &fuser::Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
@@ -370,7 +479,7 @@ impl Filesystem for ChorusFuse {
             let op = Op::Mkdir { parent: parent.0, name, mode, umask };
             attr_of("mkdir", self.mutate(req, op))
         });
-        self.reply_entry(reply, r);
+        Self::reply_new_entry(reply, r);
     }
 
     fn unlink(&self, req: &fuser::Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -392,7 +501,7 @@ impl Filesystem for ChorusFuse {
             let op = Op::Symlink { parent: parent.0, name, target: target.to_vec() };
             attr_of("symlink", self.mutate(req, op))
         });
-        self.reply_entry(reply, r);
+        Self::reply_new_entry(reply, r);
     }
 
     fn rename(
@@ -428,14 +537,19 @@ impl Filesystem for ChorusFuse {
             let op = Op::Link { ino: ino.0, newparent: newparent.0, newname };
             attr_of("link", self.mutate(req, op))
         });
-        self.reply_entry(reply, r);
+        Self::reply_new_entry(reply, r);
     }
 
     fn open(&self, req: &fuser::Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let ticket = self.cache.ticket();
         match self.mutate(req, Op::Open { ino: ino.0, flags: flags.0 }).map_err(errno) {
-            // No FOPEN_KEEP_CACHE: the kernel drops this file's cached pages
-            // on every open (close-to-open coherence until callbacks exist).
-            Ok(Reply::Opened { fh, .. }) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            // Without FOPEN_KEEP_CACHE the kernel drops the file's pages
+            // (close-to-open); with it, it keeps pages that the lease proves
+            // current (see the module comment).
+            Ok(Reply::Opened { fh, attr }) => {
+                let keep = self.cache.keep_cache(ticket, ino.0, attr.version, Instant::now());
+                reply.opened(FileHandle(fh), open_flags(flags.0, keep))
+            }
             Ok(other) => reply.error(unexpected("open", &other)),
             Err(e) => reply.error(e),
         }
@@ -453,9 +567,15 @@ impl Filesystem for ChorusFuse {
         reply: ReplyData,
     ) {
         let size = size.min(IO_MAX_BYTES as u32);
-        match data_of("read", self.query(req, Query::Read { ino: ino.0, offset, size })) {
-            // Sending more than asked would make the kernel fail the read.
-            Ok(d) => reply.data(&d[..d.len().min(size as usize)]),
+        let a = self.query(req, Query::Read { ino: ino.0, offset, size });
+        match data_of("read", a.result) {
+            Ok(d) => {
+                // The kernel keeps these pages: renew the lease, and drop
+                // them when it lapses.
+                self.cache.grant(a.ticket, a.lease_until, &[ino.0], &[], &[ino.0], Instant::now());
+                // Sending more than asked would make the kernel fail the read.
+                reply.data(&d[..d.len().min(size as usize)])
+            }
             Err(e) => reply.error(e),
         }
     }
@@ -513,14 +633,23 @@ impl Filesystem for ChorusFuse {
         Self::reply_empty(reply, ok_of(self.mutate(req, Op::Fsync { ino: ino.0, datasync })));
     }
 
-    fn opendir(&self, _req: &fuser::Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        // Stateless directory reading: cookies are stable in the state machine.
-        reply.opened(FileHandle(0), FopenFlags::empty());
+    fn opendir(&self, _req: &fuser::Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        // Stateless directory reading: cookies are stable in the state
+        // machine. Under a lease on the directory the kernel may keep its
+        // listing across opens (a recall or the lease's end drops it; the
+        // kernel also checks the directory's mtime before reusing it).
+        let flags = if self.cache.cache_dir(ino.0, Instant::now()) {
+            FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE
+        } else {
+            FopenFlags::empty()
+        };
+        reply.opened(FileHandle(0), flags);
     }
 
     fn readdir(&self, req: &fuser::Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        let r = self
-            .fill_dir(req, ino.0, offset, false, |e, _| reply.add(INodeNo(e.ino), e.cookie, file_type(e.kind), OsStr::from_bytes(&e.name)));
+        let r = self.fill_dir(req, ino.0, offset, false, |e, _, _| {
+            reply.add(INodeNo(e.ino), e.cookie, file_type(e.kind), OsStr::from_bytes(&e.name))
+        });
         match r {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
@@ -528,8 +657,7 @@ impl Filesystem for ChorusFuse {
     }
 
     fn readdirplus(&self, req: &fuser::Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
-        let ttl = self.ttl;
-        let r = self.fill_dir(req, ino.0, offset, true, |e, attr| match attr {
+        let r = self.fill_dir(req, ino.0, offset, true, |e, attr, ttl| match attr {
             Some(a) => reply.add(INodeNo(e.ino), e.cookie, OsStr::from_bytes(&e.name), &ttl, &file_attr(a), Generation(0)),
             None => false,
         });
@@ -548,7 +676,7 @@ impl Filesystem for ChorusFuse {
     }
 
     fn statfs(&self, req: &fuser::Request, _ino: INodeNo, reply: ReplyStatfs) {
-        match self.query(req, Query::StatFs).map_err(errno) {
+        match self.query(req, Query::StatFs).result.map_err(errno) {
             Ok(Reply::StatFs(s)) => reply.statfs(s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize),
             Ok(other) => reply.error(unexpected("statfs", &other)),
             Err(e) => reply.error(e),
@@ -571,12 +699,12 @@ impl Filesystem for ChorusFuse {
     }
 
     fn getxattr(&self, req: &fuser::Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        let r = xattr_name_of(name).and_then(|name| data_of("getxattr", self.query(req, Query::GetXattr { ino: ino.0, name })));
+        let r = xattr_name_of(name).and_then(|name| data_of("getxattr", self.query(req, Query::GetXattr { ino: ino.0, name }).result));
         reply_xattr(reply, r, size);
     }
 
     fn listxattr(&self, req: &fuser::Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        let r = data_of("listxattr", self.query(req, Query::ListXattr { ino: ino.0 }));
+        let r = data_of("listxattr", self.query(req, Query::ListXattr { ino: ino.0 }).result);
         reply_xattr(reply, r, size);
     }
 
@@ -601,7 +729,8 @@ impl Filesystem for ChorusFuse {
             }
         });
         match r {
-            Ok((attr, fh)) => reply.created(&self.ttl, &file_attr(&attr), Generation(0), FileHandle(fh), FopenFlags::empty()),
+            // A mutation's answer: no lease, no TTL.
+            Ok((attr, fh)) => reply.created(&Duration::ZERO, &file_attr(&attr), Generation(0), FileHandle(fh), open_flags(flags, false)),
             Err(e) => reply.error(e),
         }
     }
@@ -642,7 +771,7 @@ impl Filesystem for ChorusFuse {
             if size == 0 {
                 return Ok(0);
             }
-            let data = data_of("read", self.query(req, Query::Read { ino: ino_in.0, offset: offset_in, size }))?;
+            let data = data_of("read", self.query(req, Query::Read { ino: ino_in.0, offset: offset_in, size }).result)?;
             if data.is_empty() {
                 return Ok(0);
             }

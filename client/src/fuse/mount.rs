@@ -15,6 +15,8 @@
 //! still holds a file open in a detached mount, or a backend call hangs), the
 //! connection is aborted through fusectl when it is mounted, and as a last
 //! resort the session thread is left behind rather than blocking the caller.
+//! The invalidation thread (`super::invalidate`) starts with the session and
+//! stops after it (bounded), so recalls are applied until the kernel lets go.
 
 use std::ffi::CString;
 use std::io;
@@ -29,6 +31,8 @@ use thiserror::Error;
 use tracing::warn;
 
 use super::fs::ChorusFuse;
+use super::invalidate::Invalidator;
+use crate::cache::{CacheControl, Limits, MountCache};
 use crate::Backend;
 
 const DEV_FUSE: &str = "/dev/fuse";
@@ -41,6 +45,9 @@ const SESSION_EXIT_WAIT: Duration = Duration::from_secs(5);
 const DETACHED_GRACE: Duration = Duration::from_secs(1);
 /// Most FUSE worker threads one mount may ask for (each holds a 16 MiB buffer).
 const THREADS_MAX: usize = 64;
+/// How long unmount waits for the invalidation thread (a notification stuck
+/// in the kernel ends with the connection).
+const INVALIDATOR_STOP_WAIT: Duration = Duration::from_secs(2);
 
 /// How to mount.
 #[derive(Clone, Debug)]
@@ -51,16 +58,18 @@ pub struct MountOptions {
     /// FUSE worker threads, each with its own /dev/fuse clone: one slow
     /// request (a network round trip) does not stall the others.
     pub threads: usize,
-    /// How long the kernel may trust attributes and names without asking.
-    /// 1 s until callbacks let it trust them until told otherwise.
-    pub attr_ttl: Duration,
+    /// Cache under the callbacks the backend grants: the kernel keeps
+    /// attributes, names and pages for as long as a lease holds. Off (or
+    /// with a backend that grants none) every TTL is 0: the kernel asks
+    /// every time, and never serves anything stale.
+    pub callbacks: bool,
     /// The "source" shown by mount(8) and in /proc/mounts.
     pub fsname: String,
 }
 
 impl Default for MountOptions {
     fn default() -> Self {
-        MountOptions { allow_other: true, threads: 4, attr_ttl: Duration::from_secs(1), fsname: "chorusfs".into() }
+        MountOptions { allow_other: true, threads: 4, callbacks: true, fsname: "chorusfs".into() }
     }
 }
 
@@ -98,6 +107,8 @@ pub enum UnmountError {
 /// A live mount. Dropping it unmounts (errors are logged, not lost silently).
 pub struct MountHandle {
     session: Option<BackgroundSession>,
+    /// Sends the kernel invalidations of recalls and lapsed leases.
+    invalidator: Option<Invalidator>,
     notifier: Notifier,
     mountpoint: PathBuf,
     /// fusectl connection number (the mount's minor device number), to abort
@@ -125,8 +136,17 @@ impl MountHandle {
         self.notifier.clone()
     }
 
-    /// Unmounts and stops the session threads. Idempotent.
+    /// Unmounts and stops the session threads, then the invalidation
+    /// thread. Idempotent.
     pub fn unmount(&mut self) -> Result<(), UnmountError> {
+        let r = self.unmount_session();
+        if let Some(mut inv) = self.invalidator.take() {
+            inv.stop(INVALIDATOR_STOP_WAIT);
+        }
+        r
+    }
+
+    fn unmount_session(&mut self) -> Result<(), UnmountError> {
         let Some(session) = self.session.take() else { return Ok(()) };
         let path = self.mountpoint.clone();
         let mut first_error = None;
@@ -329,7 +349,8 @@ pub fn mount(backend: Arc<dyn Backend>, mountpoint: &Path, opts: MountOptions) -
     config.acl = if opts.allow_other { SessionACL::All } else { SessionACL::Owner };
     config.n_threads = Some(opts.threads);
     config.clone_fd = opts.threads > 1;
-    let fs = ChorusFuse::new(backend, opts.attr_ttl);
+    let cache = Arc::new(MountCache::new(opts.callbacks, Limits::default()));
+    let fs = ChorusFuse::new(backend.clone(), cache.clone());
     // from_fd reads the kernel's INIT (sent at mount) and answers it.
     let session = match fuser::Session::from_fd(fs, OwnedFd::from(dev), config.acl, config) {
         Ok(s) => s,
@@ -339,6 +360,13 @@ pub fn mount(backend: Arc<dyn Backend>, mountpoint: &Path, opts: MountOptions) -
         }
     };
     let notifier = session.notifier();
+    let invalidator = match Invalidator::start(cache.clone(), notifier.clone()) {
+        Ok(i) => i,
+        Err(e) => {
+            force_unmount(&canon);
+            return Err(MountError::Failed { path: canon, source: e });
+        }
+    };
     let session = match session.spawn() {
         Ok(s) => s,
         Err(e) => {
@@ -346,13 +374,15 @@ pub fn mount(backend: Arc<dyn Backend>, mountpoint: &Path, opts: MountOptions) -
             return Err(MountError::Failed { path: canon, source: e });
         }
     };
+    // From now on the backend reports recalls and new leaders here.
+    backend.attach(CacheControl::new(cache));
     let conn_id = mounted_at(&canon).and_then(|m| match m.dev_major {
         // fusectl names a connection by its device number; FUSE mounts use
         // anonymous devices (major 0), whose number is the minor.
         Some(0) => m.dev_minor,
         _ => None,
     });
-    Ok(MountHandle { session: Some(session), notifier, mountpoint: canon, conn_id })
+    Ok(MountHandle { session: Some(session), invalidator: Some(invalidator), notifier, mountpoint: canon, conn_id })
 }
 
 fn open_dev_fuse(path: &Path) -> Result<std::fs::File, MountError> {
