@@ -339,7 +339,7 @@ fn serve_mount(
     opts: chorus_client::MountOptions,
     stop: Stop,
 ) -> anyhow::Result<()> {
-    let mut handle = match chorus_client::mount(backend, mountpoint, opts) {
+    let mut handle = match chorus_client::mount(backend.clone(), mountpoint, opts) {
         Ok(h) => h,
         Err(e) => {
             finish(rt, stop)?;
@@ -364,6 +364,9 @@ fn serve_mount(
         }
     });
     let unmounted = handle.unmount().context("unmount failed");
+    // Unmounted: nothing is cached any more; give the callbacks back so no
+    // change waits for a recall this mount would never answer.
+    backend.release();
     finish(rt, stop)?;
     unmounted?;
     println!("unmounted {}; stopped", mountpoint.display());

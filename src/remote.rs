@@ -144,6 +144,12 @@ impl ReplicatedBackend {
         }))
     }
 
+    /// Gives the leader back every callback of this mount (it was unmounted).
+    fn release_callbacks(&self) {
+        let cluster = self.cluster.clone();
+        let _ = self.runtime.block_on(async move { tokio::time::timeout(Duration::from_secs(1), cluster.release_callbacks()).await });
+    }
+
     /// A write that may or may not have run changed objects this mount
     /// cannot name: it stops trusting everything it cached.
     fn drop_cache(&self) {
@@ -259,6 +265,10 @@ impl chorus_client::Backend for ReplicatedBackend {
 
     fn attach(&self, cache: chorus_client::CacheControl) {
         *self.cache.lock() = Some(cache);
+    }
+
+    fn release(&self) {
+        self.release_callbacks();
     }
 }
 

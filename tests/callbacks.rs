@@ -2043,3 +2043,31 @@ fn role_is_read_from_replica_log_lines() {
     assert!(!r.normal && r.view == 3 && r.leader == 1, "{r:?}");
     assert!(Role::from_log_line("INFO chorus_server::replicated: serving (replicated) replica=1").is_none());
 }
+
+/// A mount that was unmounted cleanly gives its callbacks back
+/// (`NodeRequest::Release`): a write to a file it had cached goes through
+/// at once instead of waiting out its lease for a recall nobody answers.
+#[test]
+fn unmounted_mount_gives_its_callbacks_back() {
+    let Some(mut rig) = Rig::start("unmounted_mount_gives_its_callbacks_back") else { return };
+    let names: Vec<String> = (0..5).map(|i| format!("rel{i}")).collect();
+    for n in &names {
+        std::fs::write(rig.at(A, n), b"before").unwrap();
+    }
+    for _ in 0..2 {
+        for n in &names {
+            assert_eq!(read_str(&rig.at(B, n)), Ok("before".to_string()), "B caches {n}");
+        }
+    }
+    rig.unmount(B);
+    let mut slowest = Duration::ZERO;
+    for n in &names {
+        let t = Instant::now();
+        std::fs::write(rig.at(A, n), b"after").unwrap();
+        slowest = slowest.max(t.elapsed());
+    }
+    eprintln!("MEASURED slowest write to a file the unmounted mount had cached: {slowest:?} (lease {:?})", lease());
+    // One lease is what a recall to a vanished mount costs; a release makes
+    // it a plain write (a margin for a loaded machine).
+    assert!(slowest < lease() / 3, "a write waited {slowest:?}: the unmounted mount's callbacks were not given back");
+}

@@ -51,6 +51,10 @@ pub trait Backend: Send + Sync + 'static {
     fn attach(&self, cache: CacheControl) {
         let _ = cache;
     }
+
+    /// The mount is gone and holds nothing: callbacks the backend was
+    /// granted may be given back. The default has none.
+    fn release(&self) {}
 }
 
 /// Any thread-safe function is a backend: handy for tests and adapters.

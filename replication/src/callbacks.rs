@@ -172,13 +172,32 @@ impl Callbacks {
         is_caching_client(client) && self.grace.as_ref().is_some_and(|g| !g.reset.contains(&client))
     }
 
-    /// `client` dropped everything cached under earlier leaders.
+    /// `client` dropped everything cached under earlier leaders. (Not what
+    /// this leader granted: a client may send it again, e.g. after `Busy`,
+    /// while it holds this leader's grants.)
     pub fn on_cache_reset(&mut self, client: ClientId) {
         if let Some(grace) = &mut self.grace {
             grace.reset.insert(client);
             if let Some(waiting) = &mut grace.waiting {
                 waiting.remove(&client);
             }
+        }
+    }
+
+    /// `client` holds nothing at all any more (an unmounted mount): its
+    /// callbacks go, and every recall waiting for it counts as answered.
+    pub fn on_release(&mut self, client: ClientId) {
+        self.on_cache_reset(client);
+        let mut count = 0;
+        self.grants.retain(|_, holders| {
+            holders.remove(&client);
+            count += holders.len();
+            !holders.is_empty()
+        });
+        self.grant_count = count;
+        let waiting: Vec<RecallId> = self.recalls.iter().filter(|(_, r)| r.waiting.contains(&client)).map(|(&id, _)| id).collect();
+        for recall in waiting {
+            self.on_ack(client, recall);
         }
     }
 
@@ -450,6 +469,22 @@ mod tests {
         c.start_leading(0);
         assert!(c.in_grace(1_100, true, table));
         assert!(!c.in_grace(1_101, true, table), "one lease and 10% passed");
+    }
+
+    #[test]
+    fn a_release_gives_back_every_callback_and_answers_open_recalls() {
+        let mut c = leading(0);
+        c.grant(B, &[5, 6], 0);
+        c.grant(C, &[6], 0);
+        let (waits, orders) = c.on_change(A, &[5], 10);
+        assert_eq!(orders.len(), 1);
+        c.hold(waits, A, reply(1));
+        c.on_cache_reset(B);
+        assert!(c.release(false).0.is_empty(), "a reset is not a release: B may hold this leader's grants");
+        c.on_release(B);
+        assert_eq!(c.release(false).0.len(), 1, "B's release answers the recall");
+        let (_, orders) = c.on_change(A, &[6], 20);
+        assert_eq!(orders.iter().map(|o| o.client).collect::<Vec<_>>(), vec![C], "B holds nothing any more");
     }
 
     #[test]

@@ -369,6 +369,12 @@ pub enum Event {
         /// The mount.
         client: ClientId,
     },
+    /// `client` holds nothing at all any more (it was unmounted): its
+    /// callbacks go, no change waits for it.
+    Release {
+        /// The mount.
+        client: ClientId,
+    },
 }
 
 /// Outputs of the core, drained with [`crate::Replica::poll_actions`].

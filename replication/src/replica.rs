@@ -300,6 +300,12 @@ impl<S: StateMachine> Replica<S> {
                     self.callbacks.on_cache_reset(client);
                 }
             }
+            Event::Release { client } => {
+                if self.is_leader_normal() {
+                    self.ensure_callbacks_view();
+                    self.callbacks.on_release(client);
+                }
+            }
         }
         self.release_callbacks();
         invariant!(self, self.view >= view_before, "view went back");

@@ -46,6 +46,13 @@ pub enum NodeRequest {
         /// The mount.
         client: ClientId,
     },
+    /// The mount was unmounted and holds nothing: the leader drops its
+    /// callbacks (no change waits for a recall it would never answer).
+    /// Answered `Ack`.
+    Release {
+        /// The mount.
+        client: ClientId,
+    },
 }
 
 /// What a node pushes to a subscribed mount (server push on the mount's

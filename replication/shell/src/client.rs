@@ -298,6 +298,16 @@ impl Cluster {
         self.link.as_ref().map(|l| l.client)
     }
 
+    /// Tells the leader this mount holds nothing any more (it was
+    /// unmounted): its callbacks go, so no later change waits for a recall
+    /// that nobody would answer. Best effort, bounded by [`ATTEMPT_TIMEOUT`]
+    /// per replica asked: a lost one costs each such change one lease.
+    pub async fn release_callbacks(&self) {
+        let Some(link) = &self.link else { return };
+        let leader = link.newest.lock().expect("link lock").map(|n| n.leader).unwrap_or_else(|| self.leader_hint());
+        let _ = self.call(leader, &NodeRequest::Release { client: link.client }).await;
+    }
+
     /// The newest view any reply (or, for a caching cluster, a status)
     /// showed so far: a higher one means a new leader.
     pub fn newest_view(&self) -> Option<ViewNumber> {

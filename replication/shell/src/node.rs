@@ -277,6 +277,7 @@ async fn handle(
         }
         NodeRequest::RecallAck { client, recall } => callback(calls, Event::RecallAck { client, recall }).await,
         NodeRequest::CacheReset { client } => callback(calls, Event::CacheReset { client }).await,
+        NodeRequest::Release { client } => callback(calls, Event::Release { client }).await,
         NodeRequest::Status => {
             let (tx, rx) = oneshot::channel();
             if calls.send(Call::Status(tx)).await.is_err() {
