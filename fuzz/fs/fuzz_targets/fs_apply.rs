@@ -11,6 +11,9 @@
 
 #![no_main]
 
+#[path = "../../scratch.rs"]
+mod scratch;
+
 use arbitrary::{Arbitrary, Result, Unstructured};
 use chorus_fs::ops::*;
 use std::sync::Mutex;
@@ -506,16 +509,29 @@ struct Stores {
     fresh: StoreImage,
     inputs: u64,
     // Dropped after the stores (fields drop in declaration order).
-    _dir: tempfile::TempDir,
+    _dir: Folder,
+}
+
+/// A folder of the process's scratch directory (../../scratch.rs), removed
+/// when dropped; the scratch directory itself goes at exit.
+struct Folder(std::path::PathBuf);
+
+impl Drop for Folder {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 const INPUTS_PER_STORE: u64 = 64;
 
 impl Stores {
     fn new() -> Stores {
-        let dir = scratch_dir();
-        let one = open_store(&dir.path().join("one"));
-        let two = open_store(&dir.path().join("two"));
+        static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let generation = GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = Folder(scratch::scratch("fs_apply").join(generation.to_string()));
+        std::fs::create_dir_all(&dir.0).expect("a folder for the stores");
+        let one = open_store(&dir.0.join("one"));
+        let two = open_store(&dir.0.join("two"));
         let fresh = one.export_image().expect("image of a fresh store");
         Stores {
             one,
@@ -534,17 +550,6 @@ fn open_store(dir: &std::path::Path) -> FsStore {
         ..StoreOptions::default()
     };
     FsStore::open(dir, options).expect("open a fresh store")
-}
-
-/// A directory on tmpfs when there is one: RocksDB's files never hit a disk.
-fn scratch_dir() -> tempfile::TempDir {
-    let shm = std::path::Path::new("/dev/shm");
-    if shm.is_dir() {
-        if let Ok(dir) = tempfile::tempdir_in(shm) {
-            return dir;
-        }
-    }
-    tempfile::tempdir().expect("tempdir")
 }
 
 static STORES: Mutex<Option<Stores>> = Mutex::new(None);
