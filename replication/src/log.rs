@@ -88,6 +88,40 @@ impl Durable {
         }
     }
 
+    /// Whether `write` may follow this state (what [`Durable::apply`]
+    /// asserts): its entries continue right after what it keeps and its
+    /// superblock's view does not go back. A shell reading writes from disk
+    /// checks first, so a record that decodes but cannot follow (damage
+    /// that kept a valid checksum) is reported, not a panic (fuzz C4).
+    pub fn check(&self, write: &Write) -> Result<(), String> {
+        let mut last_entry = self.entries.last().map(|e| e.op);
+        let mut checkpoint_op = self.checkpoint.as_ref().map(|c| c.op);
+        if let Some(after) = write.truncate_after {
+            last_entry = self.entries.iter().rev().find(|e| e.op <= after).map(|e| e.op);
+            if checkpoint_op.is_some_and(|c| c > after) {
+                checkpoint_op = None;
+            }
+        }
+        if let Some(c) = &write.checkpoint {
+            if last_entry.is_some_and(|l| l <= c.op) {
+                last_entry = None;
+            }
+            checkpoint_op = Some(c.op);
+        }
+        let first = last_entry.map(|l| l + 1).unwrap_or_else(|| checkpoint_op.map_or(1, |c| c + 1));
+        for (expected, entry) in (first..).zip(&write.entries) {
+            if entry.op != expected {
+                return Err(format!("entry {} where {expected} must follow", entry.op));
+            }
+        }
+        if let (Some(new), Some(old)) = (write.superblock, self.superblock) {
+            if new.view < old.view {
+                return Err(format!("superblock view {} after view {}", new.view, old.view));
+            }
+        }
+        Ok(())
+    }
+
     /// Applies one write, exactly as a shell must (atomically, in this order).
     pub fn apply(&mut self, write: &Write) {
         if let Some(after) = write.truncate_after {

@@ -134,6 +134,11 @@ impl Manifest {
         if !safe_name(&m.name) || m.files.len() > FILES_MAX || m.files.iter().any(|f| !safe_name(&f.name) || f.name == MANIFEST_FILE) {
             return Err(CheckpointFileError::BadManifest(format!("unsafe or too many names in {}", m.name)));
         }
+        // The total must be a number ([`Manifest::bytes`]): sizes that
+        // overflow it come only from damage or a hostile peer (fuzz C3).
+        if m.files.iter().try_fold(0u64, |total, f| total.checked_add(f.bytes)).is_none() {
+            return Err(CheckpointFileError::BadManifest(format!("file sizes of {} overflow their total", m.name)));
+        }
         Ok(m)
     }
 
@@ -791,6 +796,10 @@ mod tests {
         };
         assert!(Manifest::from_bytes(&m.to_bytes()).is_err());
         assert!(Manifest::from_bytes(b"garbage").is_err());
+        // Sizes whose total overflows (fuzz C3: the fetch task panicked in bytes()).
+        let files = vec![FileEntry { name: "a".into(), bytes: u64::MAX, crc32c: 0 }, FileEntry { name: "b".into(), bytes: 1, crc32c: 0 }];
+        let m = Manifest { version: MANIFEST_VERSION, name: "cp".into(), op: 1, files };
+        assert!(Manifest::from_bytes(&m.to_bytes()).is_err());
     }
 
     #[test]

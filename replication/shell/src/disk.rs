@@ -118,7 +118,14 @@ impl Journal for CoreJournal {
     fn apply(&mut self, log: &mut SegmentLog, write: Write) -> Result<(), LogError> {
         self.mirror.apply(&write);
         let index = log.last_index() + 1;
-        if write.checkpoint.is_some() {
+        if log.is_empty() && index > 1 {
+            // The log was emptied (a damaged head snapshot cut as a torn
+            // tail: the disk counts as lost): a plain write here would start
+            // the log after a dropped prefix, which `open` refuses, and the
+            // replica could never start again (fuzz C2). The mirror already
+            // holds this write: a snapshot of it says the same.
+            log.append(index, &encode_snapshot(&self.mirror))?;
+        } else if write.checkpoint.is_some() {
             // Snapshot at a fresh segment; once it is synced, older segments go.
             log.roll()?;
             log.append(index, &encode_snapshot(&self.mirror))?;
@@ -150,6 +157,7 @@ pub fn open(dir: &Path, segment_bytes: u64, replica: ReplicaId, count: u8) -> Re
                     if index == log.first_index() && index > 1 {
                         return Err(bad("the log starts after a dropped prefix without a snapshot".into()));
                     }
+                    state.check(&write).map_err(bad)?;
                     state.apply(&write);
                 }
                 DiskRecord::Snapshot(snapshot) => state = snapshot,

@@ -139,6 +139,16 @@ impl SegmentLog {
             let Some(name) = name.to_str() else { continue };
             let Some(stem) = name.strip_suffix(SEGMENT_SUFFIX) else { continue };
             let Ok(first) = stem.parse::<u64>() else { continue };
+            // Indexes start at 1 and a segment must have room for its
+            // records: a name of 0 (one flipped bit of ...01.seg) or near
+            // u64::MAX is damage, reported, never an overflow (fuzz C1).
+            if first == 0 || first > u64::MAX / 2 {
+                return Err(LogError::Corrupt {
+                    path: entry.path(),
+                    offset: 0,
+                    reason: format!("segment name {first} is not a possible first index"),
+                });
+            }
             names.push((first, entry.path()));
         }
         names.sort();
