@@ -533,6 +533,20 @@ fn stall_after(recs: &[OpRec], fault: Instant, until: Instant) -> (Duration, Dur
     (gap, lat, n)
 }
 
+/// The longest stretch without a completed op from `fault` to `until`: the
+/// ops that completed in that window, and from the last of them to `until`
+/// (an op that starts before `until` and ends after it is the return's
+/// doing, measured by [`stall_after`] from `until` on).
+fn stall_within(recs: &[OpRec], fault: Instant, until: Instant) -> Duration {
+    let mut prev = recs.iter().filter(|r| r.end <= fault).map(|r| r.end).max().unwrap_or(fault);
+    let mut gap = Duration::ZERO;
+    for r in recs.iter().filter(|r| r.end > fault && r.end <= until) {
+        gap = gap.max(r.end.duration_since(prev));
+        prev = r.end;
+    }
+    gap.max(until.saturating_duration_since(prev))
+}
+
 /// The same measure over a quiet stretch (ops completed between `from` and
 /// `to`), for comparison.
 fn baseline(recs: &[OpRec], from: Instant, to: Instant) -> (Duration, Duration) {
@@ -626,6 +640,7 @@ fn hang_one_replica(name: &str, stop_leader: bool) {
     let recs = writer.finish();
     let (q_gap, q_mean) = baseline(&recs, quiet_from, fault);
     let (stall, lat, n) = stall_after(&recs, fault, until);
+    let stopped_stall = stall_within(&recs, fault, until);
     let (c_stall, c_lat, c_n) = stall_after(&recs, resumed, Instant::now());
     let limit = if stop_leader {
         FAILOVER_STALL_PROMISED + FAILOVER_STALL_MARGIN
@@ -634,7 +649,8 @@ fn hang_one_replica(name: &str, stop_leader: bool) {
     };
     eprintln!(
         "MEASURED {name}: SIGSTOP of {} {victim}: longest writer stall {stall:?} (longest op {lat:?}, {n} ops while stopped); \
-         quiet before: longest gap {q_gap:?}, mean op {q_mean:?}; after SIGCONT: longest stall {c_stall:?} (longest op {c_lat:?}, {c_n} ops); limit {limit:?}",
+         quiet before: longest gap {q_gap:?}, mean op {q_mean:?}; while stopped (ops completed before SIGCONT): {stopped_stall:?}; \
+         after SIGCONT: longest stall {c_stall:?} (longest op {c_lat:?}, {c_n} ops); limit {limit:?}",
         if stop_leader { "leader" } else { "follower" }
     );
     assert_no_errors(&recs);
@@ -671,10 +687,25 @@ fn hang_one_replica(name: &str, stop_leader: bool) {
     verify_files(&stream, &recs);
     let fresh = rig.fresh_mount("fresh");
     verify_files(&fresh.join("stream"), &recs);
-    assert!(
-        stall <= limit,
-        "the writer stalled {stall:?} while replica {victim} was SIGSTOPped (limit {limit:?}; quiet longest gap {q_gap:?})"
-    );
+    if stop_leader {
+        assert!(
+            stall <= limit,
+            "the writer stalled {stall:?} while replica {victim} was SIGSTOPped (limit {limit:?}; quiet longest gap {q_gap:?})"
+        );
+    } else {
+        assert!(
+            stopped_stall <= limit,
+            "the writer stalled {stopped_stall:?} while replica {victim} was SIGSTOPped (limit {limit:?}; quiet longest gap {q_gap:?})"
+        );
+        // The follower's return may move the group through new views (its
+        // own view changes, then a Join; the leader stays), and each new
+        // view makes the mount drop its callback cache and reset with the
+        // leader before its requests go on (docs/protocol.md §15 C4): as
+        // long as a failover, not as a hung follower. Measured 0.44 s once
+        // (CI, 2026-11-30); before callbacks, tens of milliseconds.
+        let return_limit = FAILOVER_STALL_PROMISED + FAILOVER_STALL_MARGIN;
+        assert!(c_stall <= return_limit, "the writer stalled {c_stall:?} after replica {victim} came back (limit {return_limit:?})");
+    }
     rig.stop_cleanly();
 }
 
