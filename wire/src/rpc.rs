@@ -45,6 +45,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bincode::Options;
 use parking_lot::Mutex;
@@ -82,6 +83,9 @@ pub const WRITE_QUEUE_FRAMES_MAX: usize = 256;
 pub const PUSH_QUEUE_FRAMES_MAX: usize = 256;
 /// Bytes of close reason kept (QUIC close frames must fit in a packet).
 const CLOSE_REASON_BYTES_MAX: usize = 200;
+/// How long a client whose request stream failed waits for the connection's
+/// own close reason before closing it itself (see `client_writer`).
+const WRITER_CLOSE_REASON_WAIT: Duration = Duration::from_millis(250);
 
 /// Application close code: orderly close.
 pub const CLOSE_NORMAL: VarInt = VarInt::from_u32(0);
@@ -345,14 +349,29 @@ impl<T: DeserializeOwned> PushReceiver<T> {
 
 async fn client_writer(shared: Arc<Shared>, mut send: quinn::SendStream, mut write_rx: mpsc::Receiver<Vec<u8>>) {
     while let Some(frame) = write_rx.recv().await {
-        if let Err(err) = frame::write_encoded(&mut send, &frame).await {
-            let err = match shared.conn.close_reason() {
-                Some(ce) => WireError::from_connection(&ce),
-                None => err,
-            };
-            tracing::debug!(peer = %shared.conn.remote_address(), %err, "rpc client writer stopped");
-            shared.fail_all(None);
-            close_with(&shared.conn, CLOSE_INTERNAL, "client writer failed");
+        if let Err(err) = send.write_all(&frame).await {
+            let conn = &shared.conn;
+            if !matches!(err, quinn::WriteError::ConnectionLost(_)) && conn.close_reason().is_none() {
+                // A stream-level failure while the connection dies (the
+                // server refusing our certificate, say) can reach us before
+                // the connection's own reason does. Wait for that reason a
+                // little: closing locally first would hide it from every
+                // pending call behind "closed locally".
+                let _ = tokio::time::timeout(WRITER_CLOSE_REASON_WAIT, conn.closed()).await;
+            }
+            match conn.close_reason() {
+                Some(ce) => {
+                    let err = WireError::from_connection(&ce);
+                    tracing::debug!(peer = %conn.remote_address(), %err, "rpc client writer stopped");
+                    shared.fail_all(None);
+                }
+                None => {
+                    let reason = format!("the request stream failed: {err}");
+                    tracing::debug!(peer = %conn.remote_address(), %reason, "rpc client writer stopped");
+                    shared.fail_all(Some(reason));
+                    close_with(conn, CLOSE_INTERNAL, "client writer failed");
+                }
+            }
             return;
         }
     }
