@@ -69,9 +69,9 @@ pub enum WireError {
     },
 
     /// The server refused our certificate during the TLS handshake.
-    #[error("certificate rejected by server: {reason} — was this client's certificate made by `chorus init` of this cluster?")]
+    #[error("certificate rejected by server: {reason}")]
     CertRejectedByServer {
-        /// The TLS alert, in words.
+        /// The TLS alert, in words, and what to do about it.
         reason: String,
     },
 
@@ -163,6 +163,27 @@ fn alert_words(alert: u8) -> String {
     }
 }
 
+/// What a client whose certificate drew `alert` should do.
+fn client_hint(alert: u8) -> String {
+    let what = alert_words(alert);
+    match alert {
+        0x2c => {
+            format!("{what} — this certificate is on the cluster's revocation list; ask the operator for a new one (`chorus cert issue`)")
+        }
+        0x2d => format!("{what} — ask the operator for a new certificate (`chorus cert issue`), or check this machine's clock"),
+        _ => format!("{what} — was this client's certificate made by `chorus init` (or `chorus cert issue`) of this cluster?"),
+    }
+}
+
+/// What a server log says about a peer whose certificate it refused with `alert`.
+fn server_hint(alert: u8) -> &'static str {
+    match alert {
+        0x2c => "it is on this server's revocation list (certs/revoked)",
+        0x2d => "it expired (or is not valid yet: check the clocks)",
+        _ => "it was not made by this cluster's `chorus init`",
+    }
+}
+
 /// True for alerts that mean "your certificate is not acceptable".
 fn is_cert_alert(alert: u8) -> bool {
     matches!(alert, 0x2a..=0x2e | 0x30 | 0x31 | 0x33)
@@ -178,7 +199,7 @@ impl WireError {
                 let code = u64::from(close.error_code);
                 match crypto_alert(code) {
                     Some(0x74) | Some(0x29) => WireError::ClientCertRequired,
-                    Some(alert) if is_cert_alert(alert) => WireError::CertRejectedByServer { reason: alert_words(alert) },
+                    Some(alert) if is_cert_alert(alert) => WireError::CertRejectedByServer { reason: client_hint(alert) },
                     Some(alert) => WireError::ConnectionLost(format!("TLS handshake aborted by peer: {}", alert_words(alert))),
                     None => WireError::ConnectionLost(format!("aborted by peer: {close}")),
                 }
@@ -212,11 +233,9 @@ impl WireError {
         let reason = match err {
             quinn::ConnectionError::TransportError(te) => match crypto_alert(u64::from(te.code)) {
                 Some(0x74) | Some(0x29) => "it presented no client certificate".to_string(),
-                Some(alert) if is_cert_alert(alert) => format!(
-                    "its certificate was refused ({}: {}) — it was not made by this cluster's `chorus init`",
-                    alert_words(alert),
-                    te.reason
-                ),
+                Some(alert) if is_cert_alert(alert) => {
+                    format!("its certificate was refused ({}: {}) — {}", alert_words(alert), te.reason, server_hint(alert))
+                }
                 _ => format!("handshake failed: {te}"),
             },
             other => format!("handshake failed: {}", WireError::from_connection(other)),

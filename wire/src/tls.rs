@@ -8,6 +8,9 @@
 //!   certificate chains to the cluster CA and names [`SERVER_NAME`].
 //! - There is no code path that skips certificate verification, in tests or
 //!   otherwise.
+//! - A server built with a [`RevocationList`] ([`server_config_revoking`])
+//!   also refuses, in the handshake, a certificate the list names (TLS alert
+//!   certificate_revoked), checked after the CA and expiry checks.
 //! - Cryptography is always rustls' ring provider, passed explicitly: the
 //!   process-wide default provider is never consulted (so linking a crate that
 //!   installs another provider changes nothing here).
@@ -23,13 +26,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
-use rustls::RootCertStore;
+use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
 
 use crate::certs::Identity;
 pub use crate::certs::SERVER_NAME;
 use crate::error::WireError;
+use crate::revoke::RevocationList;
 
 /// The application protocol name both sides must agree on.
 pub const ALPN: &[u8] = b"chorus/1";
@@ -70,12 +77,71 @@ fn roots(id: &Identity) -> Result<Arc<RootCertStore>, WireError> {
     Ok(Arc::new(roots))
 }
 
+/// The cluster-CA verifier, then the revocation list.
+#[derive(Debug)]
+struct RevokingVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    revoked: Arc<RevocationList>,
+}
+
+impl ClientCertVerifier for RevokingVerifier {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let verified = self.inner.verify_client_cert(end_entity, intermediates, now)?;
+        if self.revoked.is_revoked_cert(end_entity) {
+            tracing::warn!(fingerprint = %crate::certs::fingerprint(end_entity), list = %self.revoked.path().display(), "refused a revoked certificate");
+            return Err(rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked));
+        }
+        Ok(verified)
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
 /// The rustls server configuration (exposed for tests and non-QUIC uses).
 pub fn rustls_server_config(id: &Identity) -> Result<rustls::ServerConfig, WireError> {
+    rustls_server_config_revoking(id, None)
+}
+
+/// [`rustls_server_config`] that also refuses the certificates `revoked` names.
+pub fn rustls_server_config_revoking(id: &Identity, revoked: Option<Arc<RevocationList>>) -> Result<rustls::ServerConfig, WireError> {
     let provider = provider();
-    let verifier = WebPkiClientVerifier::builder_with_provider(roots(id)?, provider.clone())
+    let mut verifier = WebPkiClientVerifier::builder_with_provider(roots(id)?, provider.clone())
         .build()
         .map_err(|e| WireError::Tls(format!("client verifier: {e}")))?;
+    if let Some(revoked) = revoked {
+        verifier = Arc::new(RevokingVerifier { inner: verifier, revoked });
+    }
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| WireError::Tls(e.to_string()))?
@@ -88,7 +154,14 @@ pub fn rustls_server_config(id: &Identity) -> Result<rustls::ServerConfig, WireE
 
 /// Server side: requires a client certificate chaining to the cluster CA.
 pub fn server_config(id: &Identity) -> Result<quinn::ServerConfig, WireError> {
-    let crypto = QuicServerConfig::try_from(rustls_server_config(id)?).map_err(|e| WireError::Tls(format!("QUIC server TLS: {e}")))?;
+    server_config_revoking(id, None)
+}
+
+/// [`server_config`] that also refuses the certificates `revoked` names
+/// (servers pass their certificates folder's list, [`RevocationList::in_certs_dir`]).
+pub fn server_config_revoking(id: &Identity, revoked: Option<Arc<RevocationList>>) -> Result<quinn::ServerConfig, WireError> {
+    let crypto = QuicServerConfig::try_from(rustls_server_config_revoking(id, revoked)?)
+        .map_err(|e| WireError::Tls(format!("QUIC server TLS: {e}")))?;
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     cfg.transport_config(transport_config());
     Ok(cfg)

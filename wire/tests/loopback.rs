@@ -58,8 +58,12 @@ async fn handle(conn: ServerConn, req: Req) -> Resp {
 }
 
 fn start_server(dir: &Path, replica: usize) -> TestServer {
+    start_server_revoking(dir, replica, None)
+}
+
+fn start_server_revoking(dir: &Path, replica: usize, revoked: Option<Arc<chorus_wire::revoke::RevocationList>>) -> TestServer {
     let id = certs::load_identity(dir, Role::Replica(replica)).unwrap();
-    let endpoint = endpoint::server("127.0.0.1:0".parse().unwrap(), tls::server_config(&id).unwrap()).unwrap();
+    let endpoint = endpoint::server("127.0.0.1:0".parse().unwrap(), tls::server_config_revoking(&id, revoked).unwrap()).unwrap();
     let addr = endpoint.local_addr().unwrap();
     let (outcome_tx, outcomes) = mpsc::channel(64);
     let (refused_tx, refused) = mpsc::channel(64);
@@ -451,4 +455,61 @@ async fn a_silent_peer_is_noticed_within_the_idle_timeout() {
     assert!(matches!(&err, WireError::ConnectionLost(text) if text.contains("timed out")), "{err:?}");
     assert!(started.elapsed() >= tls::IDLE_TIMEOUT - Duration::from_millis(500));
     assert!(client.is_closed());
+}
+
+/// Issue 10, finding 3: a certificate on the server's revocation list is
+/// refused in the handshake with words that say so, and the server notices
+/// the list change without a restart; an expired certificate is refused too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_and_expired_client_certificates_are_refused_in_the_handshake() {
+    let dir = cluster(1);
+    let revoked = Arc::new(chorus_wire::revoke::RevocationList::in_certs_dir(dir.path()));
+    let mut server = start_server_revoking(dir.path(), 0, Some(revoked));
+    let bundle = dir.path().join("bundle-web-1");
+    let issued = certs::issue_client(dir.path(), &bundle, &certs::IssueOptions::for_days("web-1", 1, false).unwrap()).unwrap();
+    let client = connect(&bundle, Role::Client, &server).await;
+    echo(&client, 1).await.expect("an issued certificate is accepted");
+    client.close();
+
+    chorus_wire::revoke::append(&dir.path().join(chorus_wire::revoke::REVOKED_FILE), &issued.fingerprint, "web-1").unwrap();
+    let id = certs::load_identity(&bundle, Role::Client).unwrap();
+    let started = std::time::Instant::now();
+    let err = loop {
+        let ep = client_endpoint(&id, server.addr);
+        let outcome = async {
+            let client = RpcClient::connect(&ep, server.addr).await?;
+            client.call::<_, Resp>(&Req::Echo { n: 2, bytes: vec![] }).await
+        };
+        match tokio::time::timeout(STEP_TIMEOUT, outcome).await.unwrap() {
+            Ok(_) => {
+                assert!(started.elapsed() < chorus_wire::revoke::RELOAD_INTERVAL * 3, "the revocation was not noticed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => break e,
+        }
+    };
+    let text = err.to_string();
+    assert!(matches!(err, WireError::CertRejectedByServer { .. }) && text.contains("revoked"), "{text}");
+    let refused = tokio::time::timeout(STEP_TIMEOUT, server.refused.recv()).await.unwrap().unwrap();
+    assert!(refused.to_string().contains("revocation list"), "{refused}");
+    // Other certificates still get in.
+    let admin = connect(dir.path(), Role::Admin, &server).await;
+    echo(&admin, 3).await.unwrap();
+
+    // Expired: made with a past validity (load_identity would refuse it on
+    // the client already; from_pem does not check, the server must).
+    let old = dir.path().join("bundle-old");
+    let now = std::time::SystemTime::now();
+    let day = Duration::from_secs(86_400);
+    let opts = certs::IssueOptions { host: "old".into(), trust_root: false, not_before: now - day * 3, not_after: now - day };
+    certs::issue_client(dir.path(), &old, &opts).unwrap();
+    let read = |f: &str| std::fs::read_to_string(old.join(f)).unwrap();
+    let expired = Identity::from_pem(&read("ca.pem"), &read("client.pem"), &read("client.key")).unwrap();
+    let ep = client_endpoint(&expired, server.addr);
+    let outcome = async {
+        let client = RpcClient::connect(&ep, server.addr).await?;
+        client.call::<_, Resp>(&Req::Echo { n: 4, bytes: vec![] }).await
+    };
+    let err = tokio::time::timeout(STEP_TIMEOUT, outcome).await.unwrap().unwrap_err();
+    assert!(err.to_string().contains("expired"), "{err}");
 }
