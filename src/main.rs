@@ -1,6 +1,7 @@
 //! `chorus`: the ChorusFS command line. CLI only: parsing, wiring and clear
 //! errors; every capability lives in the crates (fs, wire, server, client).
 
+mod cert;
 mod recover;
 mod remote;
 mod status;
@@ -162,6 +163,9 @@ enum Command {
         #[arg(long)]
         replica: Option<usize>,
     },
+    /// Per-host client certificates: issue a client bundle (no CA key), list, revoke.
+    #[command(subcommand)]
+    Cert(cert::CertCommand),
     /// Show every replica's protocol status (view, leader, commit point,
     /// digest) of a replicated cluster.
     #[command(
@@ -228,6 +232,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             chorus_wire::certs::init_cluster(&certs, replicas)
                 .with_context(|| format!("cannot create certificates in {}", certs.display()))?;
             println!("created cluster CA and certificates for {replicas} replicas, a client and an admin in {}", certs.display());
+            println!(
+                "the `client` certificate may act as root; for other client hosts issue their own (root squashed): chorus cert issue --certs {} --name HOST --out DIR",
+                certs.display()
+            );
             Ok(())
         }
         Command::Server {
@@ -308,6 +316,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let target = cluster.target()?;
             recover::checkpoint(&runtime()?, &target.certs, target.peers, replica)
         }
+        Command::Cert(command) => cert::run(command),
         Command::Status { cluster } => {
             let target = cluster.target()?;
             status::run(&runtime()?, target)

@@ -5,11 +5,17 @@
 //! `inode_owner_or_capable`. uid 0 stands for a process with every capability
 //! (CAP_DAC_OVERRIDE, CAP_FOWNER, CAP_CHOWN, CAP_FSETID, CAP_MKNOD,
 //! CAP_SYS_ADMIN). Assumes the caller's credentials in the command are the
-//! ones the kernel would have checked.
+//! ones the kernel would have checked (the server maps them first: a
+//! certificate not trusted as root has uid 0 squashed to nobody).
+//!
+//! Queries are checked like commands ([`check_query`]): a client that names
+//! an inode by number, without opening it through a path, still needs read
+//! permission to read a file or list a directory.
 
-use crate::error::{errno, R};
-use crate::ops::Caller;
+use crate::error::{errno, Fail, R};
+use crate::ops::{Caller, Query};
 use crate::records::Inode;
+use crate::view::View;
 
 pub(crate) const MAY_EXEC: u32 = 1;
 pub(crate) const MAY_WRITE: u32 = 2;
@@ -40,6 +46,33 @@ pub(crate) fn check_access(inode: &Inode, caller: &Caller, mask: u32) -> R<()> {
         return errno(libc::EACCES);
     }
     Ok(())
+}
+
+/// The permission a query needs on the inode it names, beyond the checks
+/// its handler makes itself (lookup: search on the directory; getxattr:
+/// the namespace rules): Read needs read permission on the file, ReadDir
+/// read permission on the directory (what open(2) and opendir(3) check).
+/// The owner and root always pass: the owner could grant itself the bits
+/// with chmod anyway, and it keeps a file created with mode 0 or chmodded
+/// after open readable by the process that owns it (queries carry no handle).
+/// GetAttr, ReadLink, ListXattr and StatFs need nothing, as on Linux (stat,
+/// readlink and listxattr check only the path, which a query by inode
+/// number does not have). A missing inode passes here: the handler answers
+/// its own error (ENOENT).
+pub(crate) fn check_query(view: &impl View, caller: &Caller, query: &Query) -> R<()> {
+    let ino = match query {
+        Query::Read { ino, .. } | Query::ReadDir { ino, .. } => *ino,
+        _ => return Ok(()),
+    };
+    let inode = match crate::state::load_inode(view, ino) {
+        Ok(inode) => inode,
+        Err(Fail::Errno(_)) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if is_owner_or_root(&inode, caller) {
+        return Ok(());
+    }
+    check_access(&inode, caller, MAY_READ)
 }
 
 /// `inode_owner_or_capable`.
@@ -115,4 +148,53 @@ pub(crate) fn perm_after_chown(perm: u32, gid: u32, caller: &Caller) -> u32 {
         perm &= !libc::S_ISGID;
     }
     perm
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::ops::{Caller, Query, Reply, ROOT_INO};
+    use crate::tests::{user, Harness};
+
+    fn errno_of(r: crate::ops::OpResult) -> i32 {
+        r.expect_err("expected an errno").0
+    }
+
+    /// Issue 10, finding 3: queries check permission like commands do; a
+    /// client naming an inode by number cannot read what it may not open.
+    #[test]
+    fn reads_and_listings_need_read_permission() {
+        let mut h = Harness::new();
+        let alice = user(1000);
+        let bob = user(1001);
+        let home = h.mkdir_as(&Caller::root(), ROOT_INO, "home", 0o777).unwrap();
+        let (secret, _) = h.create_as(&alice, home.ino, b"secret", 0o600).unwrap();
+        let (shared, _) = h.create_as(&alice, home.ino, b"shared", 0o640).unwrap();
+        let private = h.mkdir_as(&alice, home.ino, "private", 0o700).unwrap();
+        let (nobits, _) = h.create_as(&alice, home.ino, b"nobits", 0o000).unwrap();
+        let read = |ino| Query::Read { ino, offset: 0, size: 16 };
+        let list = |ino| Query::ReadDir { ino, cookie: 0, max_entries: 16, plus: true };
+
+        assert_eq!(errno_of(h.query_as(&bob, read(secret.ino))), libc::EACCES);
+        assert_eq!(errno_of(h.query_as(&bob, list(private.ino))), libc::EACCES);
+        assert_eq!(errno_of(h.query_as(&bob, read(shared.ino))), libc::EACCES, "other has no read bit");
+        // Group read, through a supplementary group too.
+        let in_group = Caller { uid: 1001, gid: 50, pid: 1, groups: vec![1000] };
+        assert!(matches!(h.query_as(&in_group, read(shared.ino)), Ok(Reply::Data(_))));
+        // The owner (even without bits: it could chmod) and root may.
+        assert!(matches!(h.query_as(&alice, read(secret.ino)), Ok(Reply::Data(_))));
+        assert!(matches!(h.query_as(&alice, read(nobits.ino)), Ok(Reply::Data(_))));
+        assert!(matches!(h.query_as(&alice, list(private.ino)), Ok(Reply::Dir(_))));
+        assert!(matches!(h.query_as(&Caller::root(), read(secret.ino)), Ok(Reply::Data(_))));
+        assert!(matches!(h.query_as(&Caller::root(), list(private.ino)), Ok(Reply::Dir(_))));
+        // A squashed root is nobody: no better than bob.
+        let nobody = user(65534);
+        assert_eq!(errno_of(h.query_as(&nobody, read(secret.ino))), libc::EACCES);
+        // Attributes need no permission on the inode (stat checks the path only).
+        assert!(matches!(h.query_as(&bob, Query::GetAttr { ino: secret.ino }), Ok(Reply::Attr(_))));
+        // Missing inodes keep their own errors.
+        assert_eq!(errno_of(h.query_as(&bob, read(999_999))), libc::ENOENT);
+        assert_eq!(errno_of(h.query_as(&bob, list(999_999))), libc::ENOENT);
+        // Lookup in a directory bob cannot search.
+        assert_eq!(errno_of(h.query_as(&bob, Query::Lookup { parent: private.ino, name: b"x".to_vec() })), libc::EACCES);
+    }
 }

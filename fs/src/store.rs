@@ -240,7 +240,7 @@ impl FsStore {
     /// Answers a read-only query from one snapshot of the applied state.
     pub fn query(&self, caller: &Caller, q: &Query) -> Result<OpResult, StoreError> {
         let view = SnapView::new(&self.db);
-        let outcome = match q {
+        let outcome = crate::perm::check_query(&view, caller, q).and_then(|()| match q {
             Query::Lookup { parent, name } => namespace::lookup(&view, caller, *parent, name),
             Query::GetAttr { ino } => crate::state::load_inode(&view, *ino).map(|n| Reply::Attr(n.attr())),
             Query::Read { ino, offset, size } => data::read(&view, *ino, *offset, *size),
@@ -249,7 +249,7 @@ impl FsStore {
             Query::GetXattr { ino, name } => xattr::getxattr(&view, caller, *ino, name),
             Query::ListXattr { ino } => xattr::listxattr(&view, caller, *ino),
             Query::StatFs => self.statfs(&view),
-        };
+        });
         match outcome {
             Ok(reply) => Ok(Ok(reply)),
             Err(Fail::Errno(e)) => Ok(Err(e)),

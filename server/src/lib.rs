@@ -7,9 +7,16 @@
 //! reply is sent only after the command is applied; `Op::Fsync` replies only
 //! after the store's write-ahead log is on disk. Queries read applied state.
 //!
+//! Client certificates on the certificates folder's revocation list are
+//! refused in the handshake, and a connection whose certificate is revoked
+//! later is closed at its next request; each request's caller is mapped by
+//! what the connection's certificate may claim ([`admission`]: root squash)
+//! before it is applied or answered.
+//!
 //! Assumes: the caller of [`Replica::open`] owns the data folder exclusively
 //! (RocksDB's LOCK file enforces it).
 
+pub mod admission;
 pub mod machine;
 pub mod replicated;
 pub mod sequencer;
@@ -90,11 +97,12 @@ fn libc_eio() -> i32 {
 pub async fn run(cfg: ServerConfig, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
     let identity = chorus_wire::certs::load_identity(&cfg.certs_dir, chorus_wire::certs::Role::Replica(cfg.replica_id))
         .with_context(|| format!("cannot load certificates from {}", cfg.certs_dir.display()))?;
-    let server_cfg = chorus_wire::tls::server_config(&identity)?;
+    let revoked = Arc::new(chorus_wire::revoke::RevocationList::in_certs_dir(&cfg.certs_dir));
+    let server_cfg = chorus_wire::tls::server_config_revoking(&identity, Some(revoked.clone()))?;
     let replica = tokio::task::block_in_place(|| Replica::open(&cfg.data_dir))?;
     let endpoint = chorus_wire::endpoint::server(cfg.listen, server_cfg)?;
     info!(listen = %cfg.listen, replica = cfg.replica_id, "serving");
-    serve(endpoint.clone(), replica.clone(), shutdown).await;
+    serve(endpoint.clone(), replica.clone(), revoked, shutdown).await;
     endpoint.close(0u32.into(), b"server shutting down");
     endpoint.wait_idle().await;
     tokio::task::block_in_place(|| replica.store().sync())?;
@@ -103,7 +111,12 @@ pub async fn run(cfg: ServerConfig, shutdown: impl std::future::Future<Output = 
 }
 
 /// Accept loop: one task per connection, each serving requests concurrently.
-pub async fn serve(endpoint: quinn::Endpoint, replica: Arc<Replica>, shutdown: impl std::future::Future<Output = ()>) {
+pub async fn serve(
+    endpoint: quinn::Endpoint,
+    replica: Arc<Replica>,
+    revoked: Arc<chorus_wire::revoke::RevocationList>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
     let connections = Arc::new(tokio::sync::Semaphore::new(CONNECTIONS_MAX));
     tokio::pin!(shutdown);
     loop {
@@ -117,14 +130,27 @@ pub async fn serve(endpoint: quinn::Endpoint, replica: Arc<Replica>, shutdown: i
             continue;
         };
         let replica = replica.clone();
+        let revoked = revoked.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            // Refused handshakes (unknown CA, no certificate) are logged there.
+            // Refused handshakes (unknown CA, no certificate, revoked) are logged there.
             let Ok(conn) = chorus_wire::rpc::accept(incoming).await else { return };
             let peer = conn.remote_address();
-            let handler = move |req: Request| {
+            let Some(cert) = chorus_wire::certs::peer_cert(&conn) else { return };
+            let closer = conn.clone();
+            let handler = move |mut req: Request| {
                 let replica = replica.clone();
-                async move { tokio::task::spawn_blocking(move || replica.handle(req)).await.unwrap_or(Err(chorus_fs::ops::Errno(libc_eio()))) }
+                let revoked_now = revoked.is_revoked(&cert.fingerprint);
+                admission::admit_request(cert.may_act_as_root(), &mut req);
+                let (closer, label) = (closer.clone(), cert.label());
+                async move {
+                    if revoked_now {
+                        warn!(%peer, cert = %label, "closing the connection of a revoked certificate");
+                        closer.close(0x52u32.into(), b"this client's certificate was revoked");
+                        return Err(chorus_fs::ops::Errno(13)); // EACCES
+                    }
+                    tokio::task::spawn_blocking(move || replica.handle(req)).await.unwrap_or(Err(chorus_fs::ops::Errno(libc_eio())))
+                }
             };
             if let Err(e) = chorus_wire::rpc::serve_connection(conn, handler).await {
                 warn!(%peer, error = %e, "connection closed with error");

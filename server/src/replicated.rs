@@ -118,6 +118,8 @@ pub async fn run(cfg: ReplicaConfig, shutdown: impl std::future::Future<Output =
         seed: seed_for(cfg.id),
         checkpoints_dir: machine.checkpoints_dir(),
         disk_reserve_bytes: cfg.disk_reserve_bytes,
+        // What each client certificate may claim (root squash).
+        admit: Some(crate::admission::admit_operation),
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     info!(replica = cfg.id, listen = %cfg.peers[cfg.id as usize], replicas = count, "serving (replicated)");

@@ -8,7 +8,7 @@
 //! allowed (pjdfstest runs many cases with `-g gid,group2,...`). Groups come
 //! from `/proc/<pid>/status` ("Groups:"), a file read per request, so only
 //! where the answer can depend on them ([`op_needs_groups`],
-//! [`query_needs_groups`]): not on the data path (read, write), handle
+//! [`query_needs_groups`]): not for writes (checked at open), handle
 //! bookkeeping (release, fsync, fallocate) or getattr/readlink/statfs, and
 //! never for root, who passes every check anyway. If the process is gone
 //! (pid 0 for kernel-internal requests, or it exited) the list is empty and
@@ -45,9 +45,10 @@ pub fn op_needs_groups(op: &Op) -> bool {
     !matches!(op, Op::Write { .. } | Op::Release { .. } | Op::Fsync { .. } | Op::Fallocate { .. })
 }
 
-/// Same for queries: lookups (search permission), readdir, xattrs.
+/// Same for queries: lookups (search permission), read and readdir (read
+/// permission: the server checks queries too, see chorus-fs `perm`), xattrs.
 pub fn query_needs_groups(q: &Query) -> bool {
-    !matches!(q, Query::GetAttr { .. } | Query::Read { .. } | Query::ReadLink { .. } | Query::StatFs)
+    !matches!(q, Query::GetAttr { .. } | Query::ReadLink { .. } | Query::StatFs)
 }
 
 fn groups_of(pid: u32) -> Vec<u32> {

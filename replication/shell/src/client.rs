@@ -36,7 +36,7 @@ use chorus_replication::{
 };
 use chorus_wire::certs::{self, Role};
 use chorus_wire::rpc::RpcClient;
-use chorus_wire::{endpoint, tls};
+use chorus_wire::{endpoint, tls, WireError};
 use tokio::sync::{mpsc, oneshot, Mutex, Notify, Semaphore};
 use tracing::{debug, info, warn};
 
@@ -245,6 +245,10 @@ pub struct Cluster {
     client_ids: AtomicU64,
     /// Present for a caching mount ([`Cluster::caching`]).
     link: Option<Link>,
+    /// The last time a replica refused this client's certificate in the
+    /// handshake (revoked, expired, unknown CA): what a session that gets
+    /// no answer reports instead of a bare timeout.
+    refusal: std::sync::Mutex<Option<String>>,
 }
 
 impl Cluster {
@@ -397,6 +401,7 @@ impl Cluster {
             leader_hint: AtomicUsize::new(0),
             client_ids: AtomicU64::new(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1),
             link,
+            refusal: std::sync::Mutex::new(None),
         });
         for (replica, rx) in receivers.into_iter().enumerate() {
             // The task holds a weak reference: it ends when the cluster is dropped.
@@ -434,7 +439,15 @@ impl Cluster {
                 return Some(c.clone());
             }
         }
-        let fresh = tokio::time::timeout(CONNECT_TIMEOUT, RpcClient::connect(&self.endpoint, self.peers[replica])).await.ok()?.ok()?;
+        let fresh = match tokio::time::timeout(CONNECT_TIMEOUT, RpcClient::connect(&self.endpoint, self.peers[replica])).await.ok()? {
+            Ok(fresh) => fresh,
+            Err(e @ (WireError::CertRejectedByServer { .. } | WireError::ClientCertRequired)) => {
+                warn!(replica, error = %e, "the replica refused this client's certificate");
+                *self.refusal.lock().expect("refusal lock") = Some(e.to_string());
+                return None;
+            }
+            Err(_) => return None,
+        };
         if let Some(link) = &self.link {
             // The only subscriber of this connection's pushes; the forwarder
             // ends with the connection.
@@ -577,7 +590,15 @@ impl Cluster {
         // The nonce makes the session id unguessable (the core derives the
         // id from it) and lets a retried Register find its session.
         let request = Request { client, session: 0, seq: random_nonce(), low_water: 0, epoch: 0, operation: Operation::Register };
-        let reply = self.submit(request, deadline).await?;
+        let reply = match self.submit(request, deadline).await {
+            Err(ClientError::Timeout(waited)) => match self.refusal.lock().expect("refusal lock").clone() {
+                Some(refusal) => {
+                    return Err(ClientError::Setup(format!("no answer within {waited:?}; the cluster refused this client: {refusal}")))
+                }
+                None => return Err(ClientError::Timeout(waited)),
+            },
+            other => other?,
+        };
         match reply.outcome {
             Outcome::Registered(session) => Ok(Session { cluster: self.clone(), client, session, seq: 0, epoch: reply.view }),
             other => Err(ClientError::Refused(other)),

@@ -5,6 +5,11 @@
 //!   `replica-j`) get the replica transport, clients and admins (any other
 //!   certificate of the cluster) get RPC; unknown certificates never get
 //!   past the TLS handshake (chorus-wire).
+//! - Certificates on the certificates folder's revocation list
+//!   (`chorus_wire::revoke`) are refused in the handshake, and a client
+//!   connection whose certificate is revoked later is closed at its next
+//!   request; [`NodeConfig::admit`] maps every client request (what its
+//!   certificate may claim) before the core sees it.
 //! - At most [`CONNECTIONS_MAX`] client connections at once; each client call
 //!   waits at most [`CLIENT_REPLY_WAIT`] for the core's reply, then answers
 //!   [`NodeResponse::NoReply`] (the client retries with the same seq).
@@ -18,8 +23,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chorus_replication::{Config, Event, Message, ReplicaId, StateMachine};
-use chorus_wire::certs::{self, Role};
+use chorus_replication::{Config, Event, Message, Operation, ReplicaId, StateMachine};
+use chorus_wire::certs::{self, CertInfo, Role};
+use chorus_wire::revoke::RevocationList;
 use chorus_wire::{endpoint, rpc, tls};
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tracing::{info, warn};
@@ -41,6 +47,9 @@ pub const STATUS_REPLY_WAIT: Duration = Duration::from_secs(10);
 /// attempt timeout, so the client gets the replies that did come and retries
 /// only the rest.
 pub const BATCH_REPLY_WAIT: Duration = Duration::from_millis(400);
+
+/// Application close code of a connection whose certificate was revoked.
+pub const CLOSE_REVOKED: u32 = 0x52;
 
 /// Checkpoint interval the shell runs the core with (the core's default is
 /// 4096). Why smaller: the core's view-change messages (DoViewChange,
@@ -99,7 +108,15 @@ pub struct NodeConfig {
     /// below it, as leader, it refuses commands that would grow the state
     /// (ENOSPC for the file system), so replicas do not run out.
     pub disk_reserve_bytes: u64,
+    /// Maps every client request's operation before the core sees it, given
+    /// the client's (verified) certificate: e.g. the file system squashes
+    /// root for certificates not trusted as root. None: passed as sent.
+    pub admit: Option<AdmitFn>,
 }
+
+/// See [`NodeConfig::admit`]. Must be a pure function of its arguments (a
+/// retried request must map to the same bytes).
+pub type AdmitFn = fn(&CertInfo, &mut Operation);
 
 /// Default [`NodeConfig::disk_reserve_bytes`].
 pub const DISK_RESERVE_BYTES_DEFAULT: u64 = 256 * 1024 * 1024;
@@ -110,7 +127,8 @@ pub async fn run<S: StateMachine + Send + 'static>(cfg: NodeConfig, machine: S, 
     anyhow::ensure!(n == cfg.core.replica_count as usize, "{} peer addresses for a universe of {}", n, cfg.core.replica_count);
     let identity = certs::load_identity(&cfg.certs_dir, Role::Replica(cfg.id as usize))?;
     let listen = cfg.peers[cfg.id as usize];
-    let mut ep = endpoint::server(listen, tls::server_config(&identity)?)?;
+    let revoked = Arc::new(RevocationList::in_certs_dir(&cfg.certs_dir));
+    let mut ep = endpoint::server(listen, tls::server_config_revoking(&identity, Some(revoked.clone()))?)?;
     ep.set_default_client_config(tls::client_config(&identity)?);
 
     let (log, durable) = {
@@ -124,7 +142,9 @@ pub async fn run<S: StateMachine + Send + 'static>(cfg: NodeConfig, machine: S, 
     let (calls_tx, calls_rx) = mpsc::channel(CLIENT_CALLS_QUEUE_MAX);
     let fetcher = cfg.checkpoints_dir.clone().map(|root| Fetcher::new(root, ep.clone(), cfg.peers.clone()));
     let subscribers: Subscribers = Arc::default();
-    let accept = tokio::spawn(accept_loop(ep.clone(), transport.clone(), calls_tx, cfg.checkpoints_dir.clone(), subscribers.clone()));
+    let clients = ClientPolicy { admit: cfg.admit, revoked };
+    let accept =
+        tokio::spawn(accept_loop(ep.clone(), transport.clone(), calls_tx, cfg.checkpoints_dir.clone(), subscribers.clone(), clients));
     let disk = crate::disk_space::DiskGuard::new(cfg.data_dir.clone(), cfg.disk_reserve_bytes);
     let result =
         driver::run(cfg.core, cfg.id, durable, log, machine, cfg.seed, transport, inbound, calls_rx, shutdown, fetcher, disk, subscribers)
@@ -134,12 +154,38 @@ pub async fn run<S: StateMachine + Send + 'static>(cfg: NodeConfig, machine: S, 
     result.map_err(Into::into)
 }
 
+/// What client connections are held to.
+#[derive(Clone)]
+struct ClientPolicy {
+    admit: Option<AdmitFn>,
+    revoked: Arc<RevocationList>,
+}
+
+impl ClientPolicy {
+    /// None: the certificate was revoked since the handshake (the caller
+    /// closes the connection); otherwise `req` with every request mapped.
+    fn admit(&self, cert: &CertInfo, mut req: NodeRequest) -> Option<NodeRequest> {
+        if self.revoked.is_revoked(&cert.fingerprint) {
+            return None;
+        }
+        if let Some(admit) = self.admit {
+            match &mut req {
+                NodeRequest::Call(request) => admit(cert, &mut request.operation),
+                NodeRequest::Batch(requests) => requests.iter_mut().for_each(|r| admit(cert, &mut r.operation)),
+                _ => {}
+            }
+        }
+        Some(req)
+    }
+}
+
 async fn accept_loop(
     ep: quinn::Endpoint,
     transport: Arc<Transport<Message>>,
     calls: mpsc::Sender<Call>,
     checkpoints: Option<PathBuf>,
     subscribers: Subscribers,
+    policy: ClientPolicy,
 ) {
     let clients = Arc::new(Semaphore::new(CONNECTIONS_MAX));
     while let Some(incoming) = ep.accept().await {
@@ -148,6 +194,7 @@ async fn accept_loop(
         let clients = clients.clone();
         let checkpoints = checkpoints.clone();
         let subscribers = subscribers.clone();
+        let policy = policy.clone();
         tokio::spawn(async move {
             let Ok(conn) = rpc::accept(incoming).await else { return };
             match certs::peer_role(&conn) {
@@ -168,6 +215,10 @@ async fn accept_loop(
                         return;
                     };
                     let peer = conn.remote_address();
+                    let Some(cert) = certs::peer_cert(&conn) else {
+                        conn.close(rpc::CLOSE_PROTOCOL_VIOLATION, b"no certificate");
+                        return;
+                    };
                     // Recalls for a mount subscribed here go out on this
                     // connection (server push).
                     let push = rpc::ServerConn::new(conn.clone());
@@ -175,7 +226,14 @@ async fn accept_loop(
                         let calls = calls.clone();
                         let clients = clients_in_use.clone();
                         let (push, subscribers) = (push.clone(), subscribers.clone());
+                        let req = policy.admit(&cert, req);
+                        let label = cert.label();
                         async move {
+                            let Some(req) = req else {
+                                warn!(%peer, cert = %label, "closing the connection of a revoked certificate");
+                                push.connection().close(CLOSE_REVOKED.into(), b"this client's certificate was revoked");
+                                return NodeResponse::Refused("this client's certificate was revoked".into());
+                            };
                             match handle(calls, req, admin, Some(push), &subscribers).await {
                                 NodeResponse::Status(s) => NodeResponse::Status(NodeStatus {
                                     clients: (CONNECTIONS_MAX - clients.available_permits()) as u64,

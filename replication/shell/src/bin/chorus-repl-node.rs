@@ -87,6 +87,7 @@ fn main() -> anyhow::Result<()> {
                 seed: std::process::id() as u64 ^ ((id as u64) << 32),
                 checkpoints_dir: None,
                 disk_reserve_bytes: chorus_replication_shell::node::DISK_RESERVE_BYTES_DEFAULT,
+                admit: None,
             };
             let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
             runtime.block_on(async move {
