@@ -81,6 +81,13 @@ enum Command {
         /// off. Every replica of a cluster must use the same value.
         #[arg(long, default_value_t = chorus_server::replicated::CALLBACK_LEASE_MS_DEFAULT)]
         callback_lease_ms: u64,
+        /// With --peers: a mount silent this long (crashed, or cut off from
+        /// the cluster) loses its open files and locks; live mounts send a
+        /// keepalive more often (chorus mount --keepalive-ms). Every replica
+        /// of a cluster (and `chorus recover`) must use the same value: it
+        /// decides when sessions end in the replicated state.
+        #[arg(long, default_value_t = chorus_server::replicated::SESSION_TIMEOUT_MS_DEFAULT)]
+        session_timeout_ms: u64,
     },
     /// Mount a ChorusFS cluster at a folder (runs until unmounted or Ctrl-C).
     #[command(
@@ -97,6 +104,11 @@ enum Command {
         /// FUSE worker threads.
         #[arg(long, default_value_t = 4)]
         threads: usize,
+        /// With several servers: how often an idle mount tells the cluster
+        /// it is alive. Must be well below the servers' --session-timeout-ms
+        /// (a mount silent that long loses its open files and locks).
+        #[arg(long, default_value_t = remote::KEEPALIVE_MS_DEFAULT)]
+        keepalive_ms: u64,
     },
     /// One command: a local cluster with its data under a folder, mounted at DIR.
     /// Ctrl-C or SIGTERM unmounts and stops cleanly; running it again on the
@@ -151,6 +163,11 @@ enum Command {
         /// ...or after this many bytes of commands.
         #[arg(long, default_value_t = chorus_server::replicated::CHECKPOINT_INTERVAL_BYTES_DEFAULT)]
         checkpoint_interval_bytes: u64,
+        /// The cluster's session timeout (as given to `chorus server`): it
+        /// decides when sessions end in the replicated state, so every
+        /// replica must use the same value.
+        #[arg(long, default_value_t = chorus_server::replicated::SESSION_TIMEOUT_MS_DEFAULT)]
+        session_timeout_ms: u64,
     },
     /// Take a checkpoint now on every replica (or one); needs the admin certificate.
     #[command(
@@ -249,6 +266,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             checkpoint_interval_bytes,
             disk_reserve_mib,
             callback_lease_ms,
+            session_timeout_ms,
         } => {
             let rt = runtime()?;
             if peers.is_empty() {
@@ -272,17 +290,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         checkpoint_interval_bytes,
                         disk_reserve_bytes: disk_reserve_mib << 20,
                         callback_lease_ms,
+                        session_timeout_ms,
                     };
                     chorus_server::replicated::run(cfg, shutdown_signal()).await
                 })
             }
         }
-        Command::Mount { certs, server, mountpoint, threads } => {
+        Command::Mount { certs, server, mountpoint, threads, keepalive_ms } => {
             let rt = runtime()?;
             let backend: Arc<dyn chorus_client::Backend> = if server.len() == 1 {
                 rt.block_on(connect_client(&certs, server[0]))?
             } else {
-                rt.block_on(connect_replicated(&certs, server))?
+                rt.block_on(connect_replicated(&certs, server, keepalive_ms))?
             };
             let opts = chorus_client::MountOptions { threads, ..Default::default() };
             serve_mount(&rt, backend, &mountpoint, opts, Stop::Nothing)
@@ -294,7 +313,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 up_replicated(mountpoint, data, port, replicas)
             }
         }
-        Command::Recover { certs, data, up_data, port, id, peers, from_peer, checkpoint_interval_ops, checkpoint_interval_bytes } => {
+        Command::Recover {
+            certs,
+            data,
+            up_data,
+            port,
+            id,
+            peers,
+            from_peer,
+            checkpoint_interval_ops,
+            checkpoint_interval_bytes,
+            session_timeout_ms,
+        } => {
             let (certs, data, peers) = match up_data {
                 Some(up) => {
                     let t = status::target(certs.clone(), peers.clone(), Some(up.clone()), port)?;
@@ -309,7 +339,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     (certs, data, peers)
                 }
             };
-            let args = recover::RecoverArgs { certs, data, id, peers, from_peer, checkpoint_interval_ops, checkpoint_interval_bytes };
+            let args = recover::RecoverArgs {
+                certs,
+                data,
+                id,
+                peers,
+                from_peer,
+                checkpoint_interval_ops,
+                checkpoint_interval_bytes,
+                session_timeout_ms,
+            };
             recover::run(&runtime()?, args, shutdown_signal())
         }
         Command::Checkpoint { cluster, replica } => {
@@ -324,8 +363,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-async fn connect_replicated(certs: &Path, peers: Vec<SocketAddr>) -> anyhow::Result<Arc<remote::ReplicatedBackend>> {
-    remote::ReplicatedBackend::connect(certs, peers.clone())
+async fn connect_replicated(certs: &Path, peers: Vec<SocketAddr>, keepalive_ms: u64) -> anyhow::Result<Arc<remote::ReplicatedBackend>> {
+    anyhow::ensure!(keepalive_ms >= 100, "--keepalive-ms must be at least 100");
+    remote::ReplicatedBackend::connect(certs, peers.clone(), std::time::Duration::from_millis(keepalive_ms))
         .await
         .with_context(|| format!("cannot open a session with the cluster {peers:?}"))
 }
@@ -537,7 +577,12 @@ fn up_replicated(mountpoint: PathBuf, data: PathBuf, port: u16, replicas: usize)
     let backend = rt.block_on(async {
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
         loop {
-            match tokio::time::timeout(std::time::Duration::from_secs(10), connect_replicated(&certs, peers.clone())).await {
+            match tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                connect_replicated(&certs, peers.clone(), remote::KEEPALIVE_MS_DEFAULT),
+            )
+            .await
+            {
                 Ok(Ok(b)) => break Ok(b),
                 Ok(Err(e)) if tokio::time::Instant::now() > deadline => break Err(e),
                 _ if tokio::time::Instant::now() > deadline => break Err(anyhow::anyhow!("the cluster did not answer within 60 s")),

@@ -43,6 +43,8 @@ pub struct RecoverArgs {
     pub from_peer: bool,
     pub checkpoint_interval_ops: u64,
     pub checkpoint_interval_bytes: u64,
+    /// Must be the cluster's (see `chorus server --session-timeout-ms`).
+    pub session_timeout_ms: u64,
 }
 
 /// What the preflight found on this replica's disk.
@@ -157,6 +159,7 @@ pub fn run(rt: &tokio::runtime::Runtime, args: RecoverArgs, shutdown: impl std::
         checkpoint_interval_bytes: args.checkpoint_interval_bytes,
         disk_reserve_bytes: chorus_replication_shell::node::DISK_RESERVE_BYTES_DEFAULT,
         callback_lease_ms: chorus_server::replicated::CALLBACK_LEASE_MS_DEFAULT,
+        session_timeout_ms: args.session_timeout_ms,
     };
     let id = args.id;
     let (certs, peers) = (args.certs.clone(), args.peers.clone());

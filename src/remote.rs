@@ -111,6 +111,11 @@ pub struct ReplicatedBackend {
 /// Sessions per mount: concurrent requests in flight.
 pub const SESSIONS_PER_MOUNT: usize = 8;
 
+/// Default interval of a mount's keepalive: well inside the servers'
+/// default session timeout (120 s), so a live mount never loses its open
+/// files and locks to a quiet spell.
+pub const KEEPALIVE_MS_DEFAULT: u64 = 10_000;
+
 /// The share of a lease a mount trusts (counted from before it sent the
 /// read): the rest covers clock-rate drift between it and the leader.
 const LEASE_TRUST_NUM: u64 = 9;
@@ -122,7 +127,10 @@ fn lease_until(sent: Instant, lease_ms: u64) -> Option<Instant> {
 }
 
 impl ReplicatedBackend {
-    pub async fn connect(certs: &std::path::Path, peers: Vec<SocketAddr>) -> anyhow::Result<Arc<Self>> {
+    /// Opens the mount's sessions; every `keepalive` after that, an idle
+    /// mount commits a no-op so one of its sessions stays active (its
+    /// handles and locks are released only when its last session ends).
+    pub async fn connect(certs: &std::path::Path, peers: Vec<SocketAddr>, keepalive: Duration) -> anyhow::Result<Arc<Self>> {
         let (cluster, events) = chorus_replication_shell::client::Cluster::caching(certs, peers)?;
         let cache: Arc<Mutex<Option<chorus_client::CacheControl>>> = Arc::default();
         tokio::spawn(forward_cache_events(events, cache.clone()));
@@ -135,13 +143,15 @@ impl ReplicatedBackend {
         for _ in 0..SESSIONS_PER_MOUNT {
             sessions.push(tokio::sync::Mutex::new(Some(cluster.session(deadline).await?)));
         }
-        Ok(Arc::new(ReplicatedBackend {
+        let backend = Arc::new(ReplicatedBackend {
             runtime: tokio::runtime::Handle::current(),
             cluster,
             sessions,
             next: std::sync::atomic::AtomicUsize::new(0),
             cache,
-        }))
+        });
+        tokio::spawn(keep_alive(Arc::downgrade(&backend), keepalive));
+        Ok(backend)
     }
 
     /// Gives the leader back every callback of this mount (it was unmounted).
@@ -231,6 +241,23 @@ impl ReplicatedBackend {
             }
         }
         (Err(Errno(libc::EIO)), none)
+    }
+}
+
+/// Commits a no-op every `interval` while the backend lives. Cheap (one
+/// small log entry) and sent even when the mount is busy: simpler than
+/// tracking idleness, and a busy mount's sessions are active anyway.
+async fn keep_alive(backend: std::sync::Weak<ReplicatedBackend>, interval: Duration) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await; // the first tick is immediate: the sessions are new
+    loop {
+        tick.tick().await;
+        let Some(backend) = backend.upgrade() else { return };
+        let request = Request::Mutate { caller: chorus_fs::ops::Caller::root(), op: chorus_fs::ops::Op::KeepAlive };
+        if let (Err(e), _) = backend.call_async(&request).await {
+            tracing::debug!(errno = e.0, "keepalive failed; the next one retries");
+        }
     }
 }
 

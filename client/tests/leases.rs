@@ -154,7 +154,7 @@ impl Backend for Leasing {
                     | Op::Fallocate { ino, .. }
                     | Op::SetXattr { ino, .. }
                     | Op::RemoveXattr { ino, .. } => vec![*ino],
-                    Op::Release { .. } | Op::Fsync { .. } => vec![],
+                    Op::Release { .. } | Op::Fsync { .. } | Op::SetLock { .. } | Op::GetLock { .. } | Op::KeepAlive => vec![],
                 });
                 let r = self.store.call(req);
                 if let Ok(Reply::Entry(a) | Reply::Created { attr: a, .. }) = &r {

@@ -52,6 +52,7 @@ pub(crate) fn open(ctx: &mut Ctx, ino: Ino, flags: i32) -> R<Reply> {
 
 pub(crate) fn release(ctx: &mut Ctx, ino: Ino, fh: u64) -> R<Reply> {
     ctx.handle(ino, fh)?;
+    crate::locks::release_handle_locks(ctx, ino, fh)?;
     ctx.close_handle(fh);
     let mut node = ctx.inode(ino)?;
     assert!(node.open_count > 0, "handle {fh} open on inode {ino} with open_count 0");

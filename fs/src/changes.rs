@@ -33,7 +33,8 @@ pub(crate) fn changed_inos(tx: &Tx) -> Result<Vec<Ino>, StoreError> {
     for (table, key, value) in tx.pending() {
         // No wildcard: a new table must be classified here, or it is missed.
         match table {
-            Table::Meta | Table::Handles => continue,
+            // Locks are never cached: every lock request is a command.
+            Table::Meta | Table::Handles | Table::Locks => continue,
             Table::Inodes => {
                 if !inode_record_changed(tx, key, value)? {
                     continue;

@@ -21,14 +21,16 @@ pub(crate) struct Ctx<'a> {
     pub tx: Tx<'a>,
     pub now: Timestamp,
     pub caller: &'a Caller,
+    /// The client sending the command (see [`Handle::owner`]).
+    pub client: u64,
     pub meta: Meta,
     /// Set by operations whose reply promises durability (fsync).
     pub sync_requested: bool,
 }
 
 impl<'a> Ctx<'a> {
-    pub(crate) fn new(tx: Tx<'a>, now: Timestamp, caller: &'a Caller, meta: Meta) -> Self {
-        Ctx { tx, now, caller, meta, sync_requested: false }
+    pub(crate) fn new(tx: Tx<'a>, now: Timestamp, caller: &'a Caller, client: u64, meta: Meta) -> Self {
+        Ctx { tx, now, caller, client, meta, sync_requested: false }
     }
 
     pub(crate) fn inode(&self, ino: Ino) -> R<Inode> {
@@ -63,17 +65,29 @@ impl<'a> Ctx<'a> {
         };
         self.meta.next_fh = next_fh;
         inode.open_count = open_count;
-        self.tx.put_record(Table::Handles, u64_key(fh), &Handle { ino: inode.ino, flags });
+        self.tx.put_record(Table::Handles, u64_key(fh), &Handle { ino: inode.ino, flags, owner: self.client });
         Ok(fh)
     }
 
-    /// The handle `fh` if it is open on `ino`, else EBADF.
+    /// The handle `fh` if it is open on `ino` by this command's client, else
+    /// EBADF: handle numbers are guessable, so another client's handle is
+    /// as good as none.
     pub(crate) fn handle(&self, ino: Ino, fh: u64) -> R<Handle> {
         let handle: Option<Handle> = self.tx.get_record(Table::Handles, &u64_key(fh))?;
         match handle {
-            Some(h) if h.ino == ino => Ok(h),
+            Some(h) if h.ino == ino && h.owner == self.client => Ok(h),
             _ => errno(libc::EBADF),
         }
+    }
+
+    /// [`Ctx::handle`], open for writing (EBADF otherwise, as write(2) on a
+    /// read-only descriptor).
+    pub(crate) fn writable_handle(&self, ino: Ino, fh: u64) -> R<Handle> {
+        let handle = self.handle(ino, fh)?;
+        if !handle.writable() {
+            return errno(libc::EBADF);
+        }
+        Ok(handle)
     }
 
     pub(crate) fn close_handle(&mut self, fh: u64) {
@@ -143,6 +157,9 @@ impl<'a> Ctx<'a> {
         assert!(inode.ino != crate::ops::ROOT_INO, "freeing the root");
         self.delete_keys(Table::Blocks, inode.ino, 0)?;
         self.delete_keys(Table::Xattrs, inode.ino, 0)?;
+        // Locks go with their handles, so none should be left; never keep
+        // a lock list of a freed inode.
+        self.tx.delete(Table::Locks, inode_key(inode.ino));
         self.tx.delete(Table::Inodes, inode_key(inode.ino));
         assert!(self.meta.inodes_live > 0);
         self.meta.inodes_live -= 1;

@@ -104,7 +104,7 @@ fn write_bytes(ctx: &mut Ctx, node: &mut Inode, offset: u64, data: &[u8]) -> R<(
 }
 
 pub(crate) fn write(ctx: &mut Ctx, ino: Ino, fh: u64, offset: u64, data: &[u8], flags: i32) -> R<Reply> {
-    let handle = ctx.handle(ino, fh)?;
+    let handle = ctx.writable_handle(ino, fh)?;
     let mut node = ctx.inode(ino)?;
     require_file(&node)?;
     if data.len() > IO_MAX_BYTES {
@@ -163,7 +163,7 @@ pub(crate) fn fallocate(ctx: &mut Ctx, ino: Ino, fh: u64, offset: u64, length: u
     if mode & PUNCH != 0 && (mode & KEEP == 0 || mode & ZERO != 0) {
         return errno(libc::EINVAL);
     }
-    ctx.handle(ino, fh)?;
+    ctx.writable_handle(ino, fh)?;
     let mut node = ctx.inode(ino)?;
     match node.kind {
         FileKind::File => {}

@@ -23,15 +23,17 @@ pub(crate) enum Table {
     DirIndex,
     /// (ino, block index) → bytes of the block (missing bytes read as zeros).
     Blocks,
-    /// fh → `Handle` (ino, open flags).
+    /// fh → `Handle` (ino, open flags, owning client).
     Handles,
     /// (ino, name) → value.
     Xattrs,
+    /// ino → `Vec<LockRecord>`: the byte-range locks held on a file.
+    Locks,
 }
 
 impl Table {
-    pub(crate) const ALL: [Table; 7] =
-        [Table::Meta, Table::Inodes, Table::Dirents, Table::DirIndex, Table::Blocks, Table::Handles, Table::Xattrs];
+    pub(crate) const ALL: [Table; 8] =
+        [Table::Meta, Table::Inodes, Table::Dirents, Table::DirIndex, Table::Blocks, Table::Handles, Table::Xattrs, Table::Locks];
 
     pub(crate) fn name(self) -> &'static str {
         match self {
@@ -42,6 +44,7 @@ impl Table {
             Table::Blocks => "blocks",
             Table::Handles => "handles",
             Table::Xattrs => "xattrs",
+            Table::Locks => "locks",
         }
     }
 }

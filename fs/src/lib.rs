@@ -21,9 +21,11 @@
 //! `keys` (the on-disk layout: one column family per table, big-endian keys).
 //!
 //! Notes for callers:
-//! - Open handles live in the replicated state: an unlinked file keeps its
-//!   data until its last `Op::Release`. Whoever expires a session must apply
-//!   a Release for each handle the session held.
+//! - Open handles and byte-range locks live in the replicated state, owned
+//!   by the client that opened or took them: an unlinked file keeps its data
+//!   until its last `Op::Release`. When a client is gone (all its sessions
+//!   ended) the replicated service calls [`FsStore::apply_client_gone`],
+//!   which releases its handles and locks.
 //! - Writes, truncates and fallocates by non-root callers clear set-ID bits in
 //!   the state machine itself (Linux `file_remove_privs`), so a FUSE client may
 //!   enable HANDLE_KILLPRIV(_V2); without it the kernel sends the same change
@@ -38,6 +40,7 @@ mod error;
 mod fsck;
 mod image;
 mod keys;
+mod locks;
 mod namespace;
 mod perm;
 mod records;

@@ -264,6 +264,39 @@ pub enum Op {
         ino: Ino,
         datasync: bool,
     },
+    /// Takes, changes or drops (F_UNLCK) a byte-range lock through an open
+    /// handle, without waiting: a conflicting lock gives EAGAIN (the client
+    /// retries for F_SETLKW).
+    SetLock {
+        ino: Ino,
+        fh: Fh,
+        lock: FileLock,
+    },
+    /// F_GETLK: the first lock of another owner that conflicts with `lock`,
+    /// or `lock` with typ F_UNLCK. A command, so it is ordered with SetLock.
+    GetLock {
+        ino: Ino,
+        fh: Fh,
+        lock: FileLock,
+    },
+    /// Changes nothing: keeps the caller's session (and with it the
+    /// client's handles and locks) alive while it is idle.
+    KeepAlive,
+}
+
+/// A byte-range lock as fcntl(2) describes it, with the kernel's owner id.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileLock {
+    /// The lock owner on the client (FUSE lock_owner: a process's files, or
+    /// an open file for OFD and flock locks).
+    pub owner: u64,
+    /// First and last byte, inclusive; `end == u64::MAX`: to any end of file.
+    pub start: u64,
+    pub end: u64,
+    /// libc::F_RDLCK, F_WRLCK or F_UNLCK.
+    pub typ: i32,
+    /// The holder's process id on its client (reported by F_GETLK only).
+    pub pid: u32,
 }
 
 /// One command of the replicated log: the operation plus the inputs that
@@ -356,6 +389,8 @@ pub enum Reply {
     },
     Data(#[serde(with = "serde_bytes")] Vec<u8>),
     Dir(Vec<DirEntry>),
+    /// GetLock: the conflicting lock, or typ F_UNLCK.
+    Lock(FileLock),
     StatFs(StatFs),
 }
 

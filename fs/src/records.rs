@@ -14,7 +14,8 @@ use crate::keys::{corrupt, Table};
 use crate::ops::{Attr, FileKind, Ino, Timestamp, BLOCK_SIZE_BYTES};
 
 /// Version of the on-disk layout; a store of another version is refused.
-pub(crate) const FORMAT_VERSION: u32 = 1;
+/// 2: handles record their owning client; the `locks` table.
+pub(crate) const FORMAT_VERSION: u32 = 2;
 
 /// Largest record we ever decode (an inode with a 4 KiB symlink target is far
 /// smaller; blocks are raw bytes and never go through this codec).
@@ -193,4 +194,32 @@ pub(crate) struct DirSlot {
 pub(crate) struct Handle {
     pub ino: Ino,
     pub flags: i32,
+    /// The client that opened it (its replication client id; 0 for
+    /// single-replica connections): only it may use or release the handle,
+    /// and its handles are released when it is gone.
+    pub owner: u64,
+}
+
+impl Handle {
+    pub(crate) fn writable(&self) -> bool {
+        matches!(self.flags & libc::O_ACCMODE, libc::O_WRONLY | libc::O_RDWR)
+    }
+}
+
+/// One byte-range lock (table `locks`, a list per inode). POSIX, OFD and
+/// flock locks are all byte-range locks here (flock: the whole file), told
+/// apart only by their owner, as on NFS.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub(crate) struct LockRecord {
+    /// The client holding it (see [`Handle::owner`]).
+    pub client: u64,
+    /// The kernel's lock owner on that client (process, open file).
+    pub owner: u64,
+    /// The handle it was taken through: released with it.
+    pub fh: u64,
+    pub write: bool,
+    /// First and last byte, inclusive (`u64::MAX`: to the end of any file).
+    pub start: u64,
+    pub end: u64,
+    pub pid: u32,
 }

@@ -32,7 +32,7 @@ use crate::keys::{inode_key, Table, META_KEY, TAG_KEY};
 use crate::ops::{Caller, Command, FileKind, Ino, Op, OpResult, Query, Reply, StatFs, Timestamp, NAME_MAX_BYTES, ROOT_INO};
 use crate::records::{decode, AppliedTag, Inode, Meta, FORMAT_VERSION};
 use crate::view::{cf, Db, SnapView, Tx, View};
-use crate::{attrs, data, namespace, xattr};
+use crate::{attrs, data, locks, namespace, xattr};
 
 /// Options of [`FsStore::open`].
 #[derive(Clone, Debug, Default)]
@@ -162,7 +162,7 @@ impl FsStore {
     /// `applied_index() + 1`). POSIX failures are `Ok(Err(errno))`; the
     /// applied index advances either way.
     pub fn apply(&self, index: u64, cmd: &Command) -> Result<OpResult, StoreError> {
-        Ok(self.apply_inner(index, cmd, None, false)?.result)
+        Ok(self.apply_inner(index, cmd.now, &cmd.caller, Work::Op(&cmd.op), SINGLE_REPLICA_CLIENT, None, false)?.result)
     }
 
     /// [`FsStore::apply`], and records `tag` in the same WriteBatch, so after
@@ -173,15 +173,26 @@ impl FsStore {
     /// `apply_tagged` for its whole life (an untagged `apply` in between
     /// would leave the tag behind the state).
     pub fn apply_tagged(&self, index: u64, cmd: &Command, tag: &AppliedTag) -> Result<OpResult, StoreError> {
-        Ok(self.apply_inner(index, cmd, Some(tag), false)?.result)
+        Ok(self.apply_inner(index, cmd.now, &cmd.caller, Work::Op(&cmd.op), SINGLE_REPLICA_CLIENT, Some(tag), false)?.result)
     }
 
     /// [`FsStore::apply_tagged`], and the inodes the command changed (for
     /// recalling what clients cache). Costs one read of each inode record
     /// the command rewrites, to leave out rewrites that change nothing a
     /// query can see.
-    pub fn apply_tagged_tracked(&self, index: u64, cmd: &Command, tag: &AppliedTag) -> Result<Applied, StoreError> {
-        self.apply_inner(index, cmd, Some(tag), true)
+    /// `client` is the replication client that sent it: it owns the handles
+    /// and locks the command opens or takes, and only it may use them.
+    pub fn apply_tagged_tracked(&self, index: u64, cmd: &Command, tag: &AppliedTag, client: u64) -> Result<Applied, StoreError> {
+        self.apply_inner(index, cmd.now, &cmd.caller, Work::Op(&cmd.op), client, Some(tag), true)
+    }
+
+    /// Releases everything `client` holds (its open handles, freeing
+    /// unlinked files they kept, and its locks) as the command at `index`:
+    /// the replicated service calls it when the client's last session ends.
+    /// Never fails with an errno (a gone client holding nothing is fine).
+    pub fn apply_client_gone(&self, index: u64, now: Timestamp, tag: &AppliedTag, client: u64) -> Result<Applied, StoreError> {
+        let root = Caller::root();
+        self.apply_inner(index, now, &root, Work::ClientGone, client, Some(tag), true)
     }
 
     /// The tag of the last `apply_tagged` (or of the imported image); `None`
@@ -190,18 +201,31 @@ impl FsStore {
         self.applier.lock().expect("applier lock poisoned by an earlier panic").tag
     }
 
-    fn apply_inner(&self, index: u64, cmd: &Command, tag: Option<&AppliedTag>, track: bool) -> Result<Applied, StoreError> {
+    #[allow(clippy::too_many_arguments)]
+    fn apply_inner(
+        &self,
+        index: u64,
+        now: Timestamp,
+        caller: &Caller,
+        work: Work,
+        client: u64,
+        tag: Option<&AppliedTag>,
+        track: bool,
+    ) -> Result<Applied, StoreError> {
         let mut applier = self.applier.lock().expect("applier lock poisoned by an earlier panic");
         assert_eq!(index, applier.meta.applied_index + 1, "apply out of order: index {index} after {}", applier.meta.applied_index);
         if let Some(tag) = tag {
-            assert_eq!(tag.last_now, cmd.now, "the tag records the command's time");
+            assert_eq!(tag.last_now, now, "the tag records the command's time");
             if let Some(prev) = &applier.tag {
                 assert!(tag.op >= prev.op, "tag op went back: {} after {}", tag.op, prev.op);
                 assert!(tag.last_now > prev.last_now, "tagged time did not increase: {:?} after {:?}", tag.last_now, prev.last_now);
             }
         }
-        let mut ctx = Ctx::new(Tx::new(&self.db), cmd.now, &cmd.caller, applier.meta.clone());
-        let outcome = execute(&mut ctx, &cmd.op);
+        let mut ctx = Ctx::new(Tx::new(&self.db), now, caller, client, applier.meta.clone());
+        let outcome = match work {
+            Work::Op(op) => execute(&mut ctx, op),
+            Work::ClientGone => crate::locks::client_gone(&mut ctx),
+        };
         let result = match outcome {
             Ok(reply) => Ok(reply),
             Err(Fail::Errno(e)) => {
@@ -366,6 +390,17 @@ fn readlink(view: &impl View, ino: u64) -> Result<Reply, Fail> {
     Ok(Reply::Data(node.target))
 }
 
+/// The client id of every command of a single-replica server (connections
+/// have no sessions there: handles are everyone's, as before sessions).
+pub const SINGLE_REPLICA_CLIENT: u64 = 0;
+
+/// What one applied command does.
+enum Work<'a> {
+    Op(&'a Op),
+    /// Release what a gone client held.
+    ClientGone,
+}
+
 /// Runs one operation against the command's context.
 fn execute(ctx: &mut Ctx, op: &Op) -> Result<Reply, Fail> {
     match op {
@@ -385,6 +420,9 @@ fn execute(ctx: &mut Ctx, op: &Op) -> Result<Reply, Fail> {
         Op::SetXattr { ino, name, value, flags } => xattr::setxattr(ctx, *ino, name, value, *flags),
         Op::RemoveXattr { ino, name } => xattr::removexattr(ctx, *ino, name),
         Op::Fsync { ino, datasync: _ } => attrs::fsync(ctx, *ino),
+        Op::SetLock { ino, fh, lock } => locks::set_lock(ctx, *ino, *fh, lock),
+        Op::GetLock { ino, fh, lock } => locks::get_lock(ctx, *ino, *fh, lock),
+        Op::KeepAlive => Ok(Reply::Ok),
     }
 }
 

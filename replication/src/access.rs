@@ -17,6 +17,10 @@
 //!   has been idle `session_evict_idle_ms` (longer than any client retries a
 //!   request), else the registration is refused with `Busy`. So a flood of
 //!   registrations cannot evict a session whose client is still retrying.
+//! - When the last session of a client ends (expiry or eviction), the
+//!   machine hears it ([`StateMachine::client_gone`]) at that point of the
+//!   log, so it can release what the client owned (handles, locks): a
+//!   client that lives keeps one session active.
 //! - Session time is a clock of the log, not of any one machine: it
 //!   advances by the difference of consecutive entries' timestamps only
 //!   while both come from the same view (one leader process, one monotonic
@@ -112,6 +116,10 @@ pub struct Sessions<S> {
     by_activity: BTreeSet<(Millis, SessionId)>,
     /// (client, registration nonce) → session, to answer retried Registers.
     by_nonce: BTreeMap<(ClientId, u64), SessionId>,
+    /// Sessions per client (derived from `table`).
+    sessions_of: BTreeMap<ClientId, u32>,
+    /// Clients whose last session ended, not yet told to the machine.
+    gone: Vec<ClientId>,
     applied_op: Op,
     timestamp_ms: Millis,
     clock: SessionClock,
@@ -147,6 +155,8 @@ impl<S: StateMachine> Sessions<S> {
             table: BTreeMap::new(),
             by_activity: BTreeSet::new(),
             by_nonce: BTreeMap::new(),
+            sessions_of: BTreeMap::new(),
+            gone: Vec::new(),
             applied_op: 0,
             timestamp_ms: 0,
             clock: SessionClock::default(),
@@ -219,11 +229,16 @@ impl<S: StateMachine> Sessions<S> {
         assert!(entry.timestamp_ms >= self.timestamp_ms, "leader clock went back in the log");
         let session_now_ms = self.clock.advance(entry.view, entry.timestamp_ms);
         self.expire(session_now_ms);
-        let context = ApplyContext { op: entry.op, timestamp_ms: entry.timestamp_ms };
+        self.tell_gone(entry);
         let mut outcomes = Vec::with_capacity(entry.requests.len());
         for (index, request) in entry.requests.iter().enumerate() {
+            let context = ApplyContext { op: entry.op, timestamp_ms: entry.timestamp_ms, client: request.client };
             let outcome = match &request.operation {
-                Operation::Register => self.register(entry.op, index, request.client, request.seq, session_now_ms),
+                Operation::Register => {
+                    let outcome = self.register(entry.op, index, request.client, request.seq, session_now_ms);
+                    self.tell_gone(entry);
+                    outcome
+                }
                 Operation::Write(command) => {
                     let outcome = self.execute(request.session, request.seq, request.low_water, session_now_ms, Cache::Reply, |m| {
                         let reply = m.apply(context, command);
@@ -248,6 +263,16 @@ impl<S: StateMachine> Sessions<S> {
         self.applied_op = entry.op;
         self.timestamp_ms = entry.timestamp_ms;
         outcomes
+    }
+
+    /// Tells the machine of every client whose last session just ended.
+    fn tell_gone(&mut self, entry: &Entry) {
+        for client in std::mem::take(&mut self.gone) {
+            self.machine.client_gone(ApplyContext { op: entry.op, timestamp_ms: entry.timestamp_ms, client });
+            // Nobody can hold a cached copy of what a gone client owned
+            // alone; what else it changed is not a client's to be told.
+            let _ = self.machine.take_changed();
+        }
     }
 
     fn execute(
@@ -313,6 +338,7 @@ impl<S: StateMachine> Sessions<S> {
         assert!(self.table.insert(id, session).is_none(), "fresh_id returns an unused id");
         self.by_activity.insert((now_ms, id));
         self.by_nonce.insert((client, nonce), id);
+        *self.sessions_of.entry(client).or_insert(0) += 1;
         Outcome::Registered(id)
     }
 
@@ -332,6 +358,12 @@ impl<S: StateMachine> Sessions<S> {
         if let Some(s) = self.table.remove(&id) {
             self.by_activity.remove(&(s.last_active_ms, id));
             self.by_nonce.remove(&(s.client, s.nonce));
+            let count = self.sessions_of.get_mut(&s.client).expect("every session's client is counted");
+            *count -= 1;
+            if *count == 0 {
+                self.sessions_of.remove(&s.client);
+                self.gone.push(s.client);
+            }
         }
     }
 
@@ -381,6 +413,11 @@ impl<S: StateMachine> Sessions<S> {
         self.machine.restore(op, &image.machine)?;
         self.by_activity = image.table.iter().map(|(id, s)| (s.last_active_ms, *id)).collect();
         self.by_nonce = image.table.iter().map(|(id, s)| ((s.client, s.nonce), *id)).collect();
+        self.sessions_of.clear();
+        for s in image.table.values() {
+            *self.sessions_of.entry(s.client).or_insert(0) += 1;
+        }
+        self.gone.clear();
         self.table = image.table;
         self.applied_op = image.applied_op;
         self.timestamp_ms = image.timestamp_ms;
@@ -633,5 +670,47 @@ mod tests {
         assert_eq!(s.machine().lists()[&0], vec![1, 2]);
         let late = s.apply_entry(&Entry { op: 6, view: 1, timestamp_ms: 10_000, requests: vec![append(3, 2)] });
         assert_eq!(late, vec![Outcome::SessionUnknown], "expired by leader time");
+    }
+
+    /// Handles and locks of a dead client are released when its last
+    /// session ends, at one point of the log: not while another of its
+    /// sessions lives, once, by expiry as by eviction.
+    #[test]
+    fn the_machine_hears_a_client_gone_when_its_last_session_ends() {
+        let mut s = Sessions::new(KvStore::new(), &config()); // 3 sessions, timeout 500 ms, evict after 200 ms idle
+        let Outcome::Registered(a1) = register(&mut s, 1, 7, 1, 0) else { panic!() };
+        let Outcome::Registered(_a2) = register(&mut s, 2, 7, 2, 0) else { panic!() };
+        let touch = |seq| Request {
+            client: 7,
+            session: a1,
+            seq,
+            low_water: seq - 1,
+            epoch: 0,
+            operation: Operation::Write(KvCommand::Append { key: 0, value: seq }.encode()),
+        };
+        // Client 7 keeps one session active; its other one expires: nothing gone.
+        s.apply_entry(&Entry { op: 3, view: 0, timestamp_ms: 300, requests: vec![touch(1)] });
+        s.apply_entry(&Entry { op: 4, view: 0, timestamp_ms: 700, requests: vec![touch(2)] });
+        assert_eq!(s.session_count(), 1);
+        assert!(s.machine().gone().is_empty(), "{:?}", s.machine().gone());
+        // Then it falls silent: the entry after its timeout tells the machine, once.
+        register(&mut s, 5, 8, 1, 1_300);
+        assert_eq!(s.machine().gone(), &[(5, 7)]);
+        register(&mut s, 6, 9, 1, 1_400);
+        assert_eq!(s.machine().gone(), &[(5, 7)]);
+        // Eviction by a registration ends a client too (8 idle 200 ms, table full).
+        register(&mut s, 7, 10, 1, 1_450);
+        register(&mut s, 8, 11, 1, 1_550);
+        assert_eq!(s.machine().gone(), &[(5, 7), (8, 8)]);
+        // A restore rebuilds the per-client counts: the same as never restored.
+        let mut t = Sessions::new(KvStore::new(), &config());
+        t.restore(8, &s.checkpoint()).unwrap();
+        for (i, at) in [(9u64, 1_700u64), (10, 2_500)] {
+            register(&mut s, i, 20 + i, 1, at);
+            register(&mut t, i, 20 + i, 1, at);
+        }
+        assert_eq!(s.machine().gone(), t.machine().gone());
+        assert_eq!(s.digest(), t.digest());
+        assert!(s.machine().gone().len() > 2, "{:?}", s.machine().gone());
     }
 }

@@ -18,13 +18,17 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Millis, Op};
 
-/// Where in the log a command sits, and the leader-stamped time.
+/// Where in the log a command sits, the leader-stamped time, and whose it is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApplyContext {
     /// The log entry (batch) holding the command.
     pub op: Op,
     /// Leader-stamped time of that entry: the only clock a state machine may use.
     pub timestamp_ms: Millis,
+    /// The client whose session sent the command (for [`StateMachine::client_gone`]:
+    /// what it owns, such as open handles and locks). Trustworthy: a session's
+    /// client is fixed by its committed registration.
+    pub client: crate::message::ClientId,
 }
 
 /// A checkpoint that the state machine could not restore.
@@ -60,6 +64,14 @@ pub trait StateMachine {
     fn read_set(&self, query: &[u8], answer: &[u8]) -> Vec<crate::message::ObjectId> {
         let _ = (query, answer);
         Vec::new()
+    }
+
+    /// The last session of `client` ended (it expired or was evicted, in
+    /// log order, so on every replica at the same point): release what the
+    /// client owned (open handles, locks). `context.client` is `client`.
+    /// The default: nothing is owned.
+    fn client_gone(&mut self, context: ApplyContext) {
+        let _ = context;
     }
 
     /// The objects the last `apply` changed (every one whose cached copy it

@@ -351,7 +351,7 @@ impl StateMachine for FsMachine {
         let tag = AppliedTag { op: context.op, last_now: now };
         let index = self.store.applied_index() + 1;
         let command = chorus_fs::ops::Command { now, caller, op };
-        let applied = match self.store.apply_tagged_tracked(index, &command, &tag) {
+        let applied = match self.store.apply_tagged_tracked(index, &command, &tag, context.client) {
             Ok(applied) => applied,
             Err(e) => stop_on_storage_failure(&format!("apply log entry {}", context.op), &e),
         };
@@ -359,6 +359,28 @@ impl StateMachine for FsMachine {
         assert_eq!(self.store.tag(), Some(tag), "the tag lands with the command");
         self.changed = applied.changed;
         encode_result(&applied.result)
+    }
+
+    fn client_gone(&mut self, context: ApplyContext) {
+        let previous = self.tag();
+        assert!(context.op >= previous.op, "entry {} applied after entry {}", context.op, previous.op);
+        let now = command_time(previous.last_now, context.timestamp_ms);
+        let tag = AppliedTag { op: context.op, last_now: now };
+        let index = self.store.applied_index() + 1;
+        let applied = match self.store.apply_client_gone(index, now, &tag, context.client) {
+            Ok(applied) => applied,
+            Err(e) => stop_on_storage_failure(&format!("release what client {:#x} held at log entry {}", context.client, context.op), &e),
+        };
+        assert_eq!(self.store.applied_index(), index, "one command, one index");
+        if let Err(e) = applied.result {
+            // Releasing never needs permission and cannot fail on a
+            // consistent state; an inconsistent one fails the same way on
+            // every replica (the release is dropped whole), so serving on
+            // beats a crash that every replay would repeat.
+            tracing::error!(client = context.client, errno = e.0, "releasing what a gone client held failed; run fsck");
+            debug_assert!(false, "releasing what client {:#x} held failed with {e}", context.client);
+        }
+        self.changed = applied.changed;
     }
 
     fn read_set(&self, query: &[u8], answer: &[u8]) -> Vec<ObjectId> {

@@ -58,7 +58,16 @@ pub struct ReplicaConfig {
     pub disk_reserve_bytes: u64,
     /// How long a mount's callback lasts (0: no client caching).
     pub callback_lease_ms: u64,
+    /// A client session idle this long (by the log's clock) ends; when a
+    /// client's last session ends, its open handles and locks are released.
+    /// Mounts keep one session active (`chorus mount --keepalive-ms`).
+    pub session_timeout_ms: u64,
 }
+
+/// Default of [`ReplicaConfig::session_timeout_ms`]: a crashed mount's locks
+/// are free two minutes after it stopped, and a mount cut off that long
+/// loses them (NFSv4's lease is 90 s).
+pub const SESSION_TIMEOUT_MS_DEFAULT: u64 = 120_000;
 
 /// Default of [`ReplicaConfig::callback_lease_ms`].
 pub const CALLBACK_LEASE_MS_DEFAULT: u64 = 5_000;
@@ -77,6 +86,16 @@ pub async fn run(cfg: ReplicaConfig, shutdown: impl std::future::Future<Output =
     anyhow::ensure!(cfg.id < count, "replica id {} outside 0..{count}", cfg.id);
     anyhow::ensure!(cfg.checkpoint_interval_ops > 0 && cfg.checkpoint_interval_bytes > 0, "checkpoint intervals must be positive");
     anyhow::ensure!(cfg.callback_lease_ms <= 60_000, "--callback-lease-ms may be at most 60000 (a change may wait that long)");
+    anyhow::ensure!(
+        cfg.session_timeout_ms >= 1_000,
+        "--session-timeout-ms must be at least 1000 (mounts keep their sessions alive by sending a keepalive more often)"
+    );
+    anyhow::ensure!(
+        cfg.session_timeout_ms > cfg.callback_lease_ms,
+        "--session-timeout-ms ({}) must be above --callback-lease-ms ({}): a mount's session outlives its callbacks",
+        cfg.session_timeout_ms,
+        cfg.callback_lease_ms
+    );
     anyhow::ensure!(
         cfg.checkpoint_interval_bytes <= 24 * 1024 * 1024,
         "--checkpoint-interval-bytes may be at most 24 MiB (log suffixes must fit a peer message)"
@@ -113,6 +132,10 @@ pub async fn run(cfg: ReplicaConfig, shutdown: impl std::future::Future<Output =
             core.checkpoint_interval_ops = cfg.checkpoint_interval_ops;
             core.checkpoint_interval_bytes = cfg.checkpoint_interval_bytes;
             core.callback_lease_ms = cfg.callback_lease_ms;
+            core.session_timeout_ms = cfg.session_timeout_ms;
+            // A session idle past its timeout is gone anyway: eviction
+            // (of idle sessions, when the table is full) never waits longer.
+            core.session_evict_idle_ms = core.session_evict_idle_ms.min(cfg.session_timeout_ms);
             core
         },
         seed: seed_for(cfg.id),

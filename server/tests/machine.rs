@@ -58,7 +58,7 @@ fn workload(m: &mut FsMachine, seed: u64, entries: u64) -> (Log, Vec<Vec<u8>>) {
     let mut name_counter = 0u64;
     for op in 1..=entries {
         ts_ms += [0, 0, 1, 1, 7, 1000][rng.below(6) as usize];
-        let context = ApplyContext { op, timestamp_ms: ts_ms };
+        let context = ApplyContext { op, timestamp_ms: ts_ms, client: 1 };
         for _ in 0..1 + rng.below(4) {
             let caller = if rng.below(5) == 0 { user(1000) } else { Caller::root() };
             name_counter += 1;
@@ -188,7 +188,7 @@ fn time_strictly_increases_when_the_leader_stamp_stalls_or_repeats() {
             n += 1;
             let name = format!("f{n}").into_bytes();
             let op_ = Op::Mkdir { parent: ROOT_INO, name, mode: 0o755, umask: 0 };
-            times.push(ctime(m.apply(ApplyContext { op, timestamp_ms: ts }, &mutate(&Caller::root(), op_))));
+            times.push(ctime(m.apply(ApplyContext { op, timestamp_ms: ts, client: 1 }, &mutate(&Caller::root(), op_))));
         }
     }
     for pair in times.windows(2) {
@@ -274,7 +274,7 @@ fn reopen_keeps_entry_op_and_last_now() {
     assert_eq!(index, log.len() as u64);
     // A leader stamp behind the stored time still moves time forward.
     let reply = m.apply(
-        ApplyContext { op: 31, timestamp_ms: 1 },
+        ApplyContext { op: 31, timestamp_ms: 1, client: 1 },
         &mutate(&Caller::root(), Op::Mkdir { parent: ROOT_INO, name: b"late".to_vec(), mode: 0o755, umask: 0 }),
     );
     let Ok(Reply::Entry(attr)) = decode_result(&reply).unwrap() else { panic!() };
@@ -294,7 +294,7 @@ fn garbage_commands_and_queries_get_einval_and_change_nothing() {
     let hostile = [0u8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff];
     let garbage: Vec<Vec<u8>> = vec![vec![], vec![0xff; 3], hostile.to_vec(), valid, query.clone(), (0..=255).collect()];
     for bytes in &garbage {
-        let reply = m.apply(ApplyContext { op: 6, timestamp_ms: 1 }, bytes);
+        let reply = m.apply(ApplyContext { op: 6, timestamp_ms: 1, client: 1 }, bytes);
         assert_eq!(decode_result(&reply).unwrap(), Err(Errno(libc::EINVAL)));
     }
     assert_eq!((m.digest(), m.applied_index(), m.tag(), m.store().applied_index()), before);

@@ -32,7 +32,7 @@ impl Bench {
 
     fn apply_bytes(&mut self, bytes: &[u8]) -> (OpResult, Vec<u64>) {
         self.op += 1;
-        let reply = self.m.apply(ApplyContext { op: self.op, timestamp_ms: 1_700_000_000_000 + self.op }, bytes);
+        let reply = self.m.apply(ApplyContext { op: self.op, timestamp_ms: 1_700_000_000_000 + self.op, client: 1 }, bytes);
         let changed = self.m.take_changed();
         assert_eq!(self.m.take_changed(), Vec::<u64>::new(), "taken once");
         (decode_result(&reply).expect("reply decodes"), changed)
@@ -235,7 +235,7 @@ fn a_failed_or_refused_command_changes_nothing() {
         op: Op::Mkdir { parent: ROOT_INO, name: b"d".to_vec(), mode: 0o755, umask: 0 },
     })
     .unwrap();
-    b.m.apply(ApplyContext { op: b.op, timestamp_ms: 1 }, &mkdir);
+    b.m.apply(ApplyContext { op: b.op, timestamp_ms: 1, client: 1 }, &mkdir);
     assert_eq!(b.run(Op::Unlink { parent: ROOT_INO, name: b"missing".to_vec() }), (enoent(), vec![]));
     assert_eq!(b.m.take_changed(), Vec::<u64>::new());
     // Permission refused partway (after the checks of the name): nothing.
@@ -259,7 +259,7 @@ fn a_restore_leaves_no_changed_set_behind() {
         op: Op::Mkdir { parent: ROOT_INO, name: b"d".to_vec(), mode: 0o755, umask: 0 },
     })
     .unwrap();
-    b.m.apply(ApplyContext { op: b.op, timestamp_ms: 1 }, &mkdir);
+    b.m.apply(ApplyContext { op: b.op, timestamp_ms: 1, client: 1 }, &mkdir);
     b.m.restore(b.op, &image).expect("restore");
     assert_eq!(b.m.take_changed(), Vec::<u64>::new());
 }

@@ -42,7 +42,16 @@ pub fn caller_with_groups(req: &fuser::Request) -> Caller {
 /// Whether the state machine's answer to `op` can depend on the caller's
 /// supplementary groups.
 pub fn op_needs_groups(op: &Op) -> bool {
-    !matches!(op, Op::Write { .. } | Op::Release { .. } | Op::Fsync { .. } | Op::Fallocate { .. })
+    !matches!(
+        op,
+        Op::Write { .. }
+            | Op::Release { .. }
+            | Op::Fsync { .. }
+            | Op::Fallocate { .. }
+            | Op::SetLock { .. }
+            | Op::GetLock { .. }
+            | Op::KeepAlive
+    )
 }
 
 /// Same for queries: lookups (search permission), read and readdir (read

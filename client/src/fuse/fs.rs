@@ -49,13 +49,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use chorus_fs::ops::{
-    self, Attr, DirEntry, Ino, Op, OpResult, Query, Reply, SetAttr, IO_MAX_BYTES, NAME_MAX_BYTES, READDIR_ENTRIES_MAX, SYMLINK_MAX_BYTES,
-    XATTR_NAME_MAX_BYTES, XATTR_VALUE_MAX_BYTES,
+    self, Attr, DirEntry, FileLock, Ino, Op, OpResult, Query, Reply, SetAttr, IO_MAX_BYTES, NAME_MAX_BYTES, READDIR_ENTRIES_MAX,
+    SYMLINK_MAX_BYTES, XATTR_NAME_MAX_BYTES, XATTR_VALUE_MAX_BYTES,
 };
 use fuser::{
     AccessFlags, CopyFileRangeFlags, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner,
-    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek,
-    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, TimeOrNow, WriteFlags,
+    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLock,
+    ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, TimeOrNow, WriteFlags,
 };
 use tracing::{error, warn};
 
@@ -85,6 +85,7 @@ const READDIR_ROUND_TRIPS_MAX: usize = 8;
 pub struct ChorusFuse {
     backend: Arc<dyn Backend>,
     cache: Arc<MountCache>,
+    locks: Arc<super::locks::MountLocks>,
 }
 
 /// A query's answer with what decides its caching.
@@ -167,7 +168,7 @@ fn reply_xattr(reply: ReplyXattr, r: Result<Vec<u8>, Errno>, size: u32) {
 
 impl ChorusFuse {
     pub(crate) fn new(backend: Arc<dyn Backend>, cache: Arc<MountCache>) -> Self {
-        ChorusFuse { backend, cache }
+        ChorusFuse { backend, cache, locks: Arc::default() }
     }
 
     /// One backend call. A panicking backend must not take a FUSE worker
@@ -332,8 +333,7 @@ impl Filesystem for ChorusFuse {
         // Each capability separately: one the kernel lacks must not cost the others.
         // Deliberately absent: FUSE_WRITEBACK_CACHE (the kernel would buffer
         // writes and invent mtimes: breaks coherence between clients and fsx
-        // semantics), FUSE_POSIX_LOCKS/FLOCK_LOCKS (locks are local until the
-        // lock service exists), FUSE_EXPORT_SUPPORT, FUSE_POSIX_ACL.
+        // semantics), FUSE_EXPORT_SUPPORT, FUSE_POSIX_ACL.
         for cap in [
             // Reads of one file may be in flight concurrently.
             InitFlags::FUSE_ASYNC_READ,
@@ -361,6 +361,10 @@ impl Filesystem for ChorusFuse {
             // (like Linux) refuses to a non-owner: writes to a set-ID file
             // by others would fail with EPERM.
             InitFlags::FUSE_HANDLE_KILLPRIV_V2,
+            // fcntl and flock locks go to the cluster (see `super::locks`),
+            // so every mount sees them; without these they would be local.
+            InitFlags::FUSE_POSIX_LOCKS,
+            InitFlags::FUSE_FLOCK_LOCKS,
         ] {
             if config.add_capabilities(cap).is_err() {
                 warn!(capability = ?cap, "kernel lacks FUSE capability; continuing without it");
@@ -605,9 +609,68 @@ impl Filesystem for ChorusFuse {
         }
     }
 
-    fn flush(&self, _req: &fuser::Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+    fn flush(&self, req: &fuser::Request, ino: INodeNo, fh: FileHandle, lock_owner: LockOwner, reply: ReplyEmpty) {
         // Writes are synchronous (no writeback cache): nothing is pending.
+        // A close drops the closing owner's POSIX locks on the file; the
+        // kernel leaves that to us when locks are remote.
+        if self.locks.take_owner(ino.0, lock_owner.0) {
+            let lock = FileLock { owner: lock_owner.0, start: 0, end: u64::MAX, typ: libc::F_UNLCK, pid: 0 };
+            if let Err(e) = ok_of(self.mutate(req, Op::SetLock { ino: ino.0, fh: fh.0, lock })) {
+                // The handle's release drops them too, and a dead mount's
+                // session end at the latest.
+                warn!(ino = ino.0, errno = e.code(), "unlock at close failed");
+            }
+        }
         reply.ok();
+    }
+
+    fn getlk(
+        &self,
+        req: &fuser::Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        reply: ReplyLock,
+    ) {
+        let lock = FileLock { owner: lock_owner.0, start, end, typ, pid };
+        match self.mutate(req, Op::GetLock { ino: ino.0, fh: fh.0, lock }).map_err(errno) {
+            Ok(Reply::Lock(l)) => reply.locked(l.start, l.end, l.typ, l.pid),
+            Ok(other) => reply.error(unexpected("getlk", &other)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn setlk(
+        &self,
+        req: &fuser::Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        sleep: bool,
+        reply: ReplyEmpty,
+    ) {
+        let lock = FileLock { owner: lock_owner.0, start, end, typ, pid };
+        let op = Op::SetLock { ino: ino.0, fh: fh.0, lock };
+        match self.mutate(req, op.clone()) {
+            Err(ops::Errno(libc::EAGAIN)) if sleep => {
+                // Waits on a thread of its own, never on this worker.
+                self.locks.wait(self.backend.clone(), caller(req), op, move |r| Self::reply_empty(reply, ok_of(r)));
+            }
+            r => {
+                if r.is_ok() {
+                    self.locks.granted(ino.0, &lock);
+                }
+                Self::reply_empty(reply, ok_of(r));
+            }
+        }
     }
 
     fn release(

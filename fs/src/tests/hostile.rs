@@ -116,9 +116,17 @@ fn raw_numbers_answer_errnos() {
     assert_eq!(errno_of(h.run(Op::Release { ino: d.ino, fh })), EBADF);
     let write = h.run(Op::Write { ino: f.ino, fh: dfh, offset: 0, data: b"x".to_vec(), flags: 0 });
     assert_eq!(errno_of(write), EBADF);
-    // Writing through a directory's own handle.
+    // Writing through a directory's own handle: it is read-only (write(2)
+    // checks the descriptor's mode first, EBADF).
     let write = h.run(Op::Write { ino: d.ino, fh: dfh, offset: 0, data: b"x".to_vec(), flags: 0 });
-    assert_eq!(errno_of(write), EISDIR);
+    assert_eq!(errno_of(write), EBADF);
+    // A file's read-only handle cannot write or fallocate either.
+    let rfh = opened(h.run(Op::Open { ino: f.ino, flags: O_RDONLY }));
+    let write = h.run(Op::Write { ino: f.ino, fh: rfh, offset: 0, data: b"x".to_vec(), flags: 0 });
+    assert_eq!(errno_of(write), EBADF);
+    let fallocate = h.run(Op::Fallocate { ino: f.ino, fh: rfh, offset: 0, length: 10, mode: 0 });
+    assert_eq!(errno_of(fallocate), EBADF);
+    h.release(f.ino, rfh);
     let write = h.run(Op::Write { ino: f.ino, fh, offset: u64::MAX, data: b"x".to_vec(), flags: 0 });
     assert_eq!(errno_of(write), EFBIG);
     h.release(d.ino, dfh);

@@ -5,6 +5,7 @@
 mod bench;
 mod hostile;
 mod linux;
+mod locks;
 mod model;
 mod persist;
 mod unit;

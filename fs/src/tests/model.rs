@@ -20,7 +20,8 @@ enum Node {
     Dir,
     /// A regular file: its id in `Model::files` (hard links share it).
     File(u32),
-    Symlink(Vec<u8>),
+    /// A symlink: an id (hard links share it) and its target.
+    Symlink(u32, Vec<u8>),
 }
 
 /// What the store's tree is compared by.
@@ -140,7 +141,7 @@ impl Model {
         match self.get(p)? {
             Node::File(id) => Ok(self.files.get_mut(&id).expect("file data")),
             Node::Dir => Err(libc::EISDIR),
-            Node::Symlink(_) => Err(libc::ELOOP),
+            Node::Symlink(..) => Err(libc::ELOOP),
         }
     }
 
@@ -178,7 +179,8 @@ impl Model {
             }
             MOp::Symlink(p, n) => {
                 let q = self.new_entry(p, *n)?;
-                self.nodes.insert(q.clone(), Node::Symlink(q));
+                self.next_id += 1;
+                self.nodes.insert(q.clone(), Node::Symlink(self.next_id, q));
             }
             MOp::Link(s, p, n) => {
                 let node = self.get(s)?;
@@ -254,7 +256,8 @@ impl Model {
         if d == Some(Node::Dir) && p.starts_with(&dst) {
             return Err(if exchange { libc::EINVAL } else { libc::ENOTEMPTY });
         }
-        let same_file = matches!((&s, &d), (Node::File(a), Some(Node::File(b))) if a == b);
+        let same_file =
+            matches!((&s, &d), (Node::File(a), Some(Node::File(b))) | (Node::Symlink(a, _), Some(Node::Symlink(b, _))) if a == b);
         if src == dst || same_file {
             return Ok(());
         }
@@ -285,7 +288,7 @@ impl Model {
                 let seen = match n {
                     Node::Dir => Seen::Dir,
                     Node::File(id) => Seen::File { data: self.files[id].clone(), nlink: links(*id) },
-                    Node::Symlink(t) => Seen::Symlink(t.clone()),
+                    Node::Symlink(_, t) => Seen::Symlink(t.clone()),
                 };
                 (p.clone(), seen)
             })

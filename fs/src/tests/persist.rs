@@ -198,7 +198,10 @@ fn tracked_apply_names_the_changed_inodes_and_changes_nothing_else() {
     let mut changed = Vec::new();
     for (i, c) in cmds.iter().enumerate() {
         let tag = crate::AppliedTag { op: i as u64 / 2 + 1, last_now: c.now };
-        let applied = tracked.store.apply_tagged_tracked(tracked.store.applied_index() + 1, c, &tag).expect("apply");
+        let applied = tracked
+            .store
+            .apply_tagged_tracked(tracked.store.applied_index() + 1, c, &tag, crate::store::SINGLE_REPLICA_CLIENT)
+            .expect("apply");
         assert_eq!(applied.result, replies[i], "command {i}");
         changed.push(applied.changed);
     }

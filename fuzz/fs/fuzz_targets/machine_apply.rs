@@ -347,9 +347,12 @@ fuzz_target!(|input: Input| {
                     Clock::Max => u64::MAX,
                     Clock::Any(t) => t,
                 };
+                // Three clients (chosen by the clock's low bits): handles and
+                // locks of one are not another's.
                 let context = ApplyContext {
                     op,
                     timestamp_ms: ts_ms,
+                    client: ts_ms % 3,
                 };
                 let command = bytes(command);
                 let (before_index, before_tag) = (machine.store().applied_index(), machine.tag());

@@ -242,7 +242,7 @@ pub struct Cluster {
     /// Per replica: the queue of its batcher task (when batching).
     batchers: Vec<Option<mpsc::Sender<Pending>>>,
     leader_hint: AtomicUsize,
-    client_ids: AtomicU64,
+    client_id: AtomicU64,
     /// Present for a caching mount ([`Cluster::caching`]).
     link: Option<Link>,
     /// The last time a replica refused this client's certificate in the
@@ -399,7 +399,7 @@ impl Cluster {
             conns,
             batchers,
             leader_hint: AtomicUsize::new(0),
-            client_ids: AtomicU64::new(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1),
+            client_id: AtomicU64::new((seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ random_nonce()) | 1),
             link,
             refusal: std::sync::Mutex::new(None),
         });
@@ -583,9 +583,12 @@ impl Cluster {
     pub async fn session(self: &Arc<Self>, deadline: Instant) -> Result<Session, ClientError> {
         let client = match &self.link {
             Some(link) => link.client,
-            // Never a caching id by accident: a new leader would wait for
-            // this client to reset a cache it does not have.
-            None => self.client_ids.fetch_add(1, Ordering::Relaxed) & !CACHING_CLIENT_BIT,
+            // One id for all sessions of this cluster handle: what one
+            // session opens or locks (handles, locks), another may use and
+            // release, and it all goes when the last session ends. Never a
+            // caching id by accident: a new leader would wait for this
+            // client to reset a cache it does not have.
+            None => self.client_id.load(Ordering::Relaxed) & !CACHING_CLIENT_BIT,
         };
         // The nonce makes the session id unguessable (the core derives the
         // id from it) and lets a retried Register find its session.

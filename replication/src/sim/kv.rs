@@ -41,6 +41,10 @@ impl KvCommand {
 pub struct KvStore {
     lists: BTreeMap<u8, Vec<u64>>,
     applied: Op,
+    /// The last clients whose sessions all ended, with the op where the
+    /// machine heard it: in the digest, so replicas that disagree on when a
+    /// client went away (and so on what it still owned) are caught.
+    gone: Vec<(Op, crate::message::ClientId)>,
     /// The key the last apply appended to (callbacks: what changed).
     #[serde(skip)]
     changed: Option<u8>,
@@ -55,6 +59,11 @@ impl KvStore {
     /// All lists.
     pub fn lists(&self) -> &BTreeMap<u8, Vec<u64>> {
         &self.lists
+    }
+
+    /// The last clients the machine heard were gone, with the op.
+    pub fn gone(&self) -> &[(Op, crate::message::ClientId)] {
+        &self.gone
     }
 }
 
@@ -94,6 +103,14 @@ impl StateMachine for KvStore {
         }
     }
 
+    fn client_gone(&mut self, context: ApplyContext) {
+        const GONE_KEPT_MAX: usize = 64;
+        self.gone.push((context.op, context.client));
+        if self.gone.len() > GONE_KEPT_MAX {
+            self.gone.remove(0);
+        }
+    }
+
     fn take_changed(&mut self) -> Vec<crate::message::ObjectId> {
         self.changed.take().map(|k| vec![k as u64]).unwrap_or_default()
     }
@@ -112,6 +129,6 @@ impl StateMachine for KvStore {
     }
 
     fn digest(&self) -> u64 {
-        fnv64(&bincode::serialize(&self.lists).expect("encode lists"))
+        fnv64(&bincode::serialize(&(&self.lists, &self.gone)).expect("encode lists"))
     }
 }
