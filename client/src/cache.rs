@@ -22,9 +22,19 @@
 //!   of those objects (attributes, names, pages) is dropped too.
 //! - A recall or reset is acknowledged (its `done` runs) only after the
 //!   thread told the kernel everything queued before it.
-//! - A lease that runs out unrenewed drops the kernel's pages of the object
-//!   (a file kept open, a mapping, a readdir cache); attributes and names
-//!   expire on their own since their TTLs end with the lease.
+//! - Untrusted, not forgotten: when a lease runs out unrenewed, or a new
+//!   leader makes the mount reset, the kernel's pages of an object (file
+//!   data, a readdir cache) stay only if the kernel cannot serve them without
+//!   asking first, i.e. no handle of it is open (a mapping holds its handle
+//!   until unmapped), and their version is known; such an object is
+//!   *untrusted*. Everything else the kernel holds of it goes (after a lapse
+//!   attributes and names have expired on their own, their TTLs ending with
+//!   the lease; a reset drops them). The next open of an untrusted object is
+//!   preceded by a fetch of its attributes (a lookup on the way, or the
+//!   open's own getattr), whose grant trusts it again; the open then keeps
+//!   the pages (FOPEN_KEEP_CACHE) only if that grant was received before the
+//!   open was sent and the open saw the version the pages are of, else the
+//!   kernel drops them at that open.
 //! - Bounded: objects tracked ([`Limits::nodes`]; idle ones are forgotten,
 //!   conservatively), names remembered or waiting to be invalidated
 //!   ([`Limits::names`]), acknowledgements waiting ([`Limits::acks`]; beyond,
@@ -41,6 +51,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
+use tracing::debug;
 
 /// The invalidation clock when a handler sent its request.
 pub(crate) type Ticket = u64;
@@ -78,14 +89,47 @@ struct Node {
     /// The kernel may hold pages of it (file data, readdir cache) filled
     /// while the lease held.
     pages: bool,
-    /// The version of the file at the last open under the lease (its pages
-    /// are of that version while the lease holds).
+    /// The version of the file at the last open under the lease, of the
+    /// directory when its listing was last cached: the kernel's pages are of
+    /// that version while the lease holds, and while untrusted.
     open_version: Option<u64>,
+    /// The version seen in an answer under the current lease (current while
+    /// the lease holds).
+    version: Option<u64>,
+    /// Open FUSE handles (files and directories): while one is open, the
+    /// kernel may serve pages (read(2), a mapping, getdents) without asking.
+    handles: u32,
+    /// The pages outlived the lease that proved them current: not used
+    /// until a grant trusts the object again and an open checks the version.
+    untrusted: bool,
+    /// Trusted again after being untrusted: the next opendir compares the
+    /// listing's version before keeping it.
+    recheck: bool,
+    /// The [`State::seq`] of the grant that last trusted it again.
+    trusted_at: u64,
 }
 
 impl Node {
+    /// Nothing of it is handed out, or only untrusted pages (which no open
+    /// will keep once the node is forgotten).
     fn idle(&self) -> bool {
-        self.lease_until.is_none() && self.names.is_empty() && !self.pages && self.open_version.is_none()
+        self.lease_until.is_none()
+            && self.names.is_empty()
+            && self.handles == 0
+            && (self.untrusted || (!self.pages && self.open_version.is_none()))
+    }
+
+    /// At a lapse or reset: whether the kernel's pages may stay, untrusted.
+    fn keepable(&self, handles_lost: bool) -> bool {
+        !handles_lost && self.handles == 0 && self.pages && self.open_version.is_some()
+    }
+
+    /// Stops trusting it; its pages stay in the kernel (see `keepable`).
+    fn untrust(&mut self) {
+        self.lease_until = None;
+        self.version = None;
+        self.untrusted = true;
+        self.recheck = true;
     }
 }
 
@@ -98,6 +142,10 @@ pub(crate) struct Work {
     pub pages: Vec<u64>,
     /// Directory entries (parent, name) to drop.
     pub entries: Vec<(u64, Vec<u8>)>,
+    /// Directory entries to expire only (a reset): the kernel asks before
+    /// using them again, but keeps the dentry, and with it the inode and
+    /// its untrusted pages (FUSE frees an inode with its last dentry).
+    pub expire: Vec<(u64, Vec<u8>)>,
     /// Run after all of the above.
     pub acks: Vec<Done>,
 }
@@ -108,6 +156,7 @@ impl std::fmt::Debug for Work {
             .field("attrs", &self.attrs)
             .field("pages", &self.pages)
             .field("entries", &self.entries)
+            .field("expire", &self.expire)
             .field("acks", &self.acks.len())
             .finish()
     }
@@ -120,15 +169,22 @@ struct State {
     /// count as invalidated when they were forgotten).
     floor: u64,
     nodes: HashMap<u64, Node>,
-    /// Names remembered in nodes plus names in `pending_entries`.
+    /// Names remembered in nodes plus names in `pending_entries` and
+    /// `pending_expire`.
     names: usize,
     /// (lease end, object) per grant: when to look for lapsed leases.
     lapses: BinaryHeap<Reverse<(Instant, u64)>>,
     /// Object → whether its pages go too.
     pending_inodes: HashMap<u64, bool>,
     pending_entries: Vec<(u64, Vec<u8>)>,
+    pending_expire: Vec<(u64, Vec<u8>)>,
     pending_acks: Vec<Done>,
     stopped: bool,
+    /// Counts grants that trusted an untrusted object again.
+    seq: u64,
+    /// A handle could not be counted (table full): no pages are ever kept
+    /// untrusted from then on.
+    handles_lost: bool,
 }
 
 /// The outcome of [`MountCache::grant`].
@@ -174,9 +230,14 @@ impl State {
         if !self.nodes.contains_key(&object) {
             if self.nodes.len() >= limits.nodes {
                 let mut forgotten = self.floor;
-                self.nodes.retain(|_, n| {
+                let pending = &mut self.pending_inodes;
+                self.nodes.retain(|&o, n| {
                     if n.idle() {
                         forgotten = forgotten.max(n.inval_at);
+                        if n.untrusted {
+                            // Never kept once forgotten; free them.
+                            pending.insert(o, true);
+                        }
                         false
                     } else {
                         true
@@ -203,6 +264,9 @@ impl State {
                 n.inval_at = now;
                 n.lease_until = None;
                 n.open_version = None;
+                n.version = None;
+                n.untrusted = false;
+                n.recheck = false;
                 n.pages = false;
                 std::mem::take(&mut n.names)
             }
@@ -220,12 +284,17 @@ impl State {
     }
 
     fn has_work(&self) -> bool {
-        !self.pending_inodes.is_empty() || !self.pending_entries.is_empty() || !self.pending_acks.is_empty()
+        !self.pending_inodes.is_empty()
+            || !self.pending_entries.is_empty()
+            || !self.pending_expire.is_empty()
+            || !self.pending_acks.is_empty()
     }
 
-    /// Leases that ran out unrenewed: their pages go; their names and
-    /// attributes have expired in the kernel already.
+    /// Leases that ran out unrenewed: their pages go unless they can stay
+    /// untrusted; their names and attributes have expired in the kernel
+    /// already.
     fn sweep(&mut self, now: Instant) {
+        let handles_lost = self.handles_lost;
         while let Some(Reverse((until, object))) = self.lapses.peek().copied() {
             if until > now {
                 break;
@@ -235,11 +304,17 @@ impl State {
             if n.lease_until != Some(until) {
                 continue; // renewed or invalidated since
             }
-            n.lease_until = None;
-            n.open_version = None;
             let names = std::mem::take(&mut n.names).len();
-            if std::mem::take(&mut n.pages) {
-                self.pending_inodes.entry(object).or_insert(true);
+            debug!(object, keep = n.keepable(handles_lost), handles = n.handles, pages = n.pages, version = ?n.open_version, "lease lapsed");
+            if n.keepable(handles_lost) {
+                n.untrust();
+            } else {
+                n.lease_until = None;
+                n.open_version = None;
+                n.version = None;
+                if std::mem::take(&mut n.pages) {
+                    self.pending_inodes.entry(object).or_insert(true);
+                }
             }
             self.names -= names;
         }
@@ -254,8 +329,9 @@ impl State {
                 work.attrs.push(object);
             }
         }
-        self.names -= self.pending_entries.len();
+        self.names -= self.pending_entries.len() + self.pending_expire.len();
         work.entries = std::mem::take(&mut self.pending_entries);
+        work.expire = std::mem::take(&mut self.pending_expire);
         work.acks = std::mem::take(&mut self.pending_acks);
         work
     }
@@ -328,9 +404,17 @@ impl MountCache {
         }
         for &o in objects {
             let n = st.nodes.get_mut(&o).expect("made above");
+            // A fresh grant: the leader recalls this object from now on, so
+            // untrusted pages may be checked by version at the next open.
+            let retrusted = std::mem::take(&mut n.untrusted);
             if n.lease_until.is_none_or(|u| u < until) {
                 n.lease_until = Some(until);
                 st.push_lapse(until, o, &self.limits);
+            }
+            if retrusted {
+                st.seq += 1;
+                let seq = st.seq;
+                st.nodes.get_mut(&o).expect("made above").trusted_at = seq;
             }
         }
         for p in pages {
@@ -393,8 +477,10 @@ impl MountCache {
         self.wake.notify_one();
     }
 
-    /// Drops everything handed out (a new leader, or a change of unknown
-    /// extent), then `done`. No answer sent before is cached afterwards.
+    /// Stops trusting everything handed out (a new leader, or a change of
+    /// unknown extent), then `done`: attributes and names are dropped,
+    /// pages too unless they can stay untrusted (see the module comment).
+    /// No answer sent before is cached afterwards.
     pub fn drop_all(&self, done: Done) {
         let mut st = self.state.lock();
         if st.stopped {
@@ -403,14 +489,38 @@ impl MountCache {
             return;
         }
         st.clock += 1;
-        st.floor = st.clock;
+        let now = st.clock;
+        st.floor = now;
+        let handles_lost = st.handles_lost;
         let nodes = std::mem::take(&mut st.nodes);
-        for (object, n) in nodes {
-            if n.lease_until.is_some() || n.pages || n.open_version.is_some() {
+        for (object, mut n) in nodes {
+            st.pending_expire.extend(std::mem::take(&mut n.names).into_iter().map(|name| (object, name)));
+            let keep = n.keepable(handles_lost);
+            debug!(object, keep, handles = n.handles, pages = n.pages, version = ?n.open_version, "reset");
+            if keep {
+                // Attributes only: the pages stay, untrusted.
+                st.pending_inodes.entry(object).or_insert(false);
+                n.untrust();
+            } else if n.lease_until.is_some() || n.pages || n.open_version.is_some() || n.untrusted {
                 st.pending_inodes.insert(object, true);
             }
-            st.pending_entries.extend(n.names.into_iter().map(|name| (object, name)));
+            if keep || n.handles > 0 {
+                // Kept: its clock (no earlier answer is cached) and its
+                // handle count.
+                let kept = Node {
+                    inval_at: now,
+                    handles: n.handles,
+                    untrusted: keep,
+                    recheck: keep,
+                    pages: keep,
+                    open_version: if keep { n.open_version } else { None },
+                    trusted_at: n.trusted_at,
+                    ..Node::default()
+                };
+                st.nodes.insert(object, kept);
+            }
         }
+        st.names = st.pending_entries.len() + st.pending_expire.len();
         st.lapses.clear();
         if st.pending_acks.len() < self.limits.acks {
             st.pending_acks.push(done);
@@ -419,39 +529,132 @@ impl MountCache {
         self.wake.notify_one();
     }
 
-    /// Open of `ino` (sent at `ticket`) answered with the file at
-    /// `version`: whether the kernel may keep the pages it has
-    /// (FOPEN_KEEP_CACHE): the lease holds, nothing was invalidated since
-    /// the ticket, and the last open under this lease saw the same version.
-    pub fn keep_cache(&self, ticket: Ticket, ino: u64, version: u64, now: Instant) -> bool {
+    /// Whether `ino`'s pages are untrusted: an open must fetch its
+    /// attributes first (a grant) to have a chance of keeping them.
+    pub fn untrusted(&self, ino: u64) -> bool {
+        self.state.lock().nodes.get(&ino).is_some_and(|n| n.untrusted)
+    }
+
+    /// Take before sending an open, after any fetch meant to trust the
+    /// object again: only a grant received before this counts for the open.
+    pub fn seq(&self) -> u64 {
+        self.state.lock().seq
+    }
+
+    /// An answer to a request sent at `ticket` showed `ino` at `version`:
+    /// remembered while the lease holds (call after its grant).
+    pub fn seen(&self, ticket: Ticket, ino: u64, version: u64, now: Instant) {
+        let mut st = self.state.lock();
+        let valid = st.valid(ino, ticket);
+        if let Some(n) = st.nodes.get_mut(&ino) {
+            if valid && !n.untrusted && n.lease_until.is_some_and(|u| u > now) {
+                n.version = Some(version);
+            }
+        }
+    }
+
+    /// Counts an open handle of `ino` (its node made if needed); false when
+    /// the table is full and it could not be counted.
+    fn count_handle(st: &mut State, ino: u64, limits: &Limits) -> bool {
+        match st.node(ino, limits) {
+            Some(n) => {
+                n.handles = n.handles.saturating_add(1);
+                true
+            }
+            None => {
+                st.handles_lost = true;
+                false
+            }
+        }
+    }
+
+    /// Whether the kernel may keep what it has of `ino` at an open (a grant
+    /// of it holds, received before the open was sent at `ticket` and
+    /// `seq`, nothing invalidated since); if not, it drops it at that open.
+    fn proven(st: &State, ino: u64, ticket: Ticket, seq: u64, now: Instant) -> bool {
+        let valid = st.valid(ino, ticket);
+        st.nodes.get(&ino).is_some_and(|n| valid && !n.untrusted && n.trusted_at <= seq && n.lease_until.is_some_and(|u| u > now))
+    }
+
+    /// Open of `ino` (sent at `ticket` and `seq`) answered with the file at
+    /// `version` (counts the new handle): whether the kernel may keep the
+    /// pages it has (FOPEN_KEEP_CACHE): the lease holds (granted before the
+    /// open was sent), nothing was invalidated since the ticket, and the
+    /// last open under this lease, or before the pages became untrusted,
+    /// saw the same version.
+    pub fn keep_cache(&self, ticket: Ticket, ino: u64, version: u64, seq: u64, now: Instant) -> bool {
         if !self.enabled {
             return false;
         }
         let mut st = self.state.lock();
+        if !Self::count_handle(&mut st, ino, &self.limits) {
+            return false;
+        }
+        let proven = Self::proven(&st, ino, ticket, seq, now);
         let valid = st.valid(ino, ticket);
-        let Some(n) = st.nodes.get_mut(&ino) else { return false };
-        if !valid || n.lease_until.is_none_or(|u| u <= now) {
+        let n = st.nodes.get_mut(&ino).expect("counted above");
+        debug!(ino, proven, valid, untrusted = n.untrusted, trusted_at = n.trusted_at, seq, lease = ?n.lease_until.map(|u| u.saturating_duration_since(now)), version, open_version = ?n.open_version, "open");
+        if !proven {
+            if n.untrusted {
+                // The kernel drops them at this open.
+                n.untrusted = false;
+                n.pages = false;
+                n.open_version = None;
+            }
             return false;
         }
         let keep = n.open_version == Some(version);
         n.open_version = Some(version);
         n.pages = true;
+        n.recheck = false;
         keep
     }
 
-    /// Whether the kernel may cache the listing of directory `ino`
-    /// (FOPEN_CACHE_DIR): a lease on it holds.
-    pub fn cache_dir(&self, ino: u64, now: Instant) -> bool {
+    /// Opendir of `ino` (started at `ticket` and `seq`; counts the handle):
+    /// whether the kernel may cache its listing (FOPEN_CACHE_DIR: a lease
+    /// holds) and keep the listing it has (FOPEN_KEEP_CACHE: also, if it
+    /// outlived a lease, the directory is still at the version it was of).
+    pub fn cache_dir(&self, ticket: Ticket, ino: u64, seq: u64, now: Instant) -> (bool, bool) {
         if !self.enabled {
-            return false;
+            return (false, false);
         }
         let mut st = self.state.lock();
-        match st.nodes.get_mut(&ino) {
-            Some(n) if n.lease_until.is_some_and(|u| u > now) => {
-                n.pages = true;
-                true
+        if !Self::count_handle(&mut st, ino, &self.limits) {
+            return (false, false);
+        }
+        let proven = Self::proven(&st, ino, ticket, seq, now);
+        let n = st.nodes.get_mut(&ino).expect("counted above");
+        if !proven {
+            if n.untrusted {
+                n.untrusted = false;
+                n.pages = false;
+                n.open_version = None;
             }
-            _ => false,
+            return (false, false);
+        }
+        let keep = !n.recheck || (n.open_version.is_some() && n.open_version == n.version);
+        if !keep || n.version.is_some() {
+            n.open_version = n.version;
+        }
+        n.recheck = false;
+        n.pages = true;
+        (true, keep)
+    }
+
+    /// A file handle made by a create: counted like an open's.
+    pub fn created(&self, ino: u64) {
+        if self.enabled {
+            let mut st = self.state.lock();
+            Self::count_handle(&mut st, ino, &self.limits);
+        }
+    }
+
+    /// A handle of `ino` (file or directory) was released.
+    pub fn released(&self, ino: u64) {
+        if self.enabled {
+            if let Some(n) = self.state.lock().nodes.get_mut(&ino) {
+                n.handles = n.handles.saturating_sub(1);
+            }
         }
     }
 
@@ -486,6 +689,7 @@ impl MountCache {
             st.stopped = true;
             st.pending_inodes.clear();
             st.pending_entries.clear();
+            st.pending_expire.clear();
             st.names = st.nodes.values().map(|n| n.names.len()).sum();
             std::mem::take(&mut st.pending_acks)
         };
@@ -620,9 +824,9 @@ mod tests {
         assert_eq!(c.grant(t, Some(now + secs(4)), &[3], &[], &[], now).ttl, None, "sent before the reset");
         let mut w = c.take_now(now);
         w.pages.sort_unstable();
-        w.entries.sort();
+        w.expire.sort();
         assert_eq!(w.pages, vec![1, 2]);
-        assert_eq!(w.entries, vec![(1, b"a".to_vec()), (1, b"b".to_vec())]);
+        assert_eq!(w.expire, vec![(1, b"a".to_vec()), (1, b"b".to_vec())], "names expire (their inodes stay)");
         assert_eq!(acks.load(Ordering::SeqCst), 0, "the thread acks after the kernel was told");
         for a in w.acks {
             a();
@@ -680,7 +884,7 @@ mod tests {
         let w = c.take_now(t0 + secs(6));
         assert_eq!(w.pages, vec![6]);
         // Lapsed: a keep-cache open needs a fresh lease.
-        assert!(!c.keep_cache(c.ticket(), 5, 1, t0 + secs(6)));
+        assert!(!c.keep_cache(c.ticket(), 5, 1, c.seq(), t0 + secs(6)));
     }
 
     #[test]
@@ -688,27 +892,27 @@ mod tests {
         let c = cache();
         let now = Instant::now();
         c.grant(c.ticket(), Some(now + secs(4)), &[5], &[], &[], now);
-        assert!(!c.keep_cache(c.ticket(), 5, 3, now), "first open: the kernel's pages may predate the lease");
-        assert!(c.keep_cache(c.ticket(), 5, 3, now), "same version, lease holds");
-        assert!(!c.keep_cache(c.ticket(), 5, 4, now), "the file changed");
+        assert!(!c.keep_cache(c.ticket(), 5, 3, c.seq(), now), "first open: the kernel's pages may predate the lease");
+        assert!(c.keep_cache(c.ticket(), 5, 3, c.seq(), now), "same version, lease holds");
+        assert!(!c.keep_cache(c.ticket(), 5, 4, c.seq(), now), "the file changed");
         let t = c.ticket();
         c.recall(&[5], Box::new(|| {}));
-        assert!(!c.keep_cache(t, 5, 4, now), "recalled during the open");
+        assert!(!c.keep_cache(t, 5, 4, c.seq(), now), "recalled during the open");
         c.grant(c.ticket(), Some(now + secs(4)), &[5], &[], &[], now);
-        assert!(!c.keep_cache(c.ticket(), 5, 4, now), "the recall forgot the open version");
-        assert!(c.keep_cache(c.ticket(), 5, 4, now));
-        assert!(!c.keep_cache(c.ticket(), 5, 4, now + secs(5)), "lease over");
-        assert!(!c.keep_cache(c.ticket(), 77, 1, now), "never granted");
+        assert!(!c.keep_cache(c.ticket(), 5, 4, c.seq(), now), "the recall forgot the open version");
+        assert!(c.keep_cache(c.ticket(), 5, 4, c.seq(), now));
+        assert!(!c.keep_cache(c.ticket(), 5, 4, c.seq(), now + secs(5)), "lease over");
+        assert!(!c.keep_cache(c.ticket(), 77, 1, c.seq(), now), "never granted");
     }
 
     #[test]
     fn cache_dir_needs_a_live_lease() {
         let c = cache();
         let now = Instant::now();
-        assert!(!c.cache_dir(1, now));
+        assert_eq!(c.cache_dir(c.ticket(), 1, c.seq(), now), (false, false));
         c.grant(c.ticket(), Some(now + secs(4)), &[1], &[], &[], now);
-        assert!(c.cache_dir(1, now));
-        assert!(!c.cache_dir(1, now + secs(4)));
+        assert_eq!(c.cache_dir(c.ticket(), 1, c.seq(), now), (true, true));
+        assert_eq!(c.cache_dir(c.ticket(), 1, c.seq(), now + secs(4)), (false, false));
         // The listing pages go when the lease lapses.
         assert_eq!(c.take_now(now + secs(5)).pages, vec![1]);
     }
@@ -743,6 +947,145 @@ mod tests {
         c.drop_all(done());
         assert_eq!(acks.load(Ordering::SeqCst), 4, "after stop: at once");
         assert!(c.wait_work(Duration::from_millis(1)).is_none());
+    }
+
+    /// A file opened (version `v`), read under a lease until `until` and
+    /// closed: its pages are in the kernel.
+    fn read_and_closed(c: &MountCache, ino: u64, v: u64, t0: Instant, until: Instant) {
+        c.grant(c.ticket(), Some(until), &[ino], &[], &[], t0);
+        c.keep_cache(c.ticket(), ino, v, c.seq(), t0);
+        c.grant(c.ticket(), Some(until), &[ino], &[], &[ino], t0);
+        c.released(ino);
+    }
+
+    #[test]
+    fn a_lapse_keeps_closed_files_pages_untrusted_until_a_fresh_grant_and_the_same_version() {
+        let c = cache();
+        let t0 = Instant::now();
+        for ino in [5, 6, 8] {
+            read_and_closed(&c, ino, 3, t0, t0 + secs(2));
+        }
+        // 7 is still open (or mapped) when its lease lapses.
+        c.grant(c.ticket(), Some(t0 + secs(2)), &[7], &[], &[], t0);
+        c.keep_cache(c.ticket(), 7, 3, c.seq(), t0);
+        c.grant(c.ticket(), Some(t0 + secs(2)), &[7], &[], &[7], t0);
+        let t1 = t0 + secs(3);
+        assert_eq!(c.take_now(t1).pages, vec![7], "only the open file's pages go: the kernel could serve them unasked");
+        assert!(c.untrusted(5) && c.untrusted(6) && c.untrusted(8) && !c.untrusted(7));
+        // Unchanged: a fresh grant (the open's getattr), then the open at the same version keeps them.
+        let t = c.ticket();
+        assert!(c.grant(c.ticket(), Some(t1 + secs(4)), &[5], &[], &[], t1).ttl.is_some());
+        assert!(!c.untrusted(5));
+        assert!(c.keep_cache(t, 5, 3, c.seq(), t1), "same version after a fresh grant: kept");
+        // Changed: the open sees another version; the kernel drops them at that open.
+        let t = c.ticket();
+        c.grant(c.ticket(), Some(t1 + secs(4)), &[6], &[], &[], t1);
+        assert!(!c.keep_cache(t, 6, 4, c.seq(), t1), "changed while untrusted: dropped");
+        // Without a fresh grant no open keeps anything.
+        let t = c.ticket();
+        assert!(!c.keep_cache(t, 8, 3, c.seq(), t1), "untrusted, no grant yet");
+        assert!(!c.untrusted(8), "that open dropped them");
+        c.grant(c.ticket(), Some(t1 + secs(4)), &[8], &[], &[], t1);
+        assert!(!c.keep_cache(c.ticket(), 8, 3, c.seq(), t1), "their version was forgotten with them");
+        assert!(c.take_now(t1).pages.is_empty());
+    }
+
+    #[test]
+    fn a_grant_received_after_the_open_was_sent_does_not_count() {
+        let c = cache();
+        let t0 = Instant::now();
+        read_and_closed(&c, 5, 3, t0, t0 + secs(2));
+        let t1 = t0 + secs(3);
+        let _ = c.take_now(t1);
+        let (t, seq) = (c.ticket(), c.seq());
+        // A concurrent getattr's grant arrives while the open is in flight:
+        // the leader may have granted after the open committed.
+        c.grant(c.ticket(), Some(t1 + secs(4)), &[5], &[], &[], t1);
+        assert!(!c.keep_cache(t, 5, 3, seq, t1));
+    }
+
+    #[test]
+    fn a_reset_keeps_closed_files_pages_untrusted_but_drops_attributes_and_names() {
+        let c = cache();
+        let t0 = Instant::now();
+        let until = t0 + secs(4);
+        c.grant(c.ticket(), Some(until), &[1, 5], &[(1, b"f")], &[], t0);
+        read_and_closed(&c, 5, 3, t0, until);
+        // 6 is open at the reset.
+        c.grant(c.ticket(), Some(until), &[6], &[], &[], t0);
+        c.keep_cache(c.ticket(), 6, 3, c.seq(), t0);
+        c.grant(c.ticket(), Some(until), &[6], &[], &[6], t0);
+        let before = c.ticket();
+        let (acks, done) = counter();
+        c.drop_all(done());
+        let mut w = c.take_now(t0);
+        w.attrs.sort_unstable();
+        w.pages.sort_unstable();
+        assert_eq!(w.attrs, vec![5], "the kept file's attributes go (their TTL may outlive the reset)");
+        assert_eq!(w.pages, vec![1, 6], "1 (no pages of its own) and the open 6 lose everything");
+        assert_eq!(w.expire, vec![(1, b"f".to_vec())]);
+        for a in w.acks {
+            a();
+        }
+        assert_eq!(acks.load(Ordering::SeqCst), 1);
+        assert!(c.untrusted(5));
+        // An answer sent before the reset trusts nothing again.
+        assert_eq!(c.grant(before, Some(until), &[5], &[], &[], t0).ttl, None);
+        assert!(c.untrusted(5));
+        let t = c.ticket();
+        c.grant(c.ticket(), Some(until), &[5], &[], &[], t0);
+        assert!(c.keep_cache(t, 5, 3, c.seq(), t0), "unchanged across the new leader: kept");
+        // 6's handle was counted through the reset: released, then a lapse drops it.
+        c.released(6);
+        assert!(!c.keep_cache(c.ticket(), 6, 3, c.seq(), t0), "6 lost its pages at the reset");
+    }
+
+    #[test]
+    fn a_directory_listing_outlives_a_lapse_only_at_the_same_version() {
+        let c = cache();
+        let t0 = Instant::now();
+        for (dir, v) in [(1, 7), (2, 7)] {
+            let t = c.ticket();
+            c.grant(t, Some(t0 + secs(2)), &[dir], &[], &[], t0);
+            c.seen(t, dir, v, t0);
+            assert_eq!(c.cache_dir(c.ticket(), dir, c.seq(), t0), (true, true));
+            c.released(dir);
+        }
+        let t1 = t0 + secs(3);
+        assert!(c.take_now(t1).pages.is_empty());
+        assert!(c.untrusted(1) && c.untrusted(2));
+        for (dir, now_v, keep) in [(1, 7, true), (2, 8, false)] {
+            // opendir of an untrusted directory: its getattr first.
+            let t = c.ticket();
+            let t2 = c.ticket();
+            c.grant(t2, Some(t1 + secs(4)), &[dir], &[], &[], t1);
+            c.seen(t2, dir, now_v, t1);
+            assert_eq!(c.cache_dir(t, dir, c.seq(), t1), (true, keep), "dir {dir}");
+        }
+        // A listing whose version was never seen is not kept past a lapse.
+        c.grant(c.ticket(), Some(t1 + secs(1)), &[3], &[], &[], t1);
+        assert_eq!(c.cache_dir(c.ticket(), 3, c.seq(), t1), (true, true));
+        c.released(3);
+        assert_eq!(c.take_now(t1 + secs(2)).pages, vec![3]);
+    }
+
+    #[test]
+    fn untrusted_pages_make_room_when_the_table_is_full() {
+        let c = MountCache::new(true, Limits { nodes: 2, names: 10, acks: 10 });
+        let t0 = Instant::now();
+        read_and_closed(&c, 1, 1, t0, t0 + secs(1));
+        read_and_closed(&c, 2, 1, t0, t0 + secs(1));
+        let t1 = t0 + secs(2);
+        assert!(c.take_now(t1).pages.is_empty());
+        assert!(c.grant(c.ticket(), Some(t1 + secs(1)), &[3], &[], &[], t1).ttl.is_some(), "untrusted nodes are forgotten");
+        let mut w = c.take_now(t1);
+        w.pages.sort_unstable();
+        assert_eq!(w.pages, vec![1, 2], "and their pages dropped");
+        // A handle that cannot be counted: nothing is kept untrusted again.
+        c.keep_cache(c.ticket(), 4, 1, c.seq(), t1);
+        c.keep_cache(c.ticket(), 5, 1, c.seq(), t1);
+        c.keep_cache(c.ticket(), 6, 1, c.seq(), t1);
+        assert!(c.state.lock().handles_lost);
     }
 
     #[test]

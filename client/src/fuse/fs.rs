@@ -15,8 +15,10 @@
 //!   that grants none, e.g. a single server or an in-process store, is never
 //!   read stale); a negative lookup under a lease becomes a negative entry;
 //!   `FOPEN_KEEP_CACHE` only when the file's version is the one of its last
-//!   open under the same unbroken lease; `FOPEN_CACHE_DIR` only under a lease
-//!   on the directory. Mutations never carry a TTL, and what they changed
+//!   open under the same unbroken lease, or, for pages kept untrusted past a
+//!   lapse or a new leader, under a grant received before the open was sent
+//!   (the open fetches the attributes first if nothing did); `FOPEN_CACHE_DIR`
+//!   only under a lease on the directory. Mutations never carry a TTL, and what they changed
 //!   (the backend's `changed`) is dropped like a recall: the leader does not
 //!   recall the writer, it drops the writer's callbacks.
 //! - Each cacheable answer is judged against a ticket taken before its
@@ -204,7 +206,9 @@ impl ChorusFuse {
     fn attr_query(&self, req: &fuser::Request, ino: Ino) -> Result<(Attr, Duration), Errno> {
         let a = self.query(req, Query::GetAttr { ino });
         let attr = attr_of("getattr", a.result)?;
-        let g = self.cache.grant(a.ticket, a.lease_until, &[ino], &[], &[], Instant::now());
+        let now = Instant::now();
+        let g = self.cache.grant(a.ticket, a.lease_until, &[ino], &[], &[], now);
+        self.cache.seen(a.ticket, ino, attr.version, now);
         Ok((attr, g.attr_ttl()))
     }
 
@@ -383,6 +387,7 @@ impl Filesystem for ChorusFuse {
         match a.result {
             Ok(Reply::Entry(attr)) | Ok(Reply::Attr(attr)) if attr.ino != 0 => {
                 let g = self.cache.grant(a.ticket, a.lease_until, &[parent.0, attr.ino], &[(parent.0, &name)], &[], now);
+                self.cache.seen(a.ticket, attr.ino, attr.version, now);
                 reply.entry_with_ttls(&g.attr_ttl(), &g.entry_ttl(0), &file_attr(&attr), Generation(0));
             }
             Ok(other) => reply.error(unexpected("lookup", &other)),
@@ -546,12 +551,18 @@ impl Filesystem for ChorusFuse {
 
     fn open(&self, req: &fuser::Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let ticket = self.cache.ticket();
+        if self.cache.untrusted(ino.0) {
+            // Pages kept from before a lapse or a new leader: a fresh grant
+            // first (its errors show again in the open).
+            let _ = self.attr_query(req, ino.0);
+        }
+        let seq = self.cache.seq();
         match self.mutate(req, Op::Open { ino: ino.0, flags: flags.0 }).map_err(errno) {
             // Without FOPEN_KEEP_CACHE the kernel drops the file's pages
             // (close-to-open); with it, it keeps pages that the lease proves
             // current (see the module comment).
             Ok(Reply::Opened { fh, attr }) => {
-                let keep = self.cache.keep_cache(ticket, ino.0, attr.version, Instant::now());
+                let keep = self.cache.keep_cache(ticket, ino.0, attr.version, seq, Instant::now());
                 reply.opened(FileHandle(fh), open_flags(flags.0, keep))
             }
             Ok(other) => reply.error(unexpected("open", &other)),
@@ -683,6 +694,7 @@ impl Filesystem for ChorusFuse {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        self.cache.released(ino.0);
         let r = ok_of(self.mutate(req, Op::Release { ino: ino.0, fh: fh.0 }));
         if let Err(e) = r {
             // close() can't report it; the server reclaims the handle when
@@ -696,16 +708,26 @@ impl Filesystem for ChorusFuse {
         Self::reply_empty(reply, ok_of(self.mutate(req, Op::Fsync { ino: ino.0, datasync })));
     }
 
-    fn opendir(&self, _req: &fuser::Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+    fn opendir(&self, req: &fuser::Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         // Stateless directory reading: cookies are stable in the state
         // machine. Under a lease on the directory the kernel may keep its
-        // listing across opens (a recall or the lease's end drops it; the
-        // kernel also checks the directory's mtime before reusing it).
-        let flags = if self.cache.cache_dir(ino.0, Instant::now()) {
-            FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE
-        } else {
-            FopenFlags::empty()
-        };
+        // listing across opens (a recall drops it; one kept past the
+        // lease's end is kept again only at the same version; the kernel
+        // also checks the directory's mtime before reusing it).
+        let ticket = self.cache.ticket();
+        if self.cache.untrusted(ino.0) {
+            // A fresh grant and the directory's version first.
+            let _ = self.attr_query(req, ino.0);
+        }
+        let seq = self.cache.seq();
+        let mut flags = FopenFlags::empty();
+        let (cache, keep) = self.cache.cache_dir(ticket, ino.0, seq, Instant::now());
+        if cache {
+            flags |= FopenFlags::FOPEN_CACHE_DIR;
+        }
+        if keep {
+            flags |= FopenFlags::FOPEN_KEEP_CACHE;
+        }
         reply.opened(FileHandle(0), flags);
     }
 
@@ -730,7 +752,8 @@ impl Filesystem for ChorusFuse {
         }
     }
 
-    fn releasedir(&self, _req: &fuser::Request, _ino: INodeNo, _fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+    fn releasedir(&self, _req: &fuser::Request, ino: INodeNo, _fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+        self.cache.released(ino.0);
         reply.ok();
     }
 
@@ -793,7 +816,10 @@ impl Filesystem for ChorusFuse {
         });
         match r {
             // A mutation's answer: no lease, no TTL.
-            Ok((attr, fh)) => reply.created(&Duration::ZERO, &file_attr(&attr), Generation(0), FileHandle(fh), open_flags(flags, false)),
+            Ok((attr, fh)) => {
+                self.cache.created(attr.ino);
+                reply.created(&Duration::ZERO, &file_attr(&attr), Generation(0), FileHandle(fh), open_flags(flags, false))
+            }
             Err(e) => reply.error(e),
         }
     }

@@ -47,6 +47,7 @@
 
 use std::collections::HashSet;
 use std::ffi::OsStr;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -91,11 +92,68 @@ impl Acks {
     }
 }
 
+/// `FUSE_NOTIFY_INVAL_ENTRY` with `FUSE_EXPIRE_ONLY` (Linux 6.2, protocol
+/// 7.38), which fuser does not offer: the dentry is marked expired instead
+/// of dropped, so the kernel looks the name up again before using it but
+/// keeps the inode (FUSE frees an inode, pages included, with its last
+/// dentry). Written to a duplicate of the connection's /dev/fuse descriptor.
+pub(crate) struct ExpireNotifier {
+    dev: OwnedFd,
+}
+
+const FUSE_NOTIFY_INVAL_ENTRY: i32 = 3;
+const FUSE_EXPIRE_ONLY: u32 = 1;
+
+impl ExpireNotifier {
+    pub fn new(dev: OwnedFd) -> ExpireNotifier {
+        ExpireNotifier { dev }
+    }
+
+    /// Expires (parent, name); Err(EINVAL) from a kernel without the flag.
+    fn expire_entry(&self, parent: u64, name: &[u8]) -> std::io::Result<()> {
+        let namelen = u32::try_from(name.len()).map_err(|_| std::io::Error::from_raw_os_error(libc::ENAMETOOLONG))?;
+        // fuse_out_header { len, error = notify code, unique = 0 }, then
+        // fuse_notify_inval_entry_out { parent, namelen, flags }, then the
+        // name and its NUL.
+        let len = 16 + 16 + name.len() + 1;
+        let mut buf = Vec::with_capacity(len);
+        buf.extend_from_slice(&(len as u32).to_ne_bytes());
+        buf.extend_from_slice(&FUSE_NOTIFY_INVAL_ENTRY.to_ne_bytes());
+        buf.extend_from_slice(&0u64.to_ne_bytes());
+        buf.extend_from_slice(&parent.to_ne_bytes());
+        buf.extend_from_slice(&namelen.to_ne_bytes());
+        buf.extend_from_slice(&FUSE_EXPIRE_ONLY.to_ne_bytes());
+        buf.extend_from_slice(name);
+        buf.push(0);
+        // SAFETY: `buf` is valid for `buf.len()` bytes; the descriptor is ours.
+        let n = unsafe { libc::write(self.dev.as_raw_fd(), buf.as_ptr().cast(), buf.len()) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            // ENOENT: the kernel had nothing cached.
+            return if e.raw_os_error() == Some(libc::ENOENT) { Ok(()) } else { Err(e) };
+        }
+        Ok(())
+    }
+}
+
+/// Expires an entry, or drops it where expiring is not possible (no
+/// descriptor, or a kernel without FUSE_EXPIRE_ONLY).
+fn expire(expirer: Option<&ExpireNotifier>, notifier: &Notifier, parent: u64, name: &[u8]) {
+    if let Some(x) = expirer {
+        match x.expire_entry(parent, name) {
+            Ok(()) => return,
+            Err(e) => debug!(parent, error = %e, "expiring an entry failed; invalidating it"),
+        }
+    }
+    report(notifier.inval_entry(INodeNo(parent), OsStr::from_bytes(name)), "entry", parent);
+}
+
 /// The slow thread's queue.
 #[derive(Default)]
 struct SlowQueue {
     pages: HashSet<u64>,
     entries: HashSet<(u64, Vec<u8>)>,
+    expire: HashSet<(u64, Vec<u8>)>,
     acks: Vec<Arc<Acks>>,
     stop: bool,
 }
@@ -114,13 +172,14 @@ pub(crate) struct Invalidator {
 }
 
 impl Invalidator {
-    pub fn start(cache: Arc<MountCache>, notifier: Notifier) -> std::io::Result<Invalidator> {
+    /// `expirer`: how reset names are expired (None: they are dropped).
+    pub fn start(cache: Arc<MountCache>, notifier: Notifier, expirer: Option<ExpireNotifier>) -> std::io::Result<Invalidator> {
         let slow = Arc::new(Slow::default());
         let mut inv = Invalidator { cache: cache.clone(), slow: slow.clone(), threads: Vec::new() };
         let (s, n, done) = (slow.clone(), notifier.clone(), Arc::new(AtomicBool::new(false)));
         let d = done.clone();
         let t = std::thread::Builder::new().name("chorus-inval-slow".into()).spawn(move || {
-            run_slow(&s, &n);
+            run_slow(&s, &n, expirer.as_ref());
             d.store(true, Ordering::SeqCst);
         })?;
         inv.threads.push((t, done));
@@ -178,16 +237,23 @@ fn run_fast(cache: &MountCache, slow: &Slow, notifier: &Notifier) {
         let now = Instant::now();
         let wait = pending.iter().map(|a| a.due.saturating_duration_since(now)).min().unwrap_or(IDLE_WAIT).min(IDLE_WAIT);
         let Some(work) = cache.wait_work(wait) else { break };
-        let Work { attrs, pages, entries, acks } = work;
+        let Work { attrs, pages, entries, expire, acks } = work;
         // Offset -1: attributes only; never waits on a page lock.
         for &ino in attrs.iter().chain(&pages) {
             report(notifier.inval_inode(INodeNo(ino), -1, 0), "inode attributes", ino);
         }
-        if !acks.is_empty() || !pages.is_empty() || !entries.is_empty() {
-            debug!(attrs = attrs.len(), pages = pages.len(), entries = entries.len(), acks = acks.len(), "invalidating");
+        if !acks.is_empty() || !pages.is_empty() || !entries.is_empty() || !expire.is_empty() {
+            debug!(
+                attrs = attrs.len(),
+                pages = pages.len(),
+                entries = entries.len(),
+                expire = expire.len(),
+                acks = acks.len(),
+                "invalidating"
+            );
         }
         let acks = (!acks.is_empty()).then(|| Arc::new(Acks { due: Instant::now() + ACK_WAIT, acks: Mutex::new(Some(acks)) }));
-        if pages.is_empty() && entries.is_empty() {
+        if pages.is_empty() && entries.is_empty() && expire.is_empty() {
             if let Some(a) = acks {
                 a.run();
             }
@@ -195,6 +261,7 @@ fn run_fast(cache: &MountCache, slow: &Slow, notifier: &Notifier) {
             let mut q = slow.queue.lock();
             q.pages.extend(pages);
             q.entries.extend(entries);
+            q.expire.extend(expire);
             if let Some(a) = acks {
                 q.acks.push(a.clone());
                 pending.push(a);
@@ -226,20 +293,23 @@ fn run_fast(cache: &MountCache, slow: &Slow, notifier: &Notifier) {
 
 /// The slow thread: entries, then pages, then the acknowledgements queued
 /// with them.
-fn run_slow(slow: &Slow, notifier: &Notifier) {
+fn run_slow(slow: &Slow, notifier: &Notifier, expirer: Option<&ExpireNotifier>) {
     loop {
-        let (pages, entries, acks) = {
+        let (pages, entries, expired, acks) = {
             let mut q = slow.queue.lock();
-            while !q.stop && q.pages.is_empty() && q.entries.is_empty() && q.acks.is_empty() {
+            while !q.stop && q.pages.is_empty() && q.entries.is_empty() && q.expire.is_empty() && q.acks.is_empty() {
                 slow.wake.wait_for(&mut q, IDLE_WAIT);
             }
             if q.stop {
                 return;
             }
-            (std::mem::take(&mut q.pages), std::mem::take(&mut q.entries), std::mem::take(&mut q.acks))
+            (std::mem::take(&mut q.pages), std::mem::take(&mut q.entries), std::mem::take(&mut q.expire), std::mem::take(&mut q.acks))
         };
         for (parent, name) in &entries {
             report(notifier.inval_entry(INodeNo(*parent), OsStr::from_bytes(name)), "entry", *parent);
+        }
+        for (parent, name) in &expired {
+            expire(expirer, notifier, *parent, name);
         }
         // Offset 0, length 0: attributes and every page.
         for &ino in &pages {

@@ -31,7 +31,7 @@ use thiserror::Error;
 use tracing::warn;
 
 use super::fs::ChorusFuse;
-use super::invalidate::Invalidator;
+use super::invalidate::{ExpireNotifier, Invalidator};
 use crate::cache::{CacheControl, Limits, MountCache};
 use crate::Backend;
 
@@ -345,6 +345,16 @@ pub fn mount(backend: Arc<dyn Backend>, mountpoint: &Path, opts: MountOptions) -
     // there by then).
     let dev = open_dev_fuse(&canon)?;
     sys_mount(&dev, &canon, &opts).map_err(|e| mount_errno(e, &canon))?;
+    // A second descriptor of the connection for the notifications fuser
+    // does not offer (expiring a name, `super::invalidate`); without it
+    // names are dropped instead, which is only slower.
+    let expirer = match dev.try_clone() {
+        Ok(d) => Some(ExpireNotifier::new(OwnedFd::from(d))),
+        Err(e) => {
+            warn!(error = %e, "cannot duplicate the /dev/fuse descriptor; a new leader will drop cached names instead of expiring them");
+            None
+        }
+    };
     let mut config = Config::default();
     config.acl = if opts.allow_other { SessionACL::All } else { SessionACL::Owner };
     config.n_threads = Some(opts.threads);
@@ -360,7 +370,7 @@ pub fn mount(backend: Arc<dyn Backend>, mountpoint: &Path, opts: MountOptions) -
         }
     };
     let notifier = session.notifier();
-    let invalidator = match Invalidator::start(cache.clone(), notifier.clone()) {
+    let invalidator = match Invalidator::start(cache.clone(), notifier.clone(), expirer) {
         Ok(i) => i,
         Err(e) => {
             force_unmount(&canon);
