@@ -174,6 +174,8 @@ impl ReplicatedBackend {
         let none = CacheInfo::default();
         let Ok(bytes) = chorus_server::machine::encode_request(req) else { return (Err(Errno(libc::EINVAL)), none) };
         let is_query = matches!(req, Request::Query { .. });
+        // A keepalive whose outcome is unknown changed nothing either way.
+        let changes_nothing = is_query || matches!(req, Request::Mutate { op: chorus_fs::ops::Op::KeepAlive, .. });
         let slot = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.sessions.len();
         let mut guard = self.sessions[slot].lock().await;
         let deadline = Instant::now() + CALL_TIMEOUT;
@@ -225,7 +227,7 @@ impl ReplicatedBackend {
                     // may have run. Running it again could run it twice.
                     warn!("the session ended during a retry; the operation's outcome is unknown (EIO)");
                     *guard = None;
-                    if !is_query {
+                    if !changes_nothing {
                         self.drop_cache();
                     }
                     return (Err(Errno(libc::EIO)), none);
@@ -233,7 +235,7 @@ impl ReplicatedBackend {
                 Err(e) => {
                     warn!(error = %e, "replicated call failed");
                     *guard = None;
-                    if !is_query {
+                    if !changes_nothing {
                         self.drop_cache();
                     }
                     return (Err(Errno(libc::EIO)), none);

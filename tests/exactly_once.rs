@@ -214,7 +214,18 @@ fn mutations_whose_reply_is_lost_while_the_leader_dies_take_effect_exactly_once(
     let mount_log = dir.path().join("mount.log");
     let mut mount = spawn(
         "mount",
-        &["mount".as_ref(), "--certs".as_ref(), certs.as_os_str(), "--server".as_ref(), server_list.as_ref(), mnt.as_os_str()],
+        // Keepalives (writes) would take the reply the replicas are armed to
+        // drop: one well inside the session timeout but rarer than a case.
+        &[
+            "mount".as_ref(),
+            "--certs".as_ref(),
+            certs.as_os_str(),
+            "--server".as_ref(),
+            server_list.as_ref(),
+            "--keepalive-ms".as_ref(),
+            "100000".as_ref(),
+            mnt.as_os_str(),
+        ],
         &mount_log,
     );
     wait_until("replicated mount", Duration::from_secs(60), || is_mounted(&mnt));
