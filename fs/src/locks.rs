@@ -22,7 +22,7 @@
 
 use crate::ctx::{Ctx, SCAN_CHUNK};
 use crate::error::{errno, R};
-use crate::keys::{inode_key, Table};
+use crate::keys::{corrupt, inode_key, Table};
 use crate::ops::{FileLock, Ino, Reply};
 use crate::records::{Handle, LockRecord};
 use crate::view::View;
@@ -143,51 +143,38 @@ pub(crate) fn release_handle_locks(ctx: &mut Ctx, ino: Ino, fh: u64) -> R<()> {
     Ok(())
 }
 
-/// Releases everything `ctx.client` holds: its locks, then its handles
-/// (an unlinked file it kept open is freed with its last handle).
-pub(crate) fn client_gone(ctx: &mut Ctx) -> R<Reply> {
-    let client = ctx.client;
-    let mut handles = Vec::new();
-    let mut from = Vec::new();
-    let to = vec![0xff; 9];
+/// Every (inode-or-handle number, record) of `table`, read through the
+/// command's pending writes, in key order.
+fn records<T: serde::de::DeserializeOwned>(ctx: &Ctx, table: Table) -> R<Vec<(u64, T)>> {
+    let (mut from, to) = (Vec::new(), vec![0xff; 9]);
+    let mut out = Vec::new();
     loop {
-        let chunk = ctx.tx.scan(Table::Handles, &from, &to, SCAN_CHUNK)?;
-        let Some((last, _)) = chunk.last() else { break };
+        let chunk = ctx.tx.scan(table, &from, &to, SCAN_CHUNK)?;
+        let Some((last, _)) = chunk.last() else { return Ok(out) };
         from = last.clone();
         from.push(0);
         for (key, value) in chunk {
-            let handle: Handle = crate::records::decode(Table::Handles, &key, &value)?;
-            if handle.owner == client {
-                let fh = u64::from_be_bytes(
-                    key.as_slice()
-                        .try_into()
-                        .map_err(|_| crate::keys::corrupt(Table::Handles, &key, "handle key is not 8 bytes".into()))?,
-                );
-                handles.push((fh, handle.ino));
-            }
+            let number: [u8; 8] = key.as_slice().try_into().map_err(|_| corrupt(table, &key, "key is not 8 bytes".into()))?;
+            out.push((u64::from_be_bytes(number), crate::records::decode(table, &key, &value)?));
         }
     }
-    for (fh, ino) in handles {
-        crate::attrs::release(ctx, ino, fh)?;
+}
+
+/// Releases everything `ctx.client` holds: its handles (an unlinked file it
+/// kept open is freed with its last handle, and the locks taken through a
+/// handle go with it), then any lock still naming the client.
+pub(crate) fn client_gone(ctx: &mut Ctx) -> R<Reply> {
+    let client = ctx.client;
+    let handles: Vec<(u64, Handle)> = records(ctx, Table::Handles)?;
+    for (fh, handle) in handles.into_iter().filter(|(_, h)| h.owner == client) {
+        crate::attrs::release(ctx, handle.ino, fh)?;
     }
-    // Locks taken through handles of other clients cannot exist, but a
-    // list may still name the client (a lock whose handle is gone): sweep.
-    let mut from = Vec::new();
-    loop {
-        let chunk = ctx.tx.scan(Table::Locks, &from, &to, SCAN_CHUNK)?;
-        let Some((last, _)) = chunk.last() else { break };
-        from = last.clone();
-        from.push(0);
-        for (key, value) in chunk {
-            let mut locks: Vec<LockRecord> = crate::records::decode(Table::Locks, &key, &value)?;
-            let before = locks.len();
-            locks.retain(|l| l.client != client);
-            if locks.len() != before {
-                let ino = u64::from_be_bytes(
-                    key.as_slice().try_into().map_err(|_| crate::keys::corrupt(Table::Locks, &key, "lock key is not 8 bytes".into()))?,
-                );
-                save(ctx, ino, &locks);
-            }
+    let locks: Vec<(u64, Vec<LockRecord>)> = records(ctx, Table::Locks)?;
+    for (ino, mut list) in locks {
+        let before = list.len();
+        list.retain(|l| l.client != client);
+        if list.len() != before {
+            save(ctx, ino, &list);
         }
     }
     Ok(Reply::Ok)
