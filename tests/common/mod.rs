@@ -12,11 +12,32 @@ pub fn chorus_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_chorus"))
 }
 
-/// A UDP port that was free a moment ago (the OS picks it; the tiny race
-/// with other processes is acceptable in tests).
+/// Replica ports come from here, below Linux's ephemeral range (32768 and
+/// up, where every client socket's port comes from): a replica killed and
+/// restarted on its port must find it free, and a client socket of any
+/// other test could take a freed ephemeral port in between (seen once: a
+/// restarted replica exited "address in use").
+const PORTS: std::ops::Range<u16> = 20_000..32_000;
+
+/// How many consecutive ports each [`free_port`] answer reserves: some
+/// tests run a cluster on `port`, `port + 1`, `port + 2`.
+const PORT_BLOCK: u16 = 4;
+
+/// A UDP port free a moment ago, with the next `PORT_BLOCK - 1` free too,
+/// from [`PORTS`]; never the same block twice in one test process, and
+/// processes start at different places (by pid).
 pub fn free_port() -> u16 {
-    let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
-    s.local_addr().unwrap().port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let blocks = u32::from((PORTS.end - PORTS.start) / PORT_BLOCK);
+    let _ = NEXT.compare_exchange(u32::MAX, std::process::id().wrapping_mul(7_919) % blocks, Ordering::SeqCst, Ordering::SeqCst);
+    for _ in 0..blocks {
+        let base = PORTS.start + (NEXT.fetch_add(1, Ordering::SeqCst) % blocks) as u16 * PORT_BLOCK;
+        if (base..base + PORT_BLOCK).all(|port| std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()) {
+            return base;
+        }
+    }
+    panic!("no {PORT_BLOCK} free ports together in {PORTS:?}");
 }
 
 pub fn run_ok(cmd: &mut Command) -> String {
