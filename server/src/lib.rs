@@ -32,8 +32,12 @@ use tracing::{info, warn};
 
 pub use sequencer::Sequencer;
 
-/// Connections one replica serves at once; more are refused by quinn.
+/// Connections one replica serves at once; more are closed after their
+/// handshake ([`chorus_wire::rpc::CLOSE_BUSY`]).
 pub const CONNECTIONS_MAX: usize = 256;
+/// A client connection with no request for this long is closed (the mount
+/// reconnects at its next request); keep-alives alone would keep it forever.
+pub const CLIENT_IDLE_CLOSE: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// How to run one replica.
 #[derive(Clone, Debug)]
@@ -111,6 +115,14 @@ pub async fn run(cfg: ServerConfig, shutdown: impl std::future::Future<Output = 
 }
 
 /// Accept loop: one task per connection, each serving requests concurrently.
+///
+/// A connection takes its slot ([`CONNECTIONS_MAX`], and its certificate's
+/// quota, [`chorus_wire::quota`]) only once its handshake succeeded:
+/// handshakes are bounded apart ([`chorus_wire::rpc::Handshakes`]), so peers
+/// that never finish one (they need no certificate to start) cannot keep
+/// authenticated clients out. All connections of one certificate share one
+/// budget of request bytes; a connection with no request for
+/// [`CLIENT_IDLE_CLOSE`] is closed (clients reconnect on demand).
 pub async fn serve(
     endpoint: quinn::Endpoint,
     replica: Arc<Replica>,
@@ -118,25 +130,38 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     let connections = Arc::new(tokio::sync::Semaphore::new(CONNECTIONS_MAX));
+    let handshakes = chorus_wire::rpc::Handshakes::new(chorus_wire::rpc::HANDSHAKES_MAX);
+    let quotas = chorus_wire::quota::Quotas::new(chorus_wire::quota::Limits::default());
     tokio::pin!(shutdown);
     loop {
         let incoming = tokio::select! {
             _ = &mut shutdown => break,
             inc = endpoint.accept() => match inc { Some(i) => i, None => break },
         };
-        let Ok(permit) = connections.clone().try_acquire_owned() else {
-            warn!("too many connections; refusing one");
-            incoming.refuse();
-            continue;
-        };
+        let Some(handshake) = handshakes.admit(incoming) else { continue };
         let replica = replica.clone();
         let revoked = revoked.clone();
+        let connections = connections.clone();
+        let quotas = quotas.clone();
         tokio::spawn(async move {
-            let _permit = permit;
             // Refused handshakes (unknown CA, no certificate, revoked) are logged there.
-            let Ok(conn) = chorus_wire::rpc::accept(incoming).await else { return };
+            let Ok(conn) = handshake.complete().await else { return };
             let peer = conn.remote_address();
+            let Ok(_permit) = connections.try_acquire_owned() else {
+                warn!(%peer, "too many connections; refusing one");
+                conn.close(chorus_wire::rpc::CLOSE_BUSY, b"too many connections");
+                return;
+            };
             let Some(cert) = chorus_wire::certs::peer_cert(&conn) else { return };
+            let slot = match quotas.connect(&cert.fingerprint) {
+                Ok(slot) => slot,
+                Err(e) => {
+                    warn!(%peer, cert = %cert.label(), error = %e, "refusing a connection");
+                    conn.close(chorus_wire::rpc::CLOSE_BUSY, e.to_string().as_bytes());
+                    return;
+                }
+            };
+            let options = chorus_wire::rpc::ServeOptions { budget: slot.quota().budget(), idle_close: Some(CLIENT_IDLE_CLOSE) };
             let closer = conn.clone();
             let handler = move |mut req: Request| {
                 let replica = replica.clone();
@@ -152,9 +177,10 @@ pub async fn serve(
                     tokio::task::spawn_blocking(move || replica.handle(req)).await.unwrap_or(Err(chorus_fs::ops::Errno(libc_eio())))
                 }
             };
-            if let Err(e) = chorus_wire::rpc::serve_connection(conn, handler).await {
+            if let Err(e) = chorus_wire::rpc::serve_connection_with(conn, options, handler).await {
                 warn!(%peer, error = %e, "connection closed with error");
             }
+            drop(slot);
         });
     }
 }

@@ -153,6 +153,17 @@ pub async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Option<V
 
 /// [`read_frame`] with another payload bound.
 pub async fn read_frame_max<R: AsyncRead + Unpin>(reader: &mut R, payload_bytes_max: usize) -> Result<Option<Vec<u8>>, WireError> {
+    match read_header_max(reader, payload_bytes_max).await? {
+        Some(payload_bytes) => read_payload(reader, payload_bytes).await.map(Some),
+        None => Ok(None),
+    }
+}
+
+/// The first half of [`read_frame_max`]: reads and checks one frame header
+/// and returns the payload length it announces (`Ok(None)` on a clean end
+/// of stream). A server reserves its budget for that many bytes before
+/// reading them with [`read_payload`].
+pub async fn read_header_max<R: AsyncRead + Unpin>(reader: &mut R, payload_bytes_max: usize) -> Result<Option<usize>, WireError> {
     let mut header = [0u8; FRAME_HEADER_BYTES];
     let mut header_bytes = 0;
     while header_bytes < FRAME_HEADER_BYTES {
@@ -165,7 +176,12 @@ pub async fn read_frame_max<R: AsyncRead + Unpin>(reader: &mut R, payload_bytes_
         }
         header_bytes += n;
     }
-    let payload_bytes = decode_header_max(&header, payload_bytes_max)?;
+    Ok(Some(decode_header_max(&header, payload_bytes_max)?))
+}
+
+/// The second half of [`read_frame_max`]: reads a payload of `payload_bytes`
+/// (from a checked header), growing the buffer only as bytes arrive.
+pub async fn read_payload<R: AsyncRead + Unpin>(reader: &mut R, payload_bytes: usize) -> Result<Vec<u8>, WireError> {
     let mut payload = Vec::with_capacity(payload_bytes.min(READ_BUFFER_BYTES_INITIAL));
     let got = (&mut *reader).take(payload_bytes as u64).read_to_end(&mut payload).await.map_err(io_lost)?;
     if got < payload_bytes {
@@ -174,7 +190,7 @@ pub async fn read_frame_max<R: AsyncRead + Unpin>(reader: &mut R, payload_bytes_
         );
     }
     debug_assert_eq!(payload.len(), payload_bytes);
-    Ok(Some(payload))
+    Ok(payload)
 }
 
 /// Writes one already-encoded frame (from [`encode`] / [`encode_parts`]).

@@ -43,6 +43,7 @@ pub mod codec;
 pub mod endpoint;
 mod error;
 pub mod frame;
+pub mod quota;
 pub mod revoke;
 pub mod rpc;
 pub mod tls;

@@ -22,8 +22,15 @@
 //!   and the pending entry is removed.
 //! - The server runs at most [`SERVER_REQUESTS_IN_FLIGHT_MAX`] handlers, holding
 //!   at most [`SERVER_REQUEST_BYTES_IN_FLIGHT_MAX`] bytes of requests, per
-//!   connection at once; beyond that it stops reading, so QUIC flow control
-//!   pushes back on the client. Replies go out as they complete (not in order).
+//!   connection at once (or within a [`Budget`] shared by several
+//!   connections, [`serve_connection_with`]). A request's bytes are reserved
+//!   when its frame header arrives, before its payload is read, and held
+//!   until its reply is written: frames being read on any number of
+//!   streams, decoded requests, handlers and queued replies all count.
+//!   Beyond that it stops reading, so QUIC flow control pushes back on the
+//!   client. Replies go out as they complete (not in order).
+//! - A server may close a connection that had no request in flight for a
+//!   while ([`ServeOptions::idle_close`], [`CLOSE_IDLE`]); clients reconnect.
 //! - Malformed input (bad frame, oversized length, wrong version, unknown
 //!   envelope kind, undecodable body) closes THAT connection with
 //!   [`CLOSE_PROTOCOL_VIOLATION`] and a warning naming the peer; nothing else
@@ -74,9 +81,10 @@ pub const ENVELOPE_HEADER_BYTES: usize = 1 + 8;
 pub const CALLS_IN_FLIGHT_MAX: usize = 1024;
 /// Handlers one server connection may run at once.
 pub const SERVER_REQUESTS_IN_FLIGHT_MAX: usize = 1024;
-/// Bytes of decoded-but-unanswered requests one server connection may hold
-/// (a frame is at most 16 MiB, so one request always fits).
-pub const SERVER_REQUEST_BYTES_IN_FLIGHT_MAX: usize = 128 * 1024 * 1024;
+/// Bytes of requests (being read, decoded, handled, or answered and not yet
+/// written back) one server connection may hold (a frame is at most
+/// 16 MiB, so one request always fits).
+pub const SERVER_REQUEST_BYTES_IN_FLIGHT_MAX: usize = 64 * 1024 * 1024;
 /// Encoded frames waiting for a stream's writer task.
 pub const WRITE_QUEUE_FRAMES_MAX: usize = 256;
 /// Pushed messages waiting (on either side) before the pusher is slowed.
@@ -475,6 +483,78 @@ fn panic_text(panic: &(dyn Any + Send)) -> String {
     }
 }
 
+/// Longest a server lets one handshake take ([`Handshakes`]): a client that
+/// keeps a handshake alive with keep-alives but never finishes it is dropped.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Handshakes one server runs at once ([`Handshakes`]).
+pub const HANDSHAKES_MAX: usize = 1024;
+
+/// Application close code: the server holds as many connections as it (or
+/// this client certificate's quota) allows.
+pub const CLOSE_BUSY: VarInt = VarInt::from_u32(4);
+
+/// Bounds the handshakes a server runs at once and how long each may take.
+/// A server takes its connection slots only after a handshake succeeded, so
+/// peers that never finish a handshake (they need no certificate to start
+/// one) cannot keep authenticated clients out of the slots; they can only
+/// fill this bound, and only for [`HANDSHAKE_TIMEOUT`] each. Beyond half of
+/// it, a peer must first prove its address (a QUIC Retry, stateless).
+#[derive(Clone, Debug)]
+pub struct Handshakes {
+    running: Arc<Semaphore>,
+    max: usize,
+}
+
+/// A handshake admitted by [`Handshakes::admit`].
+pub struct Handshake {
+    incoming: quinn::Incoming,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Handshakes {
+    /// At most `max` handshakes at once.
+    pub fn new(max: usize) -> Handshakes {
+        Handshakes { running: Arc::new(Semaphore::new(max)), max }
+    }
+
+    /// Handshakes running now.
+    pub fn running(&self) -> usize {
+        self.max - self.running.available_permits()
+    }
+
+    /// Admits `incoming` into the running handshakes, or refuses it (None):
+    /// all taken, or past half of them with an unvalidated address (then a
+    /// Retry is sent; the peer's next attempt carries the proof).
+    pub fn admit(&self, incoming: quinn::Incoming) -> Option<Handshake> {
+        if self.running.available_permits() < self.max / 2 && !incoming.remote_address_validated() && incoming.may_retry() {
+            let _ = incoming.retry();
+            return None;
+        }
+        match self.running.clone().try_acquire_owned() {
+            Ok(permit) => Some(Handshake { incoming, _permit: permit }),
+            Err(_) => {
+                tracing::warn!(peer = %incoming.remote_address(), "too many handshakes at once; refusing one");
+                incoming.refuse();
+                None
+            }
+        }
+    }
+}
+
+impl Handshake {
+    /// Completes it within [`HANDSHAKE_TIMEOUT`] (see [`accept`]).
+    pub async fn complete(self) -> Result<quinn::Connection, WireError> {
+        let peer = self.incoming.remote_address();
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, accept(self.incoming)).await {
+            Ok(result) => result,
+            Err(_) => {
+                tracing::warn!(%peer, timeout = ?HANDSHAKE_TIMEOUT, "a handshake took too long; dropped");
+                Err(WireError::ConnectionLost(format!("handshake with {peer} took longer than {HANDSHAKE_TIMEOUT:?}")))
+            }
+        }
+    }
+}
+
 /// Completes the handshake of an incoming connection. A peer whose
 /// certificate is refused (another cluster's, none at all) is logged with its
 /// address and reported as [`WireError::PeerRefused`].
@@ -490,10 +570,91 @@ pub async fn accept(incoming: quinn::Incoming) -> Result<quinn::Connection, Wire
     }
 }
 
+/// What the handlers of the connections that share it may hold at once:
+/// one connection's own ([`Budget::per_connection`]), or every connection
+/// of one client certificate ([`crate::quota`]). The bytes of a request are
+/// reserved when its frame header arrives, before its payload is read, and
+/// given back when its reply has been written to the stream: a payload
+/// being read, a decoded request, a running handler and its queued reply
+/// all count, however many streams carry them.
+#[derive(Debug)]
+pub struct Budget {
+    requests: Arc<Semaphore>,
+    bytes: Arc<Semaphore>,
+}
+
+impl Budget {
+    /// At most `requests_max` requests and `bytes_max` bytes of requests
+    /// (at least one whole frame: [`frame::PAYLOAD_BYTES_MAX`]).
+    pub fn new(requests_max: usize, bytes_max: usize) -> Arc<Budget> {
+        let bytes_max = bytes_max.clamp(frame::PAYLOAD_BYTES_MAX, u32::MAX as usize);
+        Arc::new(Budget { requests: Arc::new(Semaphore::new(requests_max.max(1))), bytes: Arc::new(Semaphore::new(bytes_max)) })
+    }
+
+    /// [`SERVER_REQUESTS_IN_FLIGHT_MAX`] and [`SERVER_REQUEST_BYTES_IN_FLIGHT_MAX`].
+    pub fn per_connection() -> Arc<Budget> {
+        Budget::new(SERVER_REQUESTS_IN_FLIGHT_MAX, SERVER_REQUEST_BYTES_IN_FLIGHT_MAX)
+    }
+
+    /// Request bytes not reserved now (for tests and status).
+    pub fn bytes_available(&self) -> usize {
+        self.bytes.available_permits()
+    }
+
+    async fn reserve(&self, payload_bytes: usize) -> (tokio::sync::OwnedSemaphorePermit, tokio::sync::OwnedSemaphorePermit) {
+        let request = self.requests.clone().acquire_owned().await.expect("semaphore never closed");
+        // payload_bytes <= PAYLOAD_BYTES_MAX <= the semaphore's size, far below u32::MAX.
+        let bytes = self.bytes.clone().acquire_many_owned(payload_bytes as u32).await.expect("semaphore never closed");
+        (request, bytes)
+    }
+}
+
+/// How [`serve_connection_with`] serves one connection.
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    /// What its requests may hold (shared with other connections or not).
+    pub budget: Arc<Budget>,
+    /// Close the connection ([`CLOSE_IDLE`]) when it has had no request and
+    /// no request in flight for this long. QUIC keep-alives keep a live
+    /// peer's connection open forever otherwise. None: never.
+    pub idle_close: Option<Duration>,
+}
+
+impl Default for ServeOptions {
+    fn default() -> ServeOptions {
+        ServeOptions { budget: Budget::per_connection(), idle_close: None }
+    }
+}
+
+/// Application close code: the connection was idle (the client reconnects
+/// when it needs the server again).
+pub const CLOSE_IDLE: VarInt = VarInt::from_u32(3);
+
+/// When a connection last had a request, and how many are in flight.
+struct Activity {
+    started: tokio::time::Instant,
+    last_ms: AtomicU64,
+    in_flight: AtomicU64,
+}
+
+impl Activity {
+    fn touch(&self) {
+        self.last_ms.store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+    fn idle_for(&self) -> Option<Duration> {
+        if self.in_flight.load(Ordering::Relaxed) > 0 {
+            return None;
+        }
+        let now = self.started.elapsed().as_millis() as u64;
+        Some(Duration::from_millis(now.saturating_sub(self.last_ms.load(Ordering::Relaxed))))
+    }
+}
+
 /// Serves RPCs on one incoming connection until it closes: accepts its
 /// bidirectional streams and runs `handler` for each request concurrently
-/// (at most [`SERVER_REQUESTS_IN_FLIGHT_MAX`] at once), writing replies as
-/// they complete.
+/// (at most [`SERVER_REQUESTS_IN_FLIGHT_MAX`] at once, holding at most
+/// [`SERVER_REQUEST_BYTES_IN_FLIGHT_MAX`] bytes of requests), writing replies
+/// as they complete.
 ///
 /// Returns `Ok(())` when the peer closes the connection or the server closes
 /// it locally; [`WireError::Protocol`] when the peer sent malformed input (the
@@ -506,18 +667,34 @@ where
     Req: DeserializeOwned + Send + 'static,
     Resp: Serialize + Send + 'static,
 {
+    serve_connection_with(conn, ServeOptions::default(), handler).await
+}
+
+/// [`serve_connection`] within `options`' budget (e.g. one shared by every
+/// connection of a client certificate), closing it when idle if asked.
+pub async fn serve_connection_with<Req, Resp, H, Fut>(conn: quinn::Connection, options: ServeOptions, handler: H) -> Result<(), WireError>
+where
+    H: Fn(Req) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Resp> + Send + 'static,
+    Req: DeserializeOwned + Send + 'static,
+    Resp: Serialize + Send + 'static,
+{
     let handler = Arc::new(handler);
-    let in_flight = Arc::new(Budget {
-        requests: Arc::new(Semaphore::new(SERVER_REQUESTS_IN_FLIGHT_MAX)),
-        bytes: Arc::new(Semaphore::new(SERVER_REQUEST_BYTES_IN_FLIGHT_MAX)),
-    });
-    // Stream tasks are bounded by the transport's concurrent-stream limit.
+    let budget = options.budget;
+    let activity = Arc::new(Activity { started: tokio::time::Instant::now(), last_ms: AtomicU64::new(0), in_flight: AtomicU64::new(0) });
+    let idle_close = options.idle_close.unwrap_or(Duration::MAX);
+    let idle_check = (idle_close / 4).clamp(Duration::from_millis(10), Duration::from_secs(3600));
+    let mut idle_timer = tokio::time::interval(idle_check);
+    idle_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Stream tasks are bounded by the transport's concurrent-stream limit,
+    // and what they hold by the budget.
     let mut streams: JoinSet<Result<(), WireError>> = JoinSet::new();
     loop {
         tokio::select! {
             accepted = conn.accept_bi() => match accepted {
                 Ok((send, recv)) => {
-                    streams.spawn(serve_stream(conn.clone(), send, recv, handler.clone(), in_flight.clone()));
+                    activity.touch();
+                    streams.spawn(serve_stream(conn.clone(), send, recv, handler.clone(), budget.clone(), activity.clone()));
                 }
                 Err(err) => {
                     // A stream task may have closed the connection for a violation.
@@ -538,15 +715,43 @@ where
                     return Err(e);
                 }
             }
+            _ = idle_timer.tick(), if options.idle_close.is_some() => {
+                if activity.idle_for().is_some_and(|idle| idle >= idle_close) {
+                    tracing::debug!(peer = %conn.remote_address(), ?idle_close, "closing an idle connection");
+                    close_with(&conn, CLOSE_IDLE, "idle connection closed by the server");
+                    streams.abort_all();
+                    return Ok(());
+                }
+            }
         }
     }
 }
 
-/// What one connection's handlers may hold at once.
-struct Budget {
-    requests: Arc<Semaphore>,
-    bytes: Arc<Semaphore>,
+/// What one request holds from its frame header until its reply is
+/// written (or it is dropped): its share of the budget, and a count in its
+/// connection's activity.
+struct Held {
+    _permits: (tokio::sync::OwnedSemaphorePermit, tokio::sync::OwnedSemaphorePermit),
+    activity: Arc<Activity>,
 }
+
+impl Held {
+    fn new(permits: (tokio::sync::OwnedSemaphorePermit, tokio::sync::OwnedSemaphorePermit), activity: Arc<Activity>) -> Held {
+        activity.in_flight.fetch_add(1, Ordering::Relaxed);
+        activity.touch();
+        Held { _permits: permits, activity }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.activity.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.activity.touch();
+    }
+}
+
+/// A reply frame and what its request held, given back once written.
+type Outgoing = (Vec<u8>, Held);
 
 /// Serves one bidirectional stream: reads requests, spawns handlers, and
 /// feeds their replies to this stream's writer task.
@@ -555,7 +760,8 @@ async fn serve_stream<Req, Resp, H, Fut>(
     send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     handler: Arc<H>,
-    in_flight: Arc<Budget>,
+    budget: Arc<Budget>,
+    activity: Arc<Activity>,
 ) -> Result<(), WireError>
 where
     H: Fn(Req) -> Fut + Send + Sync + 'static,
@@ -563,12 +769,20 @@ where
     Req: DeserializeOwned + Send + 'static,
     Resp: Serialize + Send + 'static,
 {
-    let (write_tx, write_rx) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE_FRAMES_MAX);
+    let (write_tx, write_rx) = mpsc::channel::<Outgoing>(WRITE_QUEUE_FRAMES_MAX);
     let writer = tokio::spawn(server_writer(conn.clone(), send, write_rx));
     let result = loop {
-        let payload = match frame::read_frame(&mut recv).await {
-            Ok(Some(payload)) => payload,
+        let payload_bytes = match frame::read_header_max(&mut recv, frame::PAYLOAD_BYTES_MAX).await {
+            Ok(Some(payload_bytes)) => payload_bytes,
             Ok(None) => break Ok(()), // the client finished its requests
+            Err(err) => break Err(read_failure(&conn, err)),
+        };
+        // Waiting here, before the payload is read (not spawning or reading
+        // unboundedly), is the backpressure: QUIC flow control then stops
+        // the client within the connection's receive window.
+        let held = Held::new(budget.reserve(payload_bytes).await, activity.clone());
+        let payload = match frame::read_payload(&mut recv, payload_bytes).await {
+            Ok(payload) => payload,
             Err(err) => break Err(read_failure(&conn, err)),
         };
         let (kind, id) = match parse_envelope(&payload) {
@@ -582,13 +796,7 @@ where
             Ok(req) => req,
             Err(err) => break Err(violation(&conn, format!("request {id}: {err}"))),
         };
-        let request_bytes = payload.len() as u32; // <= PAYLOAD_BYTES_MAX, far below u32::MAX
         drop(payload);
-        // Waiting here (not spawning unboundedly) is the backpressure.
-        let permit = (
-            in_flight.requests.clone().acquire_owned().await.expect("semaphore never closed"),
-            in_flight.bytes.clone().acquire_many_owned(request_bytes).await.expect("semaphore never closed"),
-        );
         let fut = CatchUnwind(Box::pin(handler(req)));
         let write_tx = write_tx.clone();
         tokio::spawn(async move {
@@ -605,9 +813,8 @@ where
             };
             if let Ok(frame) = frame {
                 // An error means the stream is gone; the client learns that from the connection.
-                let _ = write_tx.send(frame).await;
+                let _ = write_tx.send((frame, held)).await;
             }
-            drop(permit);
         });
     };
     drop(write_tx);
@@ -620,9 +827,11 @@ where
     result
 }
 
-async fn server_writer(conn: quinn::Connection, mut send: quinn::SendStream, mut write_rx: mpsc::Receiver<Vec<u8>>) {
-    while let Some(frame) = write_rx.recv().await {
-        if let Err(err) = frame::write_encoded(&mut send, &frame).await {
+async fn server_writer(conn: quinn::Connection, mut send: quinn::SendStream, mut write_rx: mpsc::Receiver<Outgoing>) {
+    while let Some((frame, held)) = write_rx.recv().await {
+        let written = frame::write_encoded(&mut send, &frame).await;
+        drop(held);
+        if let Err(err) = written {
             tracing::debug!(peer = %conn.remote_address(), %err, "rpc server writer stopped");
             return;
         }

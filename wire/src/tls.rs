@@ -18,9 +18,17 @@
 //!   refused in the handshake.
 //!
 //! Transport parameters (why): file data moves in 1–4 MiB payloads, so
-//! receive windows are generous (16 MiB per stream, 64 MiB per connection);
-//! keep-alives every second with a 5 s idle timeout let either side notice a
-//! dead peer within seconds, which failure detection and failover rely on.
+//! receive windows are generous (16 MiB per stream, 64 MiB per connection
+//! for what a client receives); keep-alives every second with a 5 s idle
+//! timeout let either side notice a dead peer within seconds, which failure
+//! detection and failover rely on. A server grants a connection
+//! [`SERVER_CONNECTION_RECEIVE_WINDOW_BYTES`] (16 MiB, one whole frame) until
+//! it knows the peer is another replica ([`widen_for_peer`]): QUIC's flow
+//! control is what bounds the bytes a client can make a server buffer below
+//! the application (docs/architecture.md, "Security"). A client may open up
+//! to [`BIDI_STREAMS_MAX`] streams, but the bytes the server reads from all
+//! of them are bounded together (`rpc::Budget`), so more streams do not buy
+//! more server memory.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,6 +52,10 @@ pub const ALPN: &[u8] = b"chorus/1";
 pub const STREAM_RECEIVE_WINDOW_BYTES: u32 = 16 * 1024 * 1024;
 /// Per-connection receive window (and send window).
 pub const CONNECTION_RECEIVE_WINDOW_BYTES: u32 = 64 * 1024 * 1024;
+/// Per-connection receive window a server grants before it knows the peer
+/// is a replica (clients keep it): what one client connection can make the
+/// server's QUIC stack buffer.
+pub const SERVER_CONNECTION_RECEIVE_WINDOW_BYTES: u32 = 16 * 1024 * 1024;
 /// Interval of QUIC keep-alive pings.
 pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(1);
 /// A connection with no traffic (not even keep-alive answers) for this long is dead.
@@ -152,6 +164,27 @@ pub fn rustls_server_config_revoking(id: &Identity, revoked: Option<Arc<Revocati
     Ok(cfg)
 }
 
+/// Gives a connection accepted by a server the full connection receive
+/// window ([`CONNECTION_RECEIVE_WINDOW_BYTES`]) once its certificate shows a
+/// replica of the cluster (view-change and state-transfer messages are large).
+pub fn widen_for_peer(conn: &quinn::Connection) {
+    conn.set_receive_window(CONNECTION_RECEIVE_WINDOW_BYTES.into());
+}
+
+/// The transport parameters of a server endpoint: [`transport_config`]
+/// with the smaller connection receive window.
+pub fn server_transport_config() -> Arc<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    t.stream_receive_window(STREAM_RECEIVE_WINDOW_BYTES.into());
+    t.receive_window(SERVER_CONNECTION_RECEIVE_WINDOW_BYTES.into());
+    t.send_window(CONNECTION_RECEIVE_WINDOW_BYTES as u64);
+    t.keep_alive_interval(Some(KEEP_ALIVE_INTERVAL));
+    t.max_idle_timeout(Some(IDLE_TIMEOUT.try_into().expect("5 s is a valid idle timeout")));
+    t.max_concurrent_bidi_streams(BIDI_STREAMS_MAX.into());
+    t.max_concurrent_uni_streams(UNI_STREAMS_MAX.into());
+    Arc::new(t)
+}
+
 /// Server side: requires a client certificate chaining to the cluster CA.
 pub fn server_config(id: &Identity) -> Result<quinn::ServerConfig, WireError> {
     server_config_revoking(id, None)
@@ -163,7 +196,7 @@ pub fn server_config_revoking(id: &Identity, revoked: Option<Arc<RevocationList>
     let crypto = QuicServerConfig::try_from(rustls_server_config_revoking(id, revoked)?)
         .map_err(|e| WireError::Tls(format!("QUIC server TLS: {e}")))?;
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    cfg.transport_config(transport_config());
+    cfg.transport_config(server_transport_config());
     Ok(cfg)
 }
 

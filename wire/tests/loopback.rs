@@ -513,3 +513,42 @@ async fn revoked_and_expired_client_certificates_are_refused_in_the_handshake() 
     let err = tokio::time::timeout(STEP_TIMEOUT, outcome).await.unwrap().unwrap_err();
     assert!(err.to_string().contains("expired"), "{err}");
 }
+
+/// Issue 10, finding 5 ("idle connections live forever"): keep-alives keep
+/// a live peer's connection open however long it sends nothing; a server
+/// that asks for it closes a connection with no request in flight for its
+/// idle bound (CLOSE_IDLE), and never one whose request is still running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_closes_idle_connections_but_not_busy_ones() {
+    let dir = cluster(1);
+    let id = certs::load_identity(dir.path(), Role::Replica(0)).unwrap();
+    let endpoint = endpoint::server("127.0.0.1:0".parse().unwrap(), tls::server_config(&id).unwrap()).unwrap();
+    let addr = endpoint.local_addr().unwrap();
+    let accept = endpoint.clone();
+    tokio::spawn(async move {
+        while let Some(incoming) = accept.accept().await {
+            tokio::spawn(async move {
+                let Ok(conn) = rpc::accept(incoming).await else { return };
+                let push = ServerConn::new(conn.clone());
+                let options = rpc::ServeOptions { budget: rpc::Budget::per_connection(), idle_close: Some(Duration::from_millis(400)) };
+                let _ = rpc::serve_connection_with(conn, options, move |req: Req| handle(push.clone(), req)).await;
+            });
+        }
+    });
+    let id = certs::load_identity(dir.path(), Role::Client).unwrap();
+    let ep = client_endpoint(&id, addr);
+    let busy = RpcClient::connect(&ep, addr).await.unwrap();
+    let idle = RpcClient::connect(&ep, addr).await.unwrap();
+    assert!(matches!(echo(&idle, 1).await, Ok(Resp::Echo { n: 1, .. })));
+    // A request running longer than the idle bound keeps its connection.
+    assert_eq!(tokio::time::timeout(STEP_TIMEOUT, busy.call::<_, Resp>(&Req::Sleep { ms: 1500 })).await.unwrap().unwrap(), Resp::Slept);
+    assert!(idle.is_closed(), "a connection idle for 1.5 s (bound 0.4 s) is still open");
+    match idle.connection().close_reason() {
+        Some(quinn::ConnectionError::ApplicationClosed(close)) => assert_eq!(close.error_code, rpc::CLOSE_IDLE),
+        other => panic!("closed by {other:?}"),
+    }
+    // The busy one was used 0 s ago; a new connection works.
+    assert!(!busy.is_closed());
+    let again = RpcClient::connect(&ep, addr).await.unwrap();
+    assert!(matches!(echo(&again, 2).await, Ok(Resp::Echo { n: 2, .. })));
+}

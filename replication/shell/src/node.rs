@@ -10,6 +10,13 @@
 //!   connection whose certificate is revoked later is closed at its next
 //!   request; [`NodeConfig::admit`] maps every client request (what its
 //!   certificate may claim) before the core sees it.
+//! - Per client certificate ([`chorus_wire::quota`]): at most 32
+//!   connections, one budget of request bytes shared by its connections,
+//!   at most 1024 requests waiting for the core, and registrations through
+//!   a token bucket; beyond, `Busy` before anything is ordered (local
+//!   admission, never replicated state). Connection slots are taken after
+//!   the handshake; handshakes are bounded apart ([`rpc::Handshakes`]); a
+//!   client connection idle for [`CLIENT_IDLE_CLOSE`] is closed.
 //! - At most [`CONNECTIONS_MAX`] client connections at once; each client call
 //!   waits at most [`CLIENT_REPLY_WAIT`] for the core's reply, then answers
 //!   [`NodeResponse::NoReply`] (the client retries with the same seq).
@@ -25,6 +32,7 @@ use std::time::Duration;
 
 use chorus_replication::{Config, Event, Message, Operation, ReplicaId, StateMachine};
 use chorus_wire::certs::{self, CertInfo, Role};
+use chorus_wire::quota::{CertQuota, Limits, Quotas};
 use chorus_wire::revoke::RevocationList;
 use chorus_wire::{endpoint, rpc, tls};
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
@@ -38,6 +46,12 @@ use crate::transport::Transport;
 
 /// Client connections served at once.
 pub const CONNECTIONS_MAX: usize = 1024;
+/// Longest a client request waits for its certificate's waiter quota
+/// ([`chorus_wire::quota::Limits::waiters`]) before it is answered Busy.
+pub const QUOTA_WAIT: Duration = Duration::from_millis(400);
+/// A client connection with no request for this long is closed (clients
+/// reconnect on demand); keep-alives alone would keep it open forever.
+pub const CLIENT_IDLE_CLOSE: Duration = Duration::from_secs(600);
 /// Longest a client call waits for the core's reply.
 pub const CLIENT_REPLY_WAIT: Duration = Duration::from_secs(2);
 /// Longest wait for a status answer: its digest reads the whole state (off
@@ -188,7 +202,12 @@ async fn accept_loop(
     policy: ClientPolicy,
 ) {
     let clients = Arc::new(Semaphore::new(CONNECTIONS_MAX));
+    // Slots are taken after the handshake; handshakes are bounded apart.
+    let handshakes = rpc::Handshakes::new(rpc::HANDSHAKES_MAX);
+    let quotas = Quotas::new(Limits::default());
     while let Some(incoming) = ep.accept().await {
+        let Some(handshake) = handshakes.admit(incoming) else { continue };
+        let quotas = quotas.clone();
         let transport = transport.clone();
         let calls = calls.clone();
         let clients = clients.clone();
@@ -196,9 +215,10 @@ async fn accept_loop(
         let subscribers = subscribers.clone();
         let policy = policy.clone();
         tokio::spawn(async move {
-            let Ok(conn) = rpc::accept(incoming).await else { return };
+            let Ok(conn) = handshake.complete().await else { return };
             match certs::peer_role(&conn) {
                 Some(Role::Replica(j)) if j <= u8::MAX as usize => {
+                    tls::widen_for_peer(&conn);
                     // Checkpoint files travel on bidirectional streams of
                     // the same kind of connection, beside the messages.
                     if let Some(root) = checkpoints {
@@ -211,7 +231,7 @@ async fn accept_loop(
                     let clients_in_use = clients.clone();
                     let Ok(_permit) = clients.try_acquire_owned() else {
                         warn!("too many client connections; refusing one");
-                        conn.close(rpc::CLOSE_INTERNAL, b"too many connections");
+                        conn.close(rpc::CLOSE_BUSY, b"too many connections");
                         return;
                     };
                     let peer = conn.remote_address();
@@ -219,13 +239,24 @@ async fn accept_loop(
                         conn.close(rpc::CLOSE_PROTOCOL_VIOLATION, b"no certificate");
                         return;
                     };
+                    // Per-client quotas: a client is its certificate.
+                    let slot = match quotas.connect(&cert.fingerprint) {
+                        Ok(slot) => slot,
+                        Err(e) => {
+                            warn!(%peer, cert = %cert.label(), error = %e, "refusing a client connection");
+                            conn.close(rpc::CLOSE_BUSY, e.to_string().as_bytes());
+                            return;
+                        }
+                    };
+                    let quota = slot.quota().clone();
+                    let options = rpc::ServeOptions { budget: quota.budget(), idle_close: Some(CLIENT_IDLE_CLOSE) };
                     // Recalls for a mount subscribed here go out on this
                     // connection (server push).
                     let push = rpc::ServerConn::new(conn.clone());
                     let handler = move |req: NodeRequest| {
                         let calls = calls.clone();
                         let clients = clients_in_use.clone();
-                        let (push, subscribers) = (push.clone(), subscribers.clone());
+                        let (push, subscribers, quota) = (push.clone(), subscribers.clone(), quota.clone());
                         let req = policy.admit(&cert, req);
                         let label = cert.label();
                         async move {
@@ -234,7 +265,7 @@ async fn accept_loop(
                                 push.connection().close(CLOSE_REVOKED.into(), b"this client's certificate was revoked");
                                 return NodeResponse::Refused("this client's certificate was revoked".into());
                             };
-                            match handle(calls, req, admin, Some(push), &subscribers).await {
+                            match handle(calls, req, admin, Some(push), &subscribers, &quota).await {
                                 NodeResponse::Status(s) => NodeResponse::Status(NodeStatus {
                                     clients: (CONNECTIONS_MAX - clients.available_permits()) as u64,
                                     ..s
@@ -243,13 +274,41 @@ async fn accept_loop(
                             }
                         }
                     };
-                    if let Err(e) = rpc::serve_connection(conn, handler).await {
+                    if let Err(e) = rpc::serve_connection_with(conn, options, handler).await {
                         warn!(%peer, error = %e, "client connection closed with error");
                     }
+                    drop(slot);
                 }
                 None => conn.close(rpc::CLOSE_PROTOCOL_VIOLATION, b"no role"),
             }
         });
+    }
+}
+
+/// Whether this node leads a normal view now (registration quotas are
+/// spent only where a Register would be ordered).
+async fn leads(calls: &mpsc::Sender<Call>) -> bool {
+    let (tx, rx) = oneshot::channel();
+    if calls.send(Call::Progress(tx)).await.is_err() {
+        return false;
+    }
+    match tokio::time::timeout(CLIENT_REPLY_WAIT, rx).await {
+        Ok(Ok(status)) => status.status == "normal" && status.leader == status.id,
+        _ => false,
+    }
+}
+
+/// A `Busy` answer from this node's admission (the request was not queued):
+/// no view or leader is claimed (the leader id is out of range).
+fn busy(request: &chorus_replication::Request) -> chorus_replication::Reply {
+    chorus_replication::Reply {
+        session: request.session,
+        seq: request.seq,
+        view: request.epoch,
+        leader: ReplicaId::MAX,
+        outcome: chorus_replication::Outcome::Busy,
+        lease_ms: 0,
+        changed: Vec::new(),
     }
 }
 
@@ -266,6 +325,7 @@ async fn handle(
     admin: bool,
     push: Option<rpc::ServerConn>,
     subscribers: &Subscribers,
+    quota: &CertQuota,
 ) -> NodeResponse {
     match req {
         NodeRequest::Checkpoint if !admin => {
@@ -282,6 +342,14 @@ async fn handle(
             }
         }
         NodeRequest::Call(request) => {
+            // Admission before ordering (local, never in the replicated
+            // state): this certificate's registrations and waiters.
+            if request.operation == Operation::Register && leads(&calls).await && !quota.try_register() {
+                return NodeResponse::Reply(busy(&request));
+            }
+            let Ok(Ok(_waiter)) = tokio::time::timeout(QUOTA_WAIT, quota.waiters().acquire_owned()).await else {
+                return NodeResponse::Reply(busy(&request));
+            };
             let (tx, rx) = oneshot::channel();
             if calls.send(Call::Request(request, tx)).await.is_err() {
                 return NodeResponse::NoReply;
@@ -293,18 +361,31 @@ async fn handle(
         }
         NodeRequest::Batch(requests) => {
             let deadline = tokio::time::Instant::now() + BATCH_REPLY_WAIT;
-            let count = requests.len();
-            let mut waiting = Vec::with_capacity(count.min(BATCH_REQUESTS_MAX));
+            let count = requests.len().min(BATCH_REQUESTS_MAX);
+            let mut replies = Vec::with_capacity(count);
+            let Ok(Ok(_waiters)) = tokio::time::timeout(QUOTA_WAIT, quota.waiters().acquire_many_owned(count as u32)).await else {
+                replies.resize(count, None);
+                return NodeResponse::Batch(replies);
+            };
+            let mut waiting = Vec::with_capacity(count);
+            // Only the leader spends registrations (a follower's core answers NotLeader).
+            let leader = requests.iter().any(|r| r.operation == Operation::Register) && leads(&calls).await;
             for request in requests.into_iter().take(BATCH_REQUESTS_MAX) {
+                if leader && request.operation == Operation::Register && !quota.try_register() {
+                    waiting.push(Err(busy(&request)));
+                    continue;
+                }
                 let (tx, rx) = oneshot::channel();
                 if calls.send(Call::Request(request, tx)).await.is_err() {
                     break;
                 }
-                waiting.push(rx);
+                waiting.push(Ok(rx));
             }
-            let mut replies = Vec::with_capacity(count);
-            for rx in waiting {
-                replies.push(tokio::time::timeout_at(deadline, rx).await.ok().and_then(Result::ok));
+            for waiter in waiting {
+                replies.push(match waiter {
+                    Ok(rx) => tokio::time::timeout_at(deadline, rx).await.ok().and_then(Result::ok),
+                    Err(busy) => Some(busy),
+                });
             }
             replies.resize(count, None);
             NodeResponse::Batch(replies)
