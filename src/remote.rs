@@ -103,6 +103,10 @@ pub struct ReplicatedBackend {
     runtime: tokio::runtime::Handle,
     cluster: Arc<chorus_replication_shell::client::Cluster>,
     sessions: Vec<tokio::sync::Mutex<Option<chorus_replication_shell::client::Session>>>,
+    /// The keepalive's own session: a keepalive stuck in a failover must
+    /// never hold a slot that a file-system request waits for (the CI run
+    /// at 6cd455b+ saw a 2 s writer stall, about twice a failover).
+    keepalive_session: tokio::sync::Mutex<Option<chorus_replication_shell::client::Session>>,
     next: std::sync::atomic::AtomicUsize,
     /// The mount's cache, once attached.
     cache: Arc<Mutex<Option<chorus_client::CacheControl>>>,
@@ -147,6 +151,7 @@ impl ReplicatedBackend {
             runtime: tokio::runtime::Handle::current(),
             cluster,
             sessions,
+            keepalive_session: tokio::sync::Mutex::new(None),
             next: std::sync::atomic::AtomicUsize::new(0),
             cache,
         });
@@ -169,6 +174,16 @@ impl ReplicatedBackend {
     }
 
     async fn call_async(&self, req: &Request) -> (Result<OpResult, Errno>, CacheInfo) {
+        let slot = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.sessions.len();
+        self.call_on(&self.sessions[slot], req).await
+    }
+
+    /// [`ReplicatedBackend::call_async`] on one session slot.
+    async fn call_on(
+        &self,
+        slot: &tokio::sync::Mutex<Option<chorus_replication_shell::client::Session>>,
+        req: &Request,
+    ) -> (Result<OpResult, Errno>, CacheInfo) {
         use chorus_replication::Outcome;
         use chorus_replication_shell::client::ClientError;
         let none = CacheInfo::default();
@@ -176,8 +191,7 @@ impl ReplicatedBackend {
         let is_query = matches!(req, Request::Query { .. });
         // A keepalive whose outcome is unknown changed nothing either way.
         let changes_nothing = is_query || matches!(req, Request::Mutate { op: chorus_fs::ops::Op::KeepAlive, .. });
-        let slot = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.sessions.len();
-        let mut guard = self.sessions[slot].lock().await;
+        let mut guard = slot.lock().await;
         let deadline = Instant::now() + CALL_TIMEOUT;
         for _attempt in 0..2 {
             if guard.is_none() {
@@ -257,7 +271,7 @@ async fn keep_alive(backend: std::sync::Weak<ReplicatedBackend>, interval: Durat
         tick.tick().await;
         let Some(backend) = backend.upgrade() else { return };
         let request = Request::Mutate { caller: chorus_fs::ops::Caller::root(), op: chorus_fs::ops::Op::KeepAlive };
-        if let (Err(e), _) = backend.call_async(&request).await {
+        if let (Err(e), _) = backend.call_on(&backend.keepalive_session, &request).await {
             tracing::debug!(errno = e.0, "keepalive failed; the next one retries");
         }
     }

@@ -13,7 +13,7 @@
 //! permission to read a file or list a directory.
 
 use crate::error::{errno, Fail, R};
-use crate::ops::{Caller, Query};
+use crate::ops::{Caller, FileKind, Query};
 use crate::records::Inode;
 use crate::view::View;
 
@@ -51,7 +51,8 @@ pub(crate) fn check_access(inode: &Inode, caller: &Caller, mask: u32) -> R<()> {
 /// The permission a query needs on the inode it names, beyond the checks
 /// its handler makes itself (lookup: search on the directory; getxattr:
 /// the namespace rules): Read needs read permission on the file, ReadDir
-/// read permission on the directory (what open(2) and opendir(3) check).
+/// read permission on the directory (what open(2) and opendir(3) check);
+/// execute permission also lets a file be read (exec of a 0711 program).
 /// The owner and root always pass: the owner could grant itself the bits
 /// with chmod anyway, and it keeps a file created with mode 0 or chmodded
 /// after open readable by the process that owns it (queries carry no handle).
@@ -72,7 +73,12 @@ pub(crate) fn check_query(view: &impl View, caller: &Caller, query: &Query) -> R
     if is_owner_or_root(&inode, caller) {
         return Ok(());
     }
-    check_access(&inode, caller, MAY_READ)
+    match (check_access(&inode, caller, MAY_READ), inode.kind) {
+        // The kernel reads a program it executes for a caller that may
+        // execute but not read it (mode 0711): exec permission is enough.
+        (Err(_), FileKind::File) => check_access(&inode, caller, MAY_EXEC),
+        (answer, _) => answer,
+    }
 }
 
 /// `inode_owner_or_capable`.
@@ -196,5 +202,11 @@ mod tests {
         assert_eq!(errno_of(h.query_as(&bob, list(999_999))), libc::ENOENT);
         // Lookup in a directory bob cannot search.
         assert_eq!(errno_of(h.query_as(&bob, Query::Lookup { parent: private.ino, name: b"x".to_vec() })), libc::EACCES);
+        // A program bob may run but not read (0711): the kernel reads it to
+        // execute it for him. A directory's execute bit is no read right.
+        let (program, _) = h.create_as(&alice, home.ino, b"program", 0o711).unwrap();
+        assert!(matches!(h.query_as(&bob, read(program.ino)), Ok(Reply::Data(_))));
+        let search_only = h.mkdir_as(&alice, home.ino, "search-only", 0o711).unwrap();
+        assert_eq!(errno_of(h.query_as(&bob, list(search_only.ino))), libc::EACCES);
     }
 }
