@@ -1,7 +1,9 @@
 //! `FsStore::apply` (and `query`) over arbitrary inode-level command
 //! sequences: raw inode and handle numbers (mostly the small ones a fresh
 //! store hands out, sometimes anything), Open and Release, names and values
-//! no kernel sends, any caller among root and two users.
+//! no kernel sends, any caller among root and two users; commands from
+//! three clients (handles and byte-range locks are per client: SetLock,
+//! GetLock, opens and releases as another client, a client gone).
 //!
 //! Fails on: a panic anywhere in apply or query (a poison command: every
 //! replica would die at the same op, and again at every replay), a store
@@ -18,7 +20,7 @@ use arbitrary::{Arbitrary, Result, Unstructured};
 use chorus_fs::ops::*;
 use std::sync::Mutex;
 
-use chorus_fs::{FsStore, StoreImage, StoreOptions};
+use chorus_fs::{AppliedTag, FsStore, StoreImage, StoreOptions};
 use libfuzzer_sys::fuzz_target;
 
 /// Most steps one input runs (keeps an execution in milliseconds).
@@ -189,6 +191,42 @@ impl<'a> Arbitrary<'a> for Data {
     }
 }
 
+/// A replication client id: 0..3 most of the time, else anything.
+#[derive(Debug, Clone, Copy)]
+struct Client(u64);
+
+impl<'a> Arbitrary<'a> for Client {
+    fn arbitrary(u: &mut Unstructured<'a>) -> Result<Self> {
+        Ok(Client(match u8::arbitrary(u)? {
+            b @ 0..=249 => u64::from(b % 3),
+            _ => u64::arbitrary(u)?,
+        }))
+    }
+}
+
+/// A lock request: small owners (conflicts), any range, the three types or
+/// anything.
+#[derive(Debug, Clone, Copy, Arbitrary)]
+struct LockSpec {
+    owner: u8,
+    start: Offset,
+    end: Offset,
+    typ: u8,
+    raw_typ: i32,
+}
+
+impl LockSpec {
+    fn lock(self) -> FileLock {
+        let typ = match self.typ % 4 {
+            0 => libc::F_RDLCK,
+            1 => libc::F_WRLCK,
+            2 => libc::F_UNLCK,
+            _ => self.raw_typ,
+        };
+        FileLock { owner: u64::from(self.owner % 4), start: self.start.0, end: self.end.0, typ, pid: 7 }
+    }
+}
+
 #[derive(Debug, Clone, Copy, Arbitrary)]
 enum Who {
     Root,
@@ -198,12 +236,7 @@ enum Who {
 
 impl Who {
     fn caller(self) -> Caller {
-        let user = |uid: u32, groups: Vec<u32>| Caller {
-            uid,
-            gid: uid,
-            pid: 1,
-            groups,
-        };
+        let user = |uid: u32, groups: Vec<u32>| Caller { uid, gid: uid, pid: 1, groups };
         match self {
             Who::Root => Caller::root(),
             Who::User => user(1000, vec![]),
@@ -264,6 +297,11 @@ enum Step {
     ReadDir(RawIno, u8, u8, bool),
     GetXattr(Who, RawIno, XattrName),
     ListXattr(Who, RawIno),
+    OpenAs(Who, Client, RawIno, OpenFlags),
+    ReleaseAs(Client, RawIno, RawFh),
+    SetLock(Client, RawIno, RawFh, LockSpec),
+    GetLock(Client, RawIno, RawFh, LockSpec),
+    ClientGone(Client),
 }
 
 #[derive(Debug, Arbitrary)]
@@ -274,73 +312,32 @@ struct Input {
 }
 
 enum Action {
+    /// A command of client 0 (the single-replica client).
     Apply(Caller, Op),
+    /// A command of another client.
+    ApplyAs(u64, Caller, Op),
     Query(Caller, Query),
+    /// The client's last session ended.
+    Gone(u64),
 }
 
 fn action(step: &Step) -> Action {
-    use Action::{Apply, Query as Q};
+    use Action::{Apply, ApplyAs, Gone, Query as Q};
     match step.clone() {
-        Step::Create(w, p, n, m, um, f, excl) => Apply(
-            w.caller(),
-            Op::Create {
-                parent: p.0,
-                name: n.0,
-                mode: m.0,
-                umask: um.0,
-                flags: f.0,
-                excl,
-            },
-        ),
-        Step::Mknod(w, p, n, m, rdev) => Apply(
-            w.caller(),
-            Op::Mknod {
-                parent: p.0,
-                name: n.0,
-                mode: m.0,
-                umask: 0o022,
-                rdev,
-            },
-        ),
-        Step::Mkdir(w, p, n, m) => Apply(
-            w.caller(),
-            Op::Mkdir {
-                parent: p.0,
-                name: n.0,
-                mode: m.0,
-                umask: 0o022,
-            },
-        ),
-        Step::Symlink(w, p, n, t) => Apply(
-            w.caller(),
-            Op::Symlink {
-                parent: p.0,
-                name: n.0,
-                target: t.0,
-            },
-        ),
-        Step::Link(w, i, p, n) => Apply(
-            w.caller(),
-            Op::Link {
-                ino: i.0,
-                newparent: p.0,
-                newname: n.0,
-            },
-        ),
-        Step::Unlink(w, p, n) => Apply(
-            w.caller(),
-            Op::Unlink {
-                parent: p.0,
-                name: n.0,
-            },
-        ),
-        Step::Rmdir(w, p, n) => Apply(
-            w.caller(),
-            Op::Rmdir {
-                parent: p.0,
-                name: n.0,
-            },
-        ),
+        Step::OpenAs(w, c, i, f) => ApplyAs(c.0, w.caller(), Op::Open { ino: i.0, flags: f.0 }),
+        Step::ReleaseAs(c, i, f) => ApplyAs(c.0, Caller::root(), Op::Release { ino: i.0, fh: f.0 }),
+        Step::SetLock(c, i, f, l) => ApplyAs(c.0, Caller::root(), Op::SetLock { ino: i.0, fh: f.0, lock: l.lock() }),
+        Step::GetLock(c, i, f, l) => ApplyAs(c.0, Caller::root(), Op::GetLock { ino: i.0, fh: f.0, lock: l.lock() }),
+        Step::ClientGone(c) => Gone(c.0),
+        Step::Create(w, p, n, m, um, f, excl) => {
+            Apply(w.caller(), Op::Create { parent: p.0, name: n.0, mode: m.0, umask: um.0, flags: f.0, excl })
+        }
+        Step::Mknod(w, p, n, m, rdev) => Apply(w.caller(), Op::Mknod { parent: p.0, name: n.0, mode: m.0, umask: 0o022, rdev }),
+        Step::Mkdir(w, p, n, m) => Apply(w.caller(), Op::Mkdir { parent: p.0, name: n.0, mode: m.0, umask: 0o022 }),
+        Step::Symlink(w, p, n, t) => Apply(w.caller(), Op::Symlink { parent: p.0, name: n.0, target: t.0 }),
+        Step::Link(w, i, p, n) => Apply(w.caller(), Op::Link { ino: i.0, newparent: p.0, newname: n.0 }),
+        Step::Unlink(w, p, n) => Apply(w.caller(), Op::Unlink { parent: p.0, name: n.0 }),
+        Step::Rmdir(w, p, n) => Apply(w.caller(), Op::Rmdir { parent: p.0, name: n.0 }),
         Step::Rename(w, p, n, q, m, f) => {
             let flags = match f % 5 {
                 0 | 1 => 0,
@@ -348,28 +345,9 @@ fn action(step: &Step) -> Action {
                 3 => libc::RENAME_EXCHANGE,
                 _ => u32::from(f),
             };
-            Apply(
-                w.caller(),
-                Op::Rename {
-                    parent: p.0,
-                    name: n.0,
-                    newparent: q.0,
-                    newname: m.0,
-                    flags,
-                },
-            )
+            Apply(w.caller(), Op::Rename { parent: p.0, name: n.0, newparent: q.0, newname: m.0, flags })
         }
-        Step::SetAttr {
-            who,
-            ino,
-            mode,
-            uid,
-            gid,
-            size,
-            atime,
-            mtime,
-            fh,
-        } => Apply(
+        Step::SetAttr { who, ino, mode, uid, gid, size, atime, mtime, fh } => Apply(
             who.caller(),
             Op::SetAttr {
                 ino: ino.0,
@@ -385,115 +363,36 @@ fn action(step: &Step) -> Action {
                 },
             },
         ),
-        Step::Open(w, i, f) => Apply(
-            w.caller(),
-            Op::Open {
-                ino: i.0,
-                flags: f.0,
-            },
-        ),
+        Step::Open(w, i, f) => Apply(w.caller(), Op::Open { ino: i.0, flags: f.0 }),
         Step::Release(w, i, f) => Apply(w.caller(), Op::Release { ino: i.0, fh: f.0 }),
-        Step::Write(w, i, f, o, d, fl) => Apply(
-            w.caller(),
-            Op::Write {
-                ino: i.0,
-                fh: f.0,
-                offset: o.0,
-                data: d.0,
-                flags: fl.0,
-            },
-        ),
+        Step::Write(w, i, f, o, d, fl) => Apply(w.caller(), Op::Write { ino: i.0, fh: f.0, offset: o.0, data: d.0, flags: fl.0 }),
         Step::Fallocate(w, i, f, o, l, m) => {
-            use libc::{
-                FALLOC_FL_KEEP_SIZE as KEEP, FALLOC_FL_PUNCH_HOLE as PUNCH,
-                FALLOC_FL_ZERO_RANGE as ZERO,
-            };
-            let mode = [
-                0,
-                KEEP,
-                PUNCH | KEEP,
-                ZERO,
-                ZERO | KEEP,
-                PUNCH,
-                i32::from(m),
-            ][usize::from(m) % 7];
-            Apply(
-                w.caller(),
-                Op::Fallocate {
-                    ino: i.0,
-                    fh: f.0,
-                    offset: o.0,
-                    length: l.0,
-                    mode,
-                },
-            )
+            use libc::{FALLOC_FL_KEEP_SIZE as KEEP, FALLOC_FL_PUNCH_HOLE as PUNCH, FALLOC_FL_ZERO_RANGE as ZERO};
+            let mode = [0, KEEP, PUNCH | KEEP, ZERO, ZERO | KEEP, PUNCH, i32::from(m)][usize::from(m) % 7];
+            Apply(w.caller(), Op::Fallocate { ino: i.0, fh: f.0, offset: o.0, length: l.0, mode })
         }
         Step::SetXattr(w, i, n, v, f) => {
-            let flags =
-                [0, libc::XATTR_CREATE, libc::XATTR_REPLACE, i32::from(f)][usize::from(f) % 4];
+            let flags = [0, libc::XATTR_CREATE, libc::XATTR_REPLACE, i32::from(f)][usize::from(f) % 4];
             let mut value = v.0;
             value.truncate(64);
-            Apply(
-                w.caller(),
-                Op::SetXattr {
-                    ino: i.0,
-                    name: n.0,
-                    value,
-                    flags,
-                },
-            )
+            Apply(w.caller(), Op::SetXattr { ino: i.0, name: n.0, value, flags })
         }
-        Step::RemoveXattr(w, i, n) => Apply(
-            w.caller(),
-            Op::RemoveXattr {
-                ino: i.0,
-                name: n.0,
-            },
-        ),
-        Step::Fsync(w, i) => Apply(
-            w.caller(),
-            Op::Fsync {
-                ino: i.0,
-                datasync: false,
-            },
-        ),
-        Step::Lookup(w, p, n) => Q(
-            w.caller(),
-            Query::Lookup {
-                parent: p.0,
-                name: n.0,
-            },
-        ),
+        Step::RemoveXattr(w, i, n) => Apply(w.caller(), Op::RemoveXattr { ino: i.0, name: n.0 }),
+        Step::Fsync(w, i) => Apply(w.caller(), Op::Fsync { ino: i.0, datasync: false }),
+        Step::Lookup(w, p, n) => Q(w.caller(), Query::Lookup { parent: p.0, name: n.0 }),
         Step::GetAttr(i) => Q(Caller::root(), Query::GetAttr { ino: i.0 }),
-        Step::Read(i, o, size) => Q(
-            Caller::root(),
-            Query::Read {
-                ino: i.0,
-                offset: o.0,
-                size,
-            },
-        ),
+        Step::Read(i, o, size) => Q(Caller::root(), Query::Read { ino: i.0, offset: o.0, size }),
         Step::ReadLink(i) => Q(Caller::root(), Query::ReadLink { ino: i.0 }),
         Step::ReadDir(i, cookie, max, plus) => Q(
             Caller::root(),
             Query::ReadDir {
                 ino: i.0,
-                cookie: if cookie == 255 {
-                    u64::MAX
-                } else {
-                    u64::from(cookie % 8)
-                },
+                cookie: if cookie == 255 { u64::MAX } else { u64::from(cookie % 8) },
                 max_entries: u32::from(max),
                 plus,
             },
         ),
-        Step::GetXattr(w, i, n) => Q(
-            w.caller(),
-            Query::GetXattr {
-                ino: i.0,
-                name: n.0,
-            },
-        ),
+        Step::GetXattr(w, i, n) => Q(w.caller(), Query::GetXattr { ino: i.0, name: n.0 }),
         Step::ListXattr(w, i) => Q(w.caller(), Query::ListXattr { ino: i.0 }),
     }
 }
@@ -533,26 +432,32 @@ impl Stores {
         let one = open_store(&dir.0.join("one"));
         let two = open_store(&dir.0.join("two"));
         let fresh = one.export_image().expect("image of a fresh store");
-        Stores {
-            one,
-            two,
-            fresh,
-            inputs: 0,
-            _dir: dir,
-        }
+        Stores { one, two, fresh, inputs: 0, _dir: dir }
     }
 }
 
 fn open_store(dir: &std::path::Path) -> FsStore {
     // No WAL: nothing outlives the process.
-    let options = StoreOptions {
-        skip_wal: true,
-        ..StoreOptions::default()
-    };
+    let options = StoreOptions { skip_wal: true, ..StoreOptions::default() };
     FsStore::open(dir, options).expect("open a fresh store")
 }
 
 static STORES: Mutex<Option<Stores>> = Mutex::new(None);
+
+/// One tagged command of `client` at `index` (or, for `None`, the release
+/// of everything the client held), as the replicated service applies it.
+fn apply(store: &FsStore, index: u64, client: u64, cmd: Option<&Command>, now: Timestamp) -> OpResult {
+    let tag = AppliedTag { op: index, last_now: now };
+    let applied = match cmd {
+        Some(cmd) => store.apply_tagged_tracked(index, cmd, &tag, client),
+        None => store.apply_client_gone(index, now, &tag, client),
+    };
+    let applied = applied.expect("apply: store error");
+    if cmd.is_none() {
+        assert_eq!(applied.result, Ok(Reply::Ok), "releasing what a gone client held failed");
+    }
+    applied.result
+}
 
 fuzz_target!(|input: Input| {
     // A panic poisons the lock, but a panic also ends the process.
@@ -563,56 +468,36 @@ fuzz_target!(|input: Input| {
     }
     let stores = slot.as_mut().expect("stores just made");
     stores.inputs += 1;
-    let Stores {
-        one: store,
-        two: replica,
-        fresh,
-        ..
-    } = &*stores;
+    let Stores { one: store, two: replica, fresh, .. } = &*stores;
     store.import_image(fresh).expect("reset to the fresh state");
-    let mut log: Vec<(Command, OpResult)> = Vec::new();
+    // (client, command or None for "client gone", reply), applied tagged as
+    // the replicated service applies them.
+    let mut log: Vec<(u64, Option<Command>, OpResult)> = Vec::new();
     for step in input.steps.iter().take(STEPS_MAX) {
-        match action(step) {
-            Action::Apply(caller, op) => {
-                let index = log.len() as u64 + 1;
-                let cmd = Command {
-                    now: Timestamp::new(1_000 + index as i64, 7),
-                    caller,
-                    op,
-                };
-                let reply = store.apply(index, &cmd).expect("apply: store error");
-                log.push((cmd, reply));
-            }
+        let index = log.len() as u64 + 1;
+        let now = Timestamp::new(1_000 + index as i64, 7);
+        let (client, cmd) = match action(step) {
+            Action::Apply(caller, op) => (0, Some(Command { now, caller, op })),
+            Action::ApplyAs(client, caller, op) => (client, Some(Command { now, caller, op })),
+            Action::Gone(client) => (client, None),
             Action::Query(caller, query) => {
                 let _answer = store.query(&caller, &query).expect("query: store error");
+                continue;
             }
-        }
+        };
+        let reply = apply(store, index, client, cmd.as_ref(), now);
+        log.push((client, cmd, reply));
     }
     let problems = store.fsck().expect("fsck: store error");
-    assert!(
-        problems.is_empty(),
-        "inconsistent state after {} commands: {problems:#?}",
-        log.len()
-    );
+    assert!(problems.is_empty(), "inconsistent state after {} commands: {problems:#?}", log.len());
     if input.replay {
-        replica
-            .import_image(fresh)
-            .expect("reset to the fresh state");
-        for (i, (cmd, reply)) in log.iter().enumerate() {
-            let again = replica
-                .apply(i as u64 + 1, cmd)
-                .expect("replay: store error");
-            assert_eq!(
-                &again,
-                reply,
-                "replay answered command {} differently",
-                i + 1
-            );
+        replica.import_image(fresh).expect("reset to the fresh state");
+        for (i, (client, cmd, reply)) in log.iter().enumerate() {
+            let index = i as u64 + 1;
+            let now = Timestamp::new(1_000 + index as i64, 7);
+            let again = apply(replica, index, *client, cmd.as_ref(), now);
+            assert_eq!(&again, reply, "replay answered command {} differently", i + 1);
         }
-        assert_eq!(
-            replica.digest().unwrap(),
-            store.digest().unwrap(),
-            "replay diverged"
-        );
+        assert_eq!(replica.digest().unwrap(), store.digest().unwrap(), "replay diverged");
     }
 });
