@@ -72,9 +72,15 @@ pub fn provider() -> Arc<CryptoProvider> {
 
 /// The QUIC transport parameters used by both sides.
 pub fn transport_config() -> Arc<quinn::TransportConfig> {
+    transport_config_receiving(CONNECTION_RECEIVE_WINDOW_BYTES)
+}
+
+/// The shared transport parameters with a connection receive window of
+/// `receive_window_bytes`.
+fn transport_config_receiving(receive_window_bytes: u32) -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
     t.stream_receive_window(STREAM_RECEIVE_WINDOW_BYTES.into());
-    t.receive_window(CONNECTION_RECEIVE_WINDOW_BYTES.into());
+    t.receive_window(receive_window_bytes.into());
     t.send_window(CONNECTION_RECEIVE_WINDOW_BYTES as u64);
     t.keep_alive_interval(Some(KEEP_ALIVE_INTERVAL));
     t.max_idle_timeout(Some(IDLE_TIMEOUT.try_into().expect("5 s is a valid idle timeout")));
@@ -174,15 +180,7 @@ pub fn widen_for_peer(conn: &quinn::Connection) {
 /// The transport parameters of a server endpoint: [`transport_config`]
 /// with the smaller connection receive window.
 pub fn server_transport_config() -> Arc<quinn::TransportConfig> {
-    let mut t = quinn::TransportConfig::default();
-    t.stream_receive_window(STREAM_RECEIVE_WINDOW_BYTES.into());
-    t.receive_window(SERVER_CONNECTION_RECEIVE_WINDOW_BYTES.into());
-    t.send_window(CONNECTION_RECEIVE_WINDOW_BYTES as u64);
-    t.keep_alive_interval(Some(KEEP_ALIVE_INTERVAL));
-    t.max_idle_timeout(Some(IDLE_TIMEOUT.try_into().expect("5 s is a valid idle timeout")));
-    t.max_concurrent_bidi_streams(BIDI_STREAMS_MAX.into());
-    t.max_concurrent_uni_streams(UNI_STREAMS_MAX.into());
-    Arc::new(t)
+    transport_config_receiving(SERVER_CONNECTION_RECEIVE_WINDOW_BYTES)
 }
 
 /// Server side: requires a client certificate chaining to the cluster CA.
